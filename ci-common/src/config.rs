@@ -1,0 +1,70 @@
+//! Configuration shared by every binary that opens the database.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Where the database is: `--database-url` (any sqlx URL) wins over `--db-path`
+/// (a SQLite file), which defaults to `~/.ci/jobs.db`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DatabaseArgs {
+    /// SQLite database file (the embedded default).
+    #[arg(long, env = "CI_DB_PATH", global = true)]
+    pub db_path: Option<PathBuf>,
+
+    /// A full database URL (`sqlite://…` or `postgres://…`); wins over --db-path.
+    #[arg(long, env = "CI_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+/// Which database to open, once the flags and environment are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    SqliteFile(PathBuf),
+    Url(String),
+}
+
+impl DatabaseArgs {
+    pub fn location(&self) -> DatabaseLocation {
+        if let Some(url) = self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            return DatabaseLocation::Url(url.to_string());
+        }
+        DatabaseLocation::SqliteFile(self.db_path.clone().unwrap_or_else(default_db_path))
+    }
+}
+
+/// `~/.ci/jobs.db`, or `./.ci/jobs.db` where no home folder is known.
+pub fn default_db_path() -> PathBuf {
+    dirs::home_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".ci")
+        .join("jobs.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_wins_over_path() {
+        let args = DatabaseArgs {
+            db_path: Some("/tmp/x.db".into()),
+            database_url: Some("postgres://h/db".into()),
+        };
+        assert_eq!(
+            args.location(),
+            DatabaseLocation::Url("postgres://h/db".into())
+        );
+        let args = DatabaseArgs {
+            db_path: Some("/tmp/x.db".into()),
+            database_url: None,
+        };
+        assert_eq!(
+            args.location(),
+            DatabaseLocation::SqliteFile("/tmp/x.db".into())
+        );
+        assert!(
+            matches!(DatabaseArgs::default().location(), DatabaseLocation::SqliteFile(p) if p.ends_with(".ci/jobs.db"))
+        );
+    }
+}

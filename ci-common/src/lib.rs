@@ -1,0 +1,16 @@
+//! Domain types shared by the CI service's binaries.
+//!
+//! Everything here is plain data plus the rules that belong to the data itself
+//! (which job status may follow which, what an API key looks like), so that the
+//! server, the controller, the CLI and the admin tool agree on them.
+
+pub mod api;
+pub mod api_key;
+pub mod config;
+pub mod job;
+pub mod time;
+pub mod user;
+
+pub use api_key::{generate_api_key, hash_api_key, looks_like_api_key, ApiKeyRecord, GeneratedKey};
+pub use job::{Job, JobId, JobStatus, LogChunk, TransitionError};
+pub use user::User;

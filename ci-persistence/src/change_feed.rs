@@ -1,0 +1,137 @@
+//! Wake-ups for whoever waits on the database: the controller waits for new or
+//! cancelled jobs, event streams wait for new output.
+//!
+//! Writers bump a version row in `signals` inside the transaction that makes
+//! the change, and notify waiters in their own process at once. Waiters in other
+//! processes learn of it from a watcher: on SQLite it asks `PRAGMA data_version`
+//! (an in-memory check that changes when any other connection commits) every
+//! few milliseconds and reads `signals` only when it moved.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, AnyPool, Row};
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::store::Backend;
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// A job was created, cancelled, started or ended.
+    Jobs,
+    /// Some job's output grew.
+    Events,
+}
+
+impl Channel {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Channel::Jobs => "jobs",
+            Channel::Events => "events",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Channel> {
+        [Channel::Jobs, Channel::Events]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
+}
+
+/// Fan-out of change notifications; subscribe, then `changed().await`.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    jobs: watch::Sender<u64>,
+    events: watch::Sender<u64>,
+}
+
+impl ChangeFeed {
+    pub(crate) async fn start(
+        backend: Backend,
+        pool: AnyPool,
+        poll: Duration,
+    ) -> Result<Arc<ChangeFeed>> {
+        let feed = Arc::new(ChangeFeed {
+            jobs: watch::channel(0).0,
+            events: watch::channel(0).0,
+        });
+        let conn = pool.acquire().await?.detach();
+        tokio::spawn(watch_database(backend, conn, Arc::downgrade(&feed), poll));
+        Ok(feed)
+    }
+
+    fn sender(&self, channel: Channel) -> &watch::Sender<u64> {
+        match channel {
+            Channel::Jobs => &self.jobs,
+            Channel::Events => &self.events,
+        }
+    }
+
+    /// A receiver that wakes on every later change of `channel`.
+    pub fn subscribe(&self, channel: Channel) -> watch::Receiver<u64> {
+        self.sender(channel).subscribe()
+    }
+
+    /// Wakes this process's waiters on `channel`.
+    pub fn notify(&self, channel: Channel) {
+        self.sender(channel).send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Watches for commits of other processes until the feed is dropped.
+async fn watch_database(
+    backend: Backend,
+    mut conn: AnyConnection,
+    feed: Weak<ChangeFeed>,
+    poll: Duration,
+) {
+    let mut data_version: Option<i64> = None;
+    let mut seen: HashMap<Channel, i64> = HashMap::new();
+    let mut interval = tokio::time::interval(poll);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(feed) = feed.upgrade() else { return };
+        if backend == Backend::Sqlite {
+            match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                .fetch_one(&mut conn)
+                .await
+            {
+                Ok(v) if data_version == Some(v) => continue,
+                Ok(v) => data_version = Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "change watcher: cannot read data_version");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        match sqlx::query("SELECT channel, version FROM signals")
+            .fetch_all(&mut conn)
+            .await
+        {
+            Ok(rows) => {
+                for row in rows {
+                    let (Ok(name), Ok(version)) =
+                        (row.try_get::<String, _>(0), row.try_get::<i64, _>(1))
+                    else {
+                        continue;
+                    };
+                    let Some(channel) = Channel::from_name(&name) else {
+                        continue;
+                    };
+                    if seen.insert(channel, version) != Some(version) {
+                        feed.notify(channel);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change watcher: cannot read signals");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

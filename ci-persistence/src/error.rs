@@ -1,0 +1,38 @@
+use ci_common::TransitionError;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value (an e-mail address, say) is already taken.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The row the operation needs does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The job is not in a state from which this change is legal.
+    #[error(transparent)]
+    IllegalTransition(#[from] TransitionError),
+    /// A stored value could not be read back (a bad uuid, an unknown status).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?} (expected sqlite:// or postgres://)")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the database refused a write because a unique constraint failed.
+    pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

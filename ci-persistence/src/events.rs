@@ -1,0 +1,90 @@
+//! Job output, stored in chunks numbered per job.
+
+use ci_common::{JobId, LogChunk};
+use sqlx::{QueryBuilder, Row};
+
+use crate::change_feed::Channel;
+use crate::error::{Result, StoreError};
+use crate::jobs::bump;
+use crate::store::Store;
+
+/// Rows per INSERT statement, well under both databases' parameter limits.
+const ROWS_PER_INSERT: usize = 500;
+
+impl Store {
+    /// Appends output chunks to a job that has not ended, numbering them after
+    /// the last one, and records the runtime's log cursor with them in the same
+    /// transaction. Returns the sequence number of the last chunk.
+    ///
+    /// The first statement is the write to the job's row: it takes the write
+    /// lock at once and serialises appenders of one job on both databases.
+    pub async fn append_log(
+        &self,
+        job_id: JobId,
+        chunks: &[String],
+        cursor: Option<&str>,
+    ) -> Result<i64> {
+        let count = chunks.len() as i64;
+        let mut tx = self.writer.begin().await?;
+        let last: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET last_seq = last_seq + $1, log_cursor = COALESCE($2, log_cursor) \
+             WHERE id = $3 AND status IN ('queued', 'running') RETURNING last_seq",
+        )
+        .bind(count)
+        .bind(cursor)
+        .bind(job_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(last) = last else {
+            tx.rollback().await?;
+            return Err(match self.get_job(job_id).await? {
+                Some(job) => StoreError::IllegalTransition(ci_common::TransitionError {
+                    from: job.status,
+                    to: job.status,
+                }),
+                None => StoreError::NotFound(format!("job {job_id}")),
+            });
+        };
+        if chunks.is_empty() {
+            tx.commit().await?;
+            return Ok(last);
+        }
+        let first = last - count + 1;
+        let id = job_id.to_string();
+        for (batch_index, batch) in chunks.chunks(ROWS_PER_INSERT).enumerate() {
+            let offset = first + (batch_index * ROWS_PER_INSERT) as i64;
+            let mut insert = QueryBuilder::new("INSERT INTO job_events (job_id, seq, kind, text) ");
+            insert.push_values(batch.iter().enumerate(), |mut row, (i, text)| {
+                row.push_bind(id.clone())
+                    .push_bind(offset + i as i64)
+                    .push_bind("log")
+                    .push_bind(text.clone());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        bump(&mut tx, Channel::Events).await?;
+        tx.commit().await?;
+        self.feed.notify(Channel::Events);
+        Ok(last)
+    }
+
+    /// Up to `limit` chunks of a job's output after sequence number `after`, in order.
+    pub async fn read_log(&self, job_id: JobId, after: i64, limit: i64) -> Result<Vec<LogChunk>> {
+        let rows = sqlx::query(
+            "SELECT seq, text FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(job_id.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogChunk {
+                    seq: r.try_get("seq")?,
+                    text: r.try_get("text")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,251 @@
+//! Jobs: the desired state the API writes and the observed state the
+//! controller writes back.
+
+use ci_common::time::{now, to_micros};
+use ci_common::{Job, JobId, JobStatus, TransitionError};
+use sqlx::{Any, Transaction};
+use uuid::Uuid;
+
+use crate::change_feed::Channel;
+use crate::error::{Result, StoreError};
+use crate::rows::{self, JOB_COLUMNS};
+use crate::store::Store;
+
+/// What the API knows when it queues a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub user_id: Uuid,
+    pub archive_digest: String,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// `Completed` or `Cancelled`.
+    pub status: JobStatus,
+    pub success: Option<bool>,
+    pub exit_code: Option<i64>,
+    /// Why the job could not run or was stopped; also appended as its last output.
+    pub reason: Option<String>,
+}
+
+impl JobOutcome {
+    /// The tests ran; the exit code decides success.
+    pub fn exited(exit_code: i64) -> Self {
+        JobOutcome {
+            status: JobStatus::Completed,
+            success: Some(exit_code == 0),
+            exit_code: Some(exit_code),
+            reason: None,
+        }
+    }
+
+    /// The job could not run, or was stopped, for `reason`.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        JobOutcome {
+            status: JobStatus::Completed,
+            success: Some(false),
+            exit_code: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    pub fn cancelled() -> Self {
+        JobOutcome {
+            status: JobStatus::Cancelled,
+            success: None,
+            exit_code: None,
+            reason: None,
+        }
+    }
+}
+
+/// `'a', 'b'`: the statuses from which `to` may be reached, for a guarded UPDATE.
+fn statuses_leading_to(to: JobStatus) -> String {
+    JobStatus::ALL
+        .into_iter()
+        .filter(|from| from.can_become(to))
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) async fn bump(tx: &mut Transaction<'_, Any>, channel: Channel) -> Result<()> {
+    sqlx::query("UPDATE signals SET version = version + 1 WHERE channel = $1")
+        .bind(channel.name())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Queues a job for an archive already stored.
+    pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
+        let now = now();
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, user_id, status, created_at, archive_digest) VALUES ($1, $2, 'queued', $3, $4)",
+        )
+        .bind(new.id.to_string())
+        .bind(new.user_id.to_string())
+        .bind(to_micros(now))
+        .bind(&new.archive_digest)
+        .execute(&mut *tx)
+        .await?;
+        bump(&mut tx, Channel::Jobs).await?;
+        tx.commit().await?;
+        self.feed.notify(Channel::Jobs);
+        self.get_job(new.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {}", new.id)))
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(rows::job).transpose()
+    }
+
+    /// A user's jobs, newest first.
+    pub async fn list_jobs_for_user(&self, user_id: Uuid) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(user_id.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    /// Jobs that have not ended, oldest first: the controller's work list.
+    pub async fn list_unfinished_jobs(&self) -> Result<Vec<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    /// Asks for a job to be cancelled. An ended job is returned unchanged.
+    pub async fn request_cancel(&self, id: JobId) -> Result<Job> {
+        let mut tx = self.writer.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            bump(&mut tx, Channel::Jobs).await?;
+        }
+        tx.commit().await?;
+        if changed > 0 {
+            self.feed.notify(Channel::Jobs);
+        }
+        self.get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+    }
+
+    /// Records that the job's container started.
+    pub async fn mark_running(&self, id: JobId, container_id: &str, image: &str) -> Result<Job> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', started_at = $1, container_id = $2, image = $3 \
+             WHERE id = $4 AND status IN ({})",
+            statuses_leading_to(JobStatus::Running)
+        );
+        let mut tx = self.writer.begin().await?;
+        let changed = sqlx::query(&sql)
+            .bind(to_micros(now()))
+            .bind(container_id)
+            .bind(image)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Err(self.refused_transition(id, JobStatus::Running).await);
+        }
+        bump(&mut tx, Channel::Jobs).await?;
+        tx.commit().await?;
+        self.feed.notify(Channel::Jobs);
+        self.get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+    }
+
+    /// Ends a job. A reason, when there is one, becomes the job's last output in
+    /// the same transaction, so a stream never ends without it.
+    pub async fn finish_job(&self, id: JobId, outcome: &JobOutcome) -> Result<Job> {
+        if !outcome.status.is_terminal() {
+            return Err(TransitionError {
+                from: JobStatus::Running,
+                to: outcome.status,
+            }
+            .into());
+        }
+        let reason_line = outcome.reason.as_ref().map(|r| {
+            let mut line = r.clone();
+            if !line.ends_with('\n') {
+                line.push('\n');
+            }
+            line
+        });
+        let sql = format!(
+            "UPDATE jobs SET status = $1, success = $2, exit_code = $3, ended_at = $4, failure_reason = $5, \
+             last_seq = last_seq + $6 WHERE id = $7 AND status IN ({}) RETURNING last_seq",
+            statuses_leading_to(outcome.status)
+        );
+        let mut tx = self.writer.begin().await?;
+        let last_seq: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(outcome.status.as_str())
+            .bind(outcome.success.map(i64::from))
+            .bind(outcome.exit_code)
+            .bind(to_micros(now()))
+            .bind(outcome.reason.clone())
+            .bind(i64::from(reason_line.is_some()))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(last_seq) = last_seq else {
+            tx.rollback().await?;
+            return Err(self.refused_transition(id, outcome.status).await);
+        };
+        if let Some(line) = reason_line {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, seq, kind, text) VALUES ($1, $2, 'log', $3)",
+            )
+            .bind(id.to_string())
+            .bind(last_seq)
+            .bind(line)
+            .execute(&mut *tx)
+            .await?;
+            bump(&mut tx, Channel::Events).await?;
+        }
+        bump(&mut tx, Channel::Jobs).await?;
+        tx.commit().await?;
+        self.feed.notify(Channel::Jobs);
+        self.feed.notify(Channel::Events);
+        self.get_job(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+    }
+
+    /// The error for a guarded update that matched no row.
+    async fn refused_transition(&self, id: JobId, to: JobStatus) -> StoreError {
+        match self.get_job(id).await {
+            Ok(Some(job)) => TransitionError {
+                from: job.status,
+                to,
+            }
+            .into(),
+            Ok(None) => StoreError::NotFound(format!("job {id}")),
+            Err(e) => e,
+        }
+    }
+}

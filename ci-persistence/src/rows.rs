@@ -1,0 +1,75 @@
+//! Turning rows back into domain types. Ids are stored as text, times as
+//! microseconds, flags as 0/1 (see the migrations).
+
+use ci_common::time::from_micros;
+use ci_common::{ApiKeyRecord, Job, JobStatus, User};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{Result, StoreError};
+
+pub(crate) const USER_COLUMNS: &str = "id, name, email, created_at, is_active";
+pub(crate) const KEY_COLUMNS: &str =
+    "id, user_id, name, key_prefix, created_at, last_used_at, is_active";
+pub(crate) const JOB_COLUMNS: &str =
+    "id, user_id, status, success, exit_code, created_at, started_at, ended_at, \
+     container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq";
+
+fn uuid(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
+}
+
+fn flag(row: &AnyRow, col: &str) -> Result<bool> {
+    Ok(row.try_get::<i64, _>(col)? != 0)
+}
+
+pub(crate) fn user(row: &AnyRow) -> Result<User> {
+    Ok(User {
+        id: uuid(row, "id")?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        is_active: flag(row, "is_active")?,
+    })
+}
+
+pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: uuid(row, "id")?,
+        user_id: uuid(row, "user_id")?,
+        name: row.try_get("name")?,
+        key_prefix: row.try_get("key_prefix")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        last_used_at: row
+            .try_get::<Option<i64>, _>("last_used_at")?
+            .map(from_micros),
+        is_active: flag(row, "is_active")?,
+    })
+}
+
+pub(crate) fn job(row: &AnyRow) -> Result<Job> {
+    let status: String = row.try_get("status")?;
+    Ok(Job {
+        id: uuid(row, "id")?,
+        user_id: uuid(row, "user_id")?,
+        status: status
+            .parse::<JobStatus>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        success: row.try_get::<Option<i64>, _>("success")?.map(|v| v != 0),
+        exit_code: row.try_get("exit_code")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")?
+            .map(from_micros),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
+        container_id: row.try_get("container_id")?,
+        archive_digest: row.try_get("archive_digest")?,
+        image: row.try_get("image")?,
+        cancel_requested: flag(row, "cancel_requested")?,
+        failure_reason: row.try_get("failure_reason")?,
+        log_cursor: row.try_get("log_cursor")?,
+        last_seq: row.try_get("last_seq")?,
+    })
+}

@@ -1,0 +1,221 @@
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use ci_common::config::DatabaseLocation;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use crate::change_feed::ChangeFeed;
+use crate::error::{Result, StoreError};
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Tuning that differs between deployments and tests.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections used for reads (and, on PostgreSQL, for writes too).
+    pub max_connections: u32,
+    /// How long a SQLite writer waits for another process's write lock.
+    pub busy_timeout: Duration,
+    /// How often other processes' changes are looked for where the database
+    /// cannot push them (SQLite).
+    pub change_poll_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            busy_timeout: Duration::from_secs(30),
+            change_poll_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The one storage interface of the service. Cheap to clone; every clone shares
+/// the same pools and change feed.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) reader: AnyPool,
+    /// On SQLite a single connection, so this process's writes queue here in
+    /// order instead of contending for the file lock; on PostgreSQL the same
+    /// pool as `reader`.
+    pub(crate) writer: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) feed: Arc<ChangeFeed>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating when needed) and migrates the database the configuration names.
+    pub async fn open(location: &DatabaseLocation) -> Result<Store> {
+        Self::open_with(location, StoreOptions::default()).await
+    }
+
+    pub async fn open_with(location: &DatabaseLocation, options: StoreOptions) -> Result<Store> {
+        let url = match location {
+            DatabaseLocation::SqliteFile(path) => {
+                create_parent_dir(path)?;
+                sqlite_url(path)
+            }
+            DatabaseLocation::Url(url) => url.clone(),
+        };
+        Self::open_url(&url, options).await
+    }
+
+    /// Opens a database by sqlx URL (`sqlite://…` or `postgres://…`).
+    pub async fn open_url(url: &str, options: StoreOptions) -> Result<Store> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite && !url.contains("mode=") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let connect: AnyConnectOptions = url.parse()?;
+
+        let (reader, writer) = match backend {
+            Backend::Sqlite => {
+                let busy_ms = options.busy_timeout.as_millis();
+                let pool = |max: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .acquire_timeout(options.busy_timeout + Duration::from_secs(30))
+                        .after_connect(move |conn, _| {
+                            Box::pin(async move {
+                                // WAL lets readers run beside the one writer; NORMAL sync
+                                // in WAL mode survives any process crash.
+                                for pragma in [
+                                    format!("PRAGMA busy_timeout = {busy_ms}"),
+                                    "PRAGMA journal_mode = WAL".to_string(),
+                                    "PRAGMA synchronous = NORMAL".to_string(),
+                                    "PRAGMA foreign_keys = ON".to_string(),
+                                ] {
+                                    conn.execute(pragma.as_str()).await?;
+                                }
+                                Ok(())
+                            })
+                        })
+                };
+                let writer = pool(1).connect_with(connect.clone()).await?;
+                let reader = pool(options.max_connections).connect_with(connect).await?;
+                (reader, writer)
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .connect_with(connect)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
+
+        migrate(backend, &writer).await?;
+        let feed = ChangeFeed::start(backend, reader.clone(), options.change_poll_interval).await?;
+        Ok(Store {
+            reader,
+            writer,
+            backend,
+            feed,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Where to wait for changes made by this or any other process.
+    pub fn changes(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// Runs the backend's migrations. Several processes may start on a fresh SQLite
+/// file at once (server and controller); SQLite has no migration lock, so a
+/// loser of that race sees "already exists" and simply runs again, finding the
+/// work done.
+async fn migrate(backend: Backend, pool: &AnyPool) -> Result<()> {
+    let migrator = match backend {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "migration raced another process; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn create_parent_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// A `sqlite://` URL for a file path; sqlx percent-decodes the path, so
+/// characters that would end it early are encoded.
+fn sqlite_url(path: &Path) -> String {
+    let mut encoded = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' | ' ' => encoded.push_str(&format!("%{:02X}", c as u32)),
+            c => encoded.push(c),
+        }
+    }
+    format!("sqlite://{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_url;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_urls_encode_awkward_characters() {
+        assert_eq!(
+            sqlite_url(Path::new("/tmp/a b?.db")),
+            "sqlite:///tmp/a%20b%3F.db"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! Accounts and their API keys.
+
+use chrono::Duration;
+use ci_common::time::{now, to_micros};
+use ci_common::{ApiKeyRecord, GeneratedKey, User};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{Result, StoreError};
+use crate::rows::{self, KEY_COLUMNS, USER_COLUMNS};
+use crate::store::Store;
+
+/// `last_used_at` is refreshed at most this often, so that authenticating a
+/// request is a read, not a write, in the common case.
+const LAST_USED_RESOLUTION: Duration = Duration::seconds(60);
+
+impl Store {
+    /// Creates an active user. A taken e-mail address is [`StoreError::AlreadyExists`].
+    pub async fn create_user(&self, name: &str, email: &str) -> Result<User> {
+        let user = User {
+            id: Uuid::new_v4(),
+            name: name.to_string(),
+            email: email.to_string(),
+            created_at: now(),
+            is_active: true,
+        };
+        sqlx::query(
+            "INSERT INTO users (id, name, email, created_at, is_active) VALUES ($1, $2, $3, $4, 1)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.name)
+        .bind(&user.email)
+        .bind(to_micros(user.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if StoreError::is_unique_violation(&e) {
+                StoreError::AlreadyExists(format!("a user with email {email}"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(user)
+    }
+
+    /// All users, oldest first.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
+        rows.iter().map(rows::user).collect()
+    }
+
+    pub async fn get_user(&self, id: Uuid) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(rows::user).transpose()
+    }
+
+    pub async fn get_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
+        let row = sqlx::query(&sql)
+            .bind(email)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(rows::user).transpose()
+    }
+
+    /// Activates or deactivates a user; a deactivated user's keys stop working.
+    pub async fn set_user_active(&self, id: Uuid, active: bool) -> Result<User> {
+        let sql = format!("UPDATE users SET is_active = $1 WHERE id = $2 RETURNING {USER_COLUMNS}");
+        let row = sqlx::query(&sql)
+            .bind(i64::from(active))
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        match row {
+            Some(row) => rows::user(&row),
+            None => Err(StoreError::NotFound(format!("user {id}"))),
+        }
+    }
+
+    /// Stores a generated key for a user: its hash and display prefix, never the key.
+    pub async fn create_api_key(
+        &self,
+        user_id: Uuid,
+        name: &str,
+        key: &GeneratedKey,
+    ) -> Result<ApiKeyRecord> {
+        if self.get_user(user_id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("user {user_id}")));
+        }
+        let record = ApiKeyRecord {
+            id: Uuid::new_v4(),
+            user_id,
+            name: name.to_string(),
+            key_prefix: key.display_prefix.clone(),
+            created_at: now(),
+            last_used_at: None,
+            is_active: true,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, name, key_hash, key_prefix, created_at, is_active) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1)",
+        )
+        .bind(record.id.to_string())
+        .bind(user_id.to_string())
+        .bind(name)
+        .bind(&key.hash)
+        .bind(&record.key_prefix)
+        .bind(to_micros(record.created_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(record)
+    }
+
+    /// Keys, oldest first: one user's, or everybody's.
+    pub async fn list_api_keys(&self, user_id: Option<Uuid>) -> Result<Vec<ApiKeyRecord>> {
+        let rows = match user_id {
+            Some(id) => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at, id"
+                );
+                sqlx::query(&sql)
+                    .bind(id.to_string())
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id");
+                sqlx::query(&sql).fetch_all(&self.reader).await?
+            }
+        };
+        rows.iter().map(rows::api_key).collect()
+    }
+
+    pub async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRecord>> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(rows::api_key).transpose()
+    }
+
+    /// Revokes a key; it stops working on the next request, on every replica.
+    pub async fn revoke_api_key(&self, id: Uuid) -> Result<ApiKeyRecord> {
+        let sql =
+            format!("UPDATE api_keys SET is_active = 0 WHERE id = $1 RETURNING {KEY_COLUMNS}");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        match row {
+            Some(row) => rows::api_key(&row),
+            None => Err(StoreError::NotFound(format!("API key {id}"))),
+        }
+    }
+
+    /// The active user that owns the active key with this hash, if any.
+    pub async fn authenticate(&self, key_hash: &str) -> Result<Option<User>> {
+        let sql = format!(
+            "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, {} \
+             FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
+            USER_COLUMNS
+                .split(", ")
+                .map(|c| format!("u.{c} AS {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(key_hash)
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user = rows::user(&row)?;
+        let now = now();
+        let last_used: Option<i64> = row.try_get("key_last_used_at")?;
+        if last_used.is_none_or(|t| t < to_micros(now - LAST_USED_RESOLUTION)) {
+            let key_id: String = row.try_get("key_id")?;
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                .bind(to_micros(now))
+                .bind(key_id)
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(Some(user))
+    }
+}

@@ -1,0 +1,21 @@
+//! The conformance suite on SQLite: two independently opened stores on one
+//! fresh file, as the server and the controller would have.
+
+use ci_common::config::DatabaseLocation;
+use ci_persistence::{Store, StoreOptions};
+
+async fn two_handles() -> (ci_persistence::Store, ci_persistence::Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let location = DatabaseLocation::SqliteFile(dir.path().join("nested").join("jobs.db"));
+    let a = Store::open_with(&location, StoreOptions::default())
+        .await
+        .expect("open a");
+    let b = Store::open_with(&location, StoreOptions::default())
+        .await
+        .expect("open b");
+    // The folder must outlive the stores; the test process is short-lived.
+    std::mem::forget(dir);
+    (a, b)
+}
+
+ci_persistence::conformance_suite!(|| two_handles());
