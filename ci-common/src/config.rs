@@ -13,7 +13,7 @@ pub struct DatabaseArgs {
     pub db_path: Option<PathBuf>,
 
     /// A full database URL (`sqlite://…` or `postgres://…`); wins over --db-path.
-    #[arg(long, env = "CI_DATABASE_URL", global = true)]
+    #[arg(long, env = "CI_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 }
 

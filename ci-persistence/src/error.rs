@@ -17,9 +17,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database URL {0:?} (expected sqlite:// or postgres://)")]
     UnsupportedUrl(String),
-    #[error("database error: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
+    #[error(transparent)]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the database folder {path}: {source}")]
     CreateDir {

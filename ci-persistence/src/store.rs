@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ci_common::config::DatabaseLocation;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::change_feed::ChangeFeed;
 use crate::error::{Result, StoreError};
@@ -100,11 +100,19 @@ impl Store {
 
         let (reader, writer) = match backend {
             Backend::Sqlite => {
+                // A file that is not a database fails here at once; a pool would
+                // retry the failed set-up until its acquire timeout.
+                let mut probe = AnyConnection::connect_with(&connect).await?;
+                sqlx::query("SELECT count(*) FROM sqlite_master")
+                    .fetch_one(&mut probe)
+                    .await?;
+                probe.close().await?;
+
                 let busy_ms = options.busy_timeout.as_millis();
                 let pool = |max: u32| {
                     AnyPoolOptions::new()
                         .max_connections(max)
-                        .acquire_timeout(options.busy_timeout + Duration::from_secs(30))
+                        .acquire_timeout(options.busy_timeout * 2)
                         .after_connect(move |conn, _| {
                             Box::pin(async move {
                                 // WAL lets readers run beside the one writer; NORMAL sync

@@ -1,0 +1,86 @@
+//! The command line, as the reference implementation's `ci-admin` spells it.
+
+use ci_common::config::DatabaseArgs;
+use clap::{Parser, Subcommand};
+
+/// CI Admin - Manage users and API keys for the CI system.
+#[derive(Debug, Parser)]
+#[command(name = "ci-admin", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a new user.
+    Create {
+        /// User's display name.
+        #[arg(long)]
+        name: String,
+        /// User's email address.
+        #[arg(long)]
+        email: String,
+    },
+    /// List all users.
+    List {
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Get user details by ID or email.
+    Get {
+        /// The user's ID (UUID).
+        user_id: Option<String>,
+        /// Get user by email instead of ID.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Deactivate a user; their API keys stop working.
+    Deactivate { user_id: String },
+    /// Activate a user again.
+    Activate { user_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a new API key for a user.
+    Create {
+        /// User ID (UUID).
+        #[arg(long)]
+        user_id: Option<String>,
+        /// User email (alternative to --user-id).
+        #[arg(long)]
+        email: Option<String>,
+        /// Descriptive name for this API key.
+        #[arg(long)]
+        name: String,
+    },
+    /// List API keys (optionally filtered by user).
+    List {
+        /// Filter by user ID.
+        #[arg(long)]
+        user_id: Option<String>,
+        /// Filter by user email.
+        #[arg(long)]
+        email: Option<String>,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key.
+    Revoke { key_id: String },
+}

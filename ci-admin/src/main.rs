@@ -1,0 +1,54 @@
+//! `ci-admin`: parse, open the database, run one command. Every failure is one
+//! `Error: …` line on stderr and exit code 1, never a panic.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ci_admin::Cli;
+use ci_common::config::DatabaseLocation;
+use ci_persistence::{Store, StoreError};
+use clap::Parser;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Nothing better to do if stderr itself is gone.
+            let _ = writeln!(std::io::stderr(), "Error: {}", ci_admin::error_message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    ci_admin::check(&cli.command)?;
+    let location = cli.database.location();
+    let store = match Store::open(&location).await {
+        Ok(store) => store,
+        // Its message would repeat the URL, password and all.
+        Err(StoreError::UnsupportedUrl(_)) => {
+            bail!("unsupported database URL (expected sqlite:// or postgres://)")
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot open the database {}", describe(&location)))
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let result = ci_admin::run(&store, cli.command, &mut out).await;
+    store.close().await;
+    result?;
+    out.flush().context("cannot write the output")
+}
+
+/// Names the database for an error message without echoing a URL, which may
+/// carry a password.
+fn describe(location: &DatabaseLocation) -> String {
+    match location {
+        DatabaseLocation::SqliteFile(path) => format!("at {}", path.display()),
+        DatabaseLocation::Url(_) => "named by --database-url / CI_DATABASE_URL".to_string(),
+    }
+}

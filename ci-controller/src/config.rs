@@ -1,0 +1,104 @@
+//! The controller's settings.
+
+use std::time::Duration;
+
+use crate::log_pump::PumpConfig;
+use crate::workspace::UnpackLimits;
+
+/// The image jobs run in unless configured otherwise: the one
+/// `scripts/runner-image.sh` builds.
+pub const DEFAULT_IMAGE: &str = "ci-python-runner:latest";
+
+/// What a job does in its container: install the requirements when there are
+/// any, then run pytest. stderr joins stdout so the output keeps its order.
+pub const JOB_SCRIPT: &str = "exec 2>&1\n\
+if [ -f requirements.txt ]; then\n\
+  pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
+fi\n\
+exec python -m pytest -v\n";
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub image: String,
+    /// Names this installation's containers (prefix of their names and value of
+    /// their installation label), so installations can share an engine.
+    pub container_prefix: String,
+    pub network_mode: String,
+    pub reconcile_interval: Duration,
+    pub job_timeout: Duration,
+    pub max_concurrent_jobs: usize,
+    pub pump: PumpConfig,
+    pub unpack: UnpackLimits,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    pub cpu_shares: i64,
+    /// How long a stopped job gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Named volume that keeps pip's download cache between jobs.
+    pub pip_cache_volume: Option<String>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            image: DEFAULT_IMAGE.to_string(),
+            container_prefix: String::new(),
+            network_mode: "bridge".to_string(),
+            reconcile_interval: Duration::from_secs(2),
+            job_timeout: Duration::from_secs(1800),
+            max_concurrent_jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            pump: PumpConfig::default(),
+            unpack: UnpackLimits::default(),
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            pids_limit: 512,
+            cpu_shares: 1024,
+            stop_grace: Duration::from_secs(1),
+            pip_cache_volume: Some("ci-pip-cache".to_string()),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The installation label's value: the prefix, or `default` when there is none.
+    pub fn installation(&self) -> String {
+        if self.container_prefix.is_empty() {
+            "default".to_string()
+        } else {
+            self.container_prefix.clone()
+        }
+    }
+}
+
+/// Parses a resync period in seconds; an invalid or non-positive value falls
+/// back to the default, with a warning, as the contract says.
+pub fn parse_interval(raw: Option<&str>) -> Duration {
+    let default = ControllerConfig::default().reconcile_interval;
+    let Some(raw) = raw else { return default };
+    match raw.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        _ => {
+            tracing::warn!(
+                value = raw,
+                "invalid reconcile interval; using the default of {default:?}"
+            );
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_fall_back_to_the_default() {
+        assert_eq!(parse_interval(Some("0.5")), Duration::from_millis(500));
+        assert_eq!(parse_interval(Some("3")), Duration::from_secs(3));
+        for bad in ["0", "-1", "abc", "", "NaN", "inf"] {
+            assert_eq!(parse_interval(Some(bad)), Duration::from_secs(2), "{bad}");
+        }
+        assert_eq!(parse_interval(None), Duration::from_secs(2));
+    }
+}

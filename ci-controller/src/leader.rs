@@ -1,0 +1,72 @@
+//! The lease that makes one controller the only one acting. The leader renews
+//! a row in the database; a standby keeps trying to take it and succeeds once
+//! the leader stops renewing (it died) or releases it (it shut down).
+
+use std::time::Duration;
+
+use ci_persistence::{Store, StoreError};
+
+pub const LEASE_NAME: &str = "controller";
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// How long a lease lasts without renewal: the longest a dead leader's
+    /// jobs wait for a standby.
+    pub ttl: Duration,
+    /// How often the leader renews, and a standby tries.
+    pub renew_every: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            ttl: Duration::from_secs(5),
+            renew_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Waits until this controller holds the lease.
+pub async fn acquire(store: &Store, holder: &str, config: &LeaseConfig) -> Result<(), StoreError> {
+    let mut announced = false;
+    loop {
+        match store
+            .try_acquire_lease(LEASE_NAME, holder, config.ttl)
+            .await
+        {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                if !announced {
+                    let leader = store.lease_holder(LEASE_NAME).await.ok().flatten();
+                    tracing::info!(leader = ?leader, "another controller is active; standing by");
+                    announced = true;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the lease; retrying"),
+        }
+        tokio::time::sleep(config.renew_every).await;
+    }
+}
+
+/// Renews the lease until it cannot be kept; returns when leadership is lost,
+/// at which point this controller must stop acting.
+pub async fn keep(store: &Store, holder: &str, config: &LeaseConfig) -> String {
+    let mut last_renewal = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(config.renew_every).await;
+        match store
+            .try_acquire_lease(LEASE_NAME, holder, config.ttl)
+            .await
+        {
+            Ok(true) => last_renewal = tokio::time::Instant::now(),
+            Ok(false) => return "another controller took the lease".to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the lease");
+                // Stop before the lease can have expired, so two never act at once.
+                if last_renewal.elapsed() + config.renew_every >= config.ttl {
+                    return format!("the lease could not be renewed in time: {e}");
+                }
+            }
+        }
+    }
+}

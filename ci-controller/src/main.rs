@@ -1,0 +1,139 @@
+//! `ci-controller`: parse configuration, take the lease, reconcile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ci_common::config::DatabaseArgs;
+use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
+use ci_controller::leader::{self, LeaseConfig, LEASE_NAME};
+use ci_controller::{DockerRuntime, Reconciler};
+use ci_persistence::Store;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The CI service's singleton reconciler: runs queued jobs in Docker.
+#[derive(Debug, Parser)]
+#[command(name = "ci-controller", version)]
+struct Args {
+    #[command(flatten)]
+    db: DatabaseArgs,
+
+    /// Prefix of job container names, so installations can share one engine.
+    #[arg(long, env = "CI_CONTAINER_PREFIX", default_value = "")]
+    container_prefix: String,
+
+    /// Image the jobs run in.
+    #[arg(long, env = "CI_PYTHON_BASE_IMAGE", default_value = DEFAULT_IMAGE)]
+    python_base_image: String,
+
+    /// Full resync period in seconds (wake-ups start new jobs at once).
+    #[arg(long = "interval", env = "CI_RECONCILE_INTERVAL")]
+    interval: Option<String>,
+
+    /// Docker network mode of job containers (`none` cuts them off).
+    #[arg(long, env = "CI_JOB_NETWORK", default_value = "bridge")]
+    job_network: String,
+
+    /// A job running longer is stopped and fails, in seconds.
+    #[arg(long, env = "CI_JOB_TIMEOUT", default_value_t = 1800)]
+    job_timeout: u64,
+
+    /// Jobs running at once; the rest wait queued. Default: the CPU count.
+    #[arg(long, env = "CI_MAX_CONCURRENT_JOBS")]
+    max_concurrent_jobs: Option<usize>,
+
+    /// Output kept per job, in bytes; the rest is cut with a marker line.
+    #[arg(long, env = "CI_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_log_bytes: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+
+    let mut config = ControllerConfig {
+        image: args.python_base_image,
+        container_prefix: args.container_prefix,
+        network_mode: args.job_network,
+        reconcile_interval: parse_interval(args.interval.as_deref()),
+        job_timeout: Duration::from_secs(args.job_timeout.max(1)),
+        ..ControllerConfig::default()
+    };
+    if let Some(n) = args.max_concurrent_jobs {
+        config.max_concurrent_jobs = n.max(1);
+    }
+    config.pump.max_log_bytes = args.max_log_bytes;
+    if !config.container_prefix.is_empty() {
+        config.pip_cache_volume = Some(format!("{}ci-pip-cache", config.container_prefix));
+    }
+
+    let location = args.db.location();
+    let store = Store::open(&location)
+        .await
+        .with_context(|| format!("cannot open the database ({location:?})"))?;
+    let runtime = DockerRuntime::connect().await.context(
+        "cannot reach the Docker engine (is dockerd running? see scripts/docker-engine.sh)",
+    )?;
+
+    let holder = format!(
+        "{}:{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let lease = LeaseConfig::default();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    tokio::select! {
+        r = leader::acquire(&store, &holder, &lease) => r.context("cannot take the controller lease")?,
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(
+        holder,
+        image = %config.image,
+        prefix = %config.container_prefix,
+        network = %config.network_mode,
+        max_concurrent_jobs = config.max_concurrent_jobs,
+        "this controller is the leader; reconciling"
+    );
+
+    let reconciler = Reconciler::new(store.clone(), Arc::new(runtime), config);
+    let run_token = shutdown.clone();
+    let mut run = tokio::spawn(reconciler.run(run_token));
+    tokio::select! {
+        lost = leader::keep(&store, &holder, &lease) => {
+            shutdown.cancel();
+            let _ = run.await;
+            anyhow::bail!("lost the controller lease: {lost}");
+        }
+        _ = &mut run => {}
+    }
+    // Hand over at once instead of making a standby wait for the lease to expire.
+    if let Err(e) = store.release_lease(LEASE_NAME, &holder).await {
+        tracing::warn!(error = %e, "cannot release the lease");
+    }
+    tracing::info!("ci-controller stopped");
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,315 @@
+//! The container runtime the controller drives, behind a small trait, and its
+//! Docker implementation through bollard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::{
+    Config, CreateContainerOptions, ListContainersOptions, LogOutput, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+};
+use bollard::models::{HostConfig, Mount, MountTypeEnum};
+use bollard::Docker;
+use bytes::Bytes;
+use ci_common::JobId;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+/// Label carrying the job a container runs.
+pub const LABEL_JOB: &str = "ci.job-id";
+/// Label carrying the installation (container prefix) a container belongs to,
+/// so installations sharing one engine never touch each other's containers.
+pub const LABEL_INSTALLATION: &str = "ci.installation";
+
+/// Everything needed to create one job's container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub user: String,
+    pub working_dir: String,
+    pub network_mode: String,
+    pub memory_bytes: Option<i64>,
+    pub pids_limit: Option<i64>,
+    pub cpu_shares: Option<i64>,
+    /// A named volume mounted at this path, shared by all jobs (pip's cache).
+    pub cache_volume: Option<(String, String)>,
+}
+
+/// A container of this installation, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub job_id: Option<JobId>,
+    pub running: bool,
+}
+
+/// What a container's state says about how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+/// One line (or piece of a long line) of a container's output, with the
+/// runtime's timestamp for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// RFC 3339 with nanoseconds, as Docker writes it.
+    pub timestamp: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image {0} not found")]
+    ImageMissing(String),
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Creates (does not start) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+    /// Unpacks an uncompressed tar into the container at `path`.
+    async fn upload(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<()>;
+    async fn start(&self, id: &str) -> Result<()>;
+    /// `None` when the container does not exist.
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>>;
+    /// Follows the container's output (stdout and stderr) from `since_secs`
+    /// (Unix seconds) or the beginning, until the container stops.
+    fn logs(&self, id: &str, since_secs: Option<i64>) -> BoxStream<'static, Result<LogLine>>;
+    /// Stops a running container, killing it after `grace`; a container that is
+    /// gone or already stopped is fine.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Removes a container and its anonymous volumes; a missing one is fine.
+    async fn remove(&self, id: &str) -> Result<()>;
+    /// The containers labelled with this installation.
+    async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>>;
+}
+
+/// The Docker engine, reached through `DOCKER_HOST` or the local socket.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+impl DockerRuntime {
+    /// Connects and agrees on an API version the engine speaks (Debian's engine
+    /// is older than bollard's default).
+    pub async fn connect() -> Result<Self> {
+        let docker = Docker::connect_with_defaults()?;
+        let docker = docker.negotiate_version().await?;
+        docker.ping().await?;
+        Ok(DockerRuntime { docker })
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let host_config = HostConfig {
+            network_mode: Some(spec.network_mode.clone()),
+            memory: spec.memory_bytes,
+            // No swap beyond the memory limit: a memory hog is killed, not slowed.
+            memory_swap: spec.memory_bytes,
+            pids_limit: spec.pids_limit,
+            cpu_shares: spec.cpu_shares,
+            cap_drop: Some(vec!["ALL".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            mounts: spec.cache_volume.as_ref().map(|(volume, target)| {
+                vec![Mount {
+                    typ: Some(MountTypeEnum::VOLUME),
+                    source: Some(volume.clone()),
+                    target: Some(target.clone()),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        };
+        let config = Config {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            labels: Some(spec.labels.clone()),
+            user: Some(spec.user.clone()),
+            working_dir: Some(spec.working_dir.clone()),
+            tty: Some(false),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            network_disabled: Some(spec.network_mode == "none"),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: spec.name.as_str(),
+            platform: None,
+        };
+        match self.docker.create_container(Some(options), config).await {
+            Ok(created) => Ok(created.id),
+            Err(e) if is_status(&e, 404) => Err(RuntimeError::ImageMissing(spec.image.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upload(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<()> {
+        let options = UploadToContainerOptions {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .upload_to_container(id, Some(options), Bytes::from(tar))
+            .await?)
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        Ok(self.docker.start_container::<String>(id, None).await?)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                Ok(Some(ContainerState {
+                    running: state.running.unwrap_or(false),
+                    exit_code: state.exit_code,
+                    oom_killed: state.oom_killed.unwrap_or(false),
+                }))
+            }
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn logs(&self, id: &str, since_secs: Option<i64>) -> BoxStream<'static, Result<LogLine>> {
+        let options = LogsOptions::<String> {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: since_secs.unwrap_or(0),
+            ..Default::default()
+        };
+        self.docker
+            .logs(id, Some(options))
+            .map(|item| {
+                let message = match item? {
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message } => message,
+                    LogOutput::StdIn { message } => message,
+                };
+                Ok(split_timestamp(message))
+            })
+            .boxed()
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: grace.as_secs() as i64,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped; 404: already gone.
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTALLATION}={installation}")],
+        );
+        let options = ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        };
+        let containers = self.docker.list_containers(Some(options)).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                // The filter already matched; this guards against prefix look-alikes.
+                if labels.get(LABEL_INSTALLATION).map(String::as_str) != Some(installation) {
+                    return None;
+                }
+                Some(ContainerInfo {
+                    id: c.id?,
+                    job_id: labels.get(LABEL_JOB).and_then(|j| j.parse().ok()),
+                    running: c.state.as_deref() == Some("running"),
+                })
+            })
+            .collect())
+    }
+}
+
+/// Splits Docker's `<RFC 3339 timestamp> <text>` log framing.
+fn split_timestamp(message: Bytes) -> LogLine {
+    match message.iter().position(|b| *b == b' ') {
+        Some(space) if space > 0 && message[..space].ends_with(b"Z") => LogLine {
+            timestamp: String::from_utf8_lossy(&message[..space]).into_owned(),
+            bytes: message.slice(space + 1..),
+        },
+        _ => LogLine {
+            timestamp: String::new(),
+            bytes: message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_timestamps_are_split_off() {
+        let line = split_timestamp(Bytes::from_static(
+            b"2026-11-22T19:00:00.123456789Z hello world\n",
+        ));
+        assert_eq!(line.timestamp, "2026-11-22T19:00:00.123456789Z");
+        assert_eq!(&line.bytes[..], b"hello world\n");
+        let bare = split_timestamp(Bytes::from_static(b"no timestamp\n"));
+        assert_eq!(bare.timestamp, "");
+        assert_eq!(&bare.bytes[..], b"no timestamp\n");
+    }
+}

@@ -1,0 +1,194 @@
+//! The API's handlers, one per route of the contract.
+
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
+use ci_common::{Job, JobId, User};
+use ci_persistence::NewJob;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::sse::{job_events, sse_event, StartAt};
+use crate::upload::read_project_zip;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Stores the upload and queues its job; the controller is woken by the store.
+async fn queue_job(
+    app: &App,
+    user: &User,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Job, ApiError> {
+    let zip = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
+    let archive_digest = app.store.put_archive(&zip).await?;
+    let job = app
+        .store
+        .create_job(&NewJob {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            archive_digest,
+        })
+        .await?;
+    tracing::info!(job_id = %job.id, user = %user.email, bytes = zip.len(), "job queued");
+    Ok(job)
+}
+
+pub async fn submit_async(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Json<SubmitResponse>, ApiError> {
+    let job = queue_job(&app, &user, &headers, multipart).await?;
+    Ok(Json(SubmitResponse { job_id: job.id }))
+}
+
+/// Queues a job and streams it, starting with an event naming the job so the
+/// client can reconnect to it.
+pub async fn submit_stream(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let job = queue_job(&app, &user, &headers, multipart).await?;
+    let first = futures::stream::once(async move {
+        Ok(sse_event(None, &StreamEvent::JobId { job_id: job.id }))
+    });
+    Ok(sse_response(
+        &app,
+        first.chain(events(&app, job.id, StartAt::After(0))),
+    ))
+}
+
+/// As `/submit-stream` without the job id event (the reference's oldest endpoint).
+pub async fn submit(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let job = queue_job(&app, &user, &headers, multipart).await?;
+    Ok(sse_response(&app, events(&app, job.id, StartAt::After(0))))
+}
+
+pub async fn list_jobs(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Vec<JobSummary>>, ApiError> {
+    let jobs = app.store.list_jobs_for_user(user.id).await?;
+    Ok(Json(jobs.iter().map(JobSummary::from).collect()))
+}
+
+/// The job, if it exists and belongs to the caller. A path that is not a
+/// UUID names no job: 404, like any unknown id.
+async fn owned_job(app: &App, user: &User, id: &str) -> Result<Job, ApiError> {
+    let id: JobId = id.parse().map_err(|_| ApiError::job_not_found())?;
+    let job = app
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    if job.user_id != user.id {
+        return Err(ApiError::access_denied());
+    }
+    Ok(job)
+}
+
+pub async fn get_job(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<JobSummary>, ApiError> {
+    let job = owned_job(&app, &user, &id).await?;
+    Ok(Json(JobSummary::from(&job)))
+}
+
+pub async fn cancel_job(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<JobSummary>, ApiError> {
+    let job = owned_job(&app, &user, &id).await?;
+    let job = app.store.request_cancel(job.id).await?;
+    tracing::info!(job_id = %job.id, "cancellation requested");
+    Ok(Json(JobSummary::from(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    from_beginning: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+/// FastAPI's boolean query parsing, which the reference's clients rely on.
+fn truthy(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+}
+
+pub async fn stream_job(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&app, &user, &id).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let start = match (
+        query.after.or(last_event_id),
+        query.from_beginning.as_deref().is_some_and(truthy),
+    ) {
+        (Some(seq), _) => StartAt::After(seq.max(0)),
+        (None, true) => StartAt::After(0),
+        (None, false) => StartAt::Now,
+    };
+    Ok(sse_response(&app, events(&app, job.id, start)))
+}
+
+fn events(
+    app: &App,
+    job_id: JobId,
+    start: StartAt,
+) -> impl Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> {
+    job_events(
+        app.store.clone(),
+        job_id,
+        start,
+        app.config.stream_resync,
+        app.shutdown.clone(),
+    )
+}
+
+fn sse_response(
+    app: &App,
+    stream: impl Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
+        + Send
+        + 'static,
+) -> Response {
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(app.config.keep_alive))
+        .into_response();
+    // Tell buffering proxies (nginx) to pass events through as they come.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
+}
