@@ -1,0 +1,330 @@
+//! The reconciler against the real Docker engine and a real SQLite file: jobs
+//! run, fail with reasons, are cancelled, time out and wait for capacity, and
+//! only this installation's containers are ever touched.
+
+use std::io::{Cursor, Write};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ci_common::config::DatabaseLocation;
+use ci_common::{Job, JobStatus};
+use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
+use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
+use ci_persistence::{NewJob, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use zip::write::SimpleFileOptions;
+
+struct Harness {
+    store: Store,
+    runtime: DockerRuntime,
+    user: Uuid,
+    prefix: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(tune: impl FnOnce(&mut ControllerConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseLocation::SqliteFile(dir.path().join("jobs.db")))
+            .await
+            .unwrap();
+        let runtime = DockerRuntime::connect()
+            .await
+            .expect("a Docker engine (scripts/docker-engine.sh)");
+        let prefix = format!("cictl-{}-", &Uuid::new_v4().simple().to_string()[..8]);
+        let mut config = ControllerConfig {
+            container_prefix: prefix.clone(),
+            network_mode: "none".into(),
+            reconcile_interval: Duration::from_millis(300),
+            pip_cache_volume: None,
+            ..ControllerConfig::default()
+        };
+        tune(&mut config);
+        let user = store
+            .create_user("T", &format!("{prefix}@example.com"))
+            .await
+            .unwrap()
+            .id;
+        let shutdown = CancellationToken::new();
+        let reconciler = Reconciler::new(store.clone(), Arc::new(runtime.clone()), config);
+        tokio::spawn(reconciler.run(shutdown.clone()));
+        Harness {
+            store,
+            runtime,
+            user,
+            prefix,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    fn installation(&self) -> String {
+        self.prefix.clone()
+    }
+
+    async fn submit(&self, zip: Vec<u8>) -> Uuid {
+        let digest = self.store.put_archive(&zip).await.unwrap();
+        let id = Uuid::new_v4();
+        self.store
+            .create_job(&NewJob {
+                id,
+                user_id: self.user,
+                archive_digest: digest,
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn wait_for(&self, id: Uuid, what: &str, cond: impl Fn(&Job) -> bool, secs: u64) -> Job {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.store.get_job(id).await.unwrap().unwrap();
+            if cond(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {job:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ended(&self, id: Uuid) -> Job {
+        self.wait_for(id, "the job to end", |j| j.status.is_terminal(), 60)
+            .await
+    }
+
+    async fn output(&self, id: Uuid) -> String {
+        self.store
+            .read_log(id, 0, 1_000_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+
+    async fn containers(&self) -> usize {
+        self.runtime.list(&self.installation()).await.unwrap().len()
+    }
+
+    async fn no_containers_left(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.containers().await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "containers outlived their jobs"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label={LABEL_INSTALLATION}={} | xargs -r docker rm -f",
+                self.prefix
+            ))
+            .output();
+    }
+}
+
+fn project(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, body) in files {
+        w.start_file(*name, SimpleFileOptions::default()).unwrap();
+        w.write_all(body.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+const PASSING: &[(&str, &str)] = &[
+    ("calc.py", "def add(a, b):\n    return a + b\n"),
+    (
+        "test_calc.py",
+        "from calc import add\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_and_its_container_is_removed() {
+    let h = Harness::start(|_| {}).await;
+    let id = h.submit(project(PASSING)).await;
+    let job = h.ended(id).await;
+    assert_eq!(
+        (job.status, job.success, job.exit_code),
+        (JobStatus::Completed, Some(true), Some(0))
+    );
+    let out = h.output(id).await;
+    assert!(out.contains("test_calc.py::test_add PASSED"), "{out}");
+    assert!(out.contains("1 passed"), "{out}");
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_tests_record_the_exit_code() {
+    let h = Harness::start(|_| {}).await;
+    let id = h
+        .submit(project(&[(
+            "test_x.py",
+            "def test_x():\n    assert 1 == 2\n",
+        )]))
+        .await;
+    let job = h.ended(id).await;
+    assert_eq!((job.success, job.exit_code), (Some(false), Some(1)));
+    assert!(h.output(id).await.contains("1 failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_that_escapes_its_folder_fails_with_the_reason() {
+    let h = Harness::start(|_| {}).await;
+    let id = h.submit(project(&[("../../etc/evil.py", "x = 1\n")])).await;
+    let job = h.ended(id).await;
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(false))
+    );
+    let out = h.output(id).await;
+    assert!(out.contains("outside the workspace"), "{out}");
+    assert_eq!(h.containers().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_fails_the_job_with_the_reason() {
+    let h = Harness::start(|c| c.image = "ci-no-such-image:missing".into()).await;
+    let id = h.submit(project(PASSING)).await;
+    let job = h.ended(id).await;
+    assert_eq!(job.success, Some(false));
+    let out = h.output(id).await;
+    assert!(
+        out.contains("ci-no-such-image:missing") && out.contains("not found"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_time_limit_is_stopped() {
+    let h = Harness::start(|c| c.job_timeout = Duration::from_secs(2)).await;
+    let id = h
+        .submit(project(&[(
+            "test_slow.py",
+            "import time\n\ndef test_slow():\n    time.sleep(120)\n",
+        )]))
+        .await;
+    let job = h.ended(id).await;
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(false))
+    );
+    assert_eq!(
+        job.failure_reason.as_deref(),
+        Some("Job timed out after 2 seconds")
+    );
+    assert!(h
+        .output(id)
+        .await
+        .ends_with("Job timed out after 2 seconds\n"));
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_the_container() {
+    let h = Harness::start(|_| {}).await;
+    let id = h
+        .submit(project(&[(
+            "test_slow.py",
+            "import time\n\ndef test_slow():\n    print('started', flush=True)\n    time.sleep(120)\n",
+        )]))
+        .await;
+    h.wait_for(id, "the job to run", |j| j.status == JobStatus::Running, 30)
+        .await;
+    h.store.request_cancel(id).await.unwrap();
+    let job = h.ended(id).await;
+    assert_eq!((job.status, job.success), (JobStatus::Cancelled, None));
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_beyond_capacity_wait_queued() {
+    let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
+    let slow = project(&[(
+        "test_slow.py",
+        "import time\n\ndef test_slow():\n    time.sleep(120)\n",
+    )]);
+    let first = h.submit(slow).await;
+    h.wait_for(
+        first,
+        "the first job to run",
+        |j| j.status == JobStatus::Running,
+        30,
+    )
+    .await;
+    let second = h.submit(project(PASSING)).await;
+    // A negative property needs a window: several resync passes (300 ms each)
+    // go by while the first job runs, and none may start the second.
+    let window = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(
+            h.store.get_job(second).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.store.request_cancel(first).await.unwrap();
+    let job = h.ended(second).await;
+    assert_eq!(job.success, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_removed_and_other_installations_left_alone() {
+    let h = Harness::start(|_| {}).await;
+    let spec = |installation: &str, name: String| {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(LABEL_JOB.to_string(), Uuid::new_v4().to_string());
+        labels.insert(LABEL_INSTALLATION.to_string(), installation.to_string());
+        ContainerSpec {
+            name,
+            image: ControllerConfig::default().image,
+            cmd: vec!["sleep".into(), "300".into()],
+            labels,
+            user: "1000:1000".into(),
+            working_dir: "/workspace".into(),
+            network_mode: "none".into(),
+            memory_bytes: None,
+            pids_limit: None,
+            cpu_shares: None,
+            cache_volume: None,
+        }
+    };
+    let other = format!("{}other", h.prefix);
+    let mine = h
+        .runtime
+        .create(&spec(&h.installation(), format!("{}orphan", h.prefix)))
+        .await
+        .unwrap();
+    h.runtime.start(&mine).await.unwrap();
+    let theirs = h
+        .runtime
+        .create(&spec(&other, format!("{other}-keep")))
+        .await
+        .unwrap();
+    h.no_containers_left().await;
+    assert!(
+        h.runtime.inspect(&mine).await.unwrap().is_none(),
+        "the orphan is removed"
+    );
+    assert!(
+        h.runtime.inspect(&theirs).await.unwrap().is_some(),
+        "another installation's container stays"
+    );
+    h.runtime.remove(&theirs).await.unwrap();
+}
