@@ -38,8 +38,8 @@ impl From<&Job> for JobSummary {
             job_id: job.id,
             status: job.status,
             success: job.success,
-            // A job's start is when it was submitted, as in the reference.
-            start_time: Some(job.created_at),
+            // As in the reference: when the job started running, null while queued.
+            start_time: job.started_at,
             end_time: job.ended_at,
             exit_code: job.exit_code,
         }

@@ -19,6 +19,7 @@ use zip::write::SimpleFileOptions;
 struct Harness {
     store: Store,
     runtime: DockerRuntime,
+    config: ControllerConfig,
     user: Uuid,
     prefix: String,
     shutdown: CancellationToken,
@@ -48,17 +49,30 @@ impl Harness {
             .await
             .unwrap()
             .id;
-        let shutdown = CancellationToken::new();
-        let reconciler = Reconciler::new(store.clone(), Arc::new(runtime.clone()), config);
-        tokio::spawn(reconciler.run(shutdown.clone()));
-        Harness {
+        let mut h = Harness {
             store,
             runtime,
+            config,
             user,
             prefix,
-            shutdown,
+            shutdown: CancellationToken::new(),
             _dir: dir,
-        }
+        };
+        h.shutdown = h.spawn_controller();
+        h
+    }
+
+    /// Starts a reconciler on the same database and engine; cancelling the
+    /// token stops it as a killed controller would stop: mid-work.
+    fn spawn_controller(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        let reconciler = Reconciler::new(
+            self.store.clone(),
+            Arc::new(self.runtime.clone()),
+            self.config.clone(),
+        );
+        tokio::spawn(reconciler.run(token.clone()));
+        token
     }
 
     fn installation(&self) -> String {
@@ -327,4 +341,33 @@ async fn orphans_are_removed_and_other_installations_left_alone() {
         "another installation's container stays"
     );
     h.runtime.remove(&theirs).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_controller_adopts_a_running_job_and_resumes_its_output_exactly() {
+    let mut h = Harness::start(|_| {}).await;
+    let lines = 30_000;
+    let test = format!(
+        "import sys, time\n\ndef test_print(capsys):\n    with capsys.disabled():\n        sys.stdout.write('\\n')\n        for i in range({lines}):\n            sys.stdout.write('line %06d\\n' % i)\n            if i % 500 == 0:\n                sys.stdout.flush()\n                time.sleep(0.05)\n"
+    );
+    let id = h.submit(project(&[("test_print.py", test.as_str())])).await;
+    h.wait_for(id, "some output to be stored", |j| j.last_seq >= 3, 60)
+        .await;
+    // The first controller dies in the middle of the output…
+    h.shutdown.cancel();
+    let stored_before = h.store.get_job(id).await.unwrap().unwrap().last_seq;
+    // …and a second one takes over.
+    h.shutdown = h.spawn_controller();
+    let job = h.ended(id).await;
+    assert_eq!(job.success, Some(true), "{}", h.output(id).await);
+    assert!(job.last_seq > stored_before);
+    let out = h.output(id).await;
+    let printed: Vec<&str> = out.lines().filter(|l| l.starts_with("line ")).collect();
+    let expected: Vec<String> = (0..lines).map(|i| format!("line {i:06}")).collect();
+    assert_eq!(printed.len(), expected.len(), "no line lost, none repeated");
+    assert!(
+        printed.iter().zip(&expected).all(|(a, b)| *a == b.as_str()),
+        "in order"
+    );
+    h.no_containers_left().await;
 }
