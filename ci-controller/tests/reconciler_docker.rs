@@ -2,6 +2,8 @@
 //! run, fail with reasons, are cancelled, time out and wait for capacity, and
 //! only this installation's containers are ever touched.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Cursor, Write};
 use std::process::Command;
 use std::sync::Arc;
