@@ -373,3 +373,47 @@ async fn a_new_controller_adopts_a_running_job_and_resumes_its_output_exactly() 
     );
     h.no_containers_left().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_fails_and_leaves_other_jobs_alone() {
+    let h = Harness::start(|c| c.memory_bytes = 128 * 1024 * 1024).await;
+    let hog = h
+        .submit(project(&[(
+            "test_hog.py",
+            "def test_hog():\n    blocks = []\n    for _ in range(64):\n        blocks.append(bytearray(32 * 1024 * 1024))\n",
+        )]))
+        .await;
+    let neighbour = h.submit(project(PASSING)).await;
+    let job = h.ended(hog).await;
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(false))
+    );
+    let out = h.output(hog).await;
+    assert!(out.contains("memory limit of 128 MiB"), "{out}");
+    assert_eq!(h.ended(neighbour).await.success, Some(true));
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_hits_the_pids_limit_and_fails() {
+    let h = Harness::start(|c| c.pids_limit = 64).await;
+    let bomb = h
+        .submit(project(&[(
+            "test_bomb.py",
+            "import os, time\n\ndef test_bomb():\n    children = 0\n    try:\n        while True:\n            if os.fork() == 0:\n                time.sleep(60)\n                os._exit(0)\n            children += 1\n    except OSError as e:\n        print('fork refused after %d children: %s' % (children, e))\n        raise\n",
+        )]))
+        .await;
+    let neighbour = h.submit(project(PASSING)).await;
+    let job = h.ended(bomb).await;
+    assert_eq!(job.success, Some(false));
+    let out = h.output(bomb).await;
+    let refused = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fork refused after "))
+        .unwrap_or_else(|| panic!("the fork bomb was not stopped: {out}"));
+    let children: u32 = refused.split(' ').next().unwrap().parse().unwrap();
+    assert!(children < 64, "{children} children despite a limit of 64");
+    assert_eq!(h.ended(neighbour).await.success, Some(true));
+    h.no_containers_left().await;
+}
