@@ -46,6 +46,14 @@ struct Args {
     /// Output kept per job, in bytes; the rest is cut with a marker line.
     #[arg(long, env = "CI_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_log_bytes: u64,
+
+    /// A project may unpack to at most this many bytes (zip bombs stop here).
+    #[arg(long, env = "CI_MAX_UNPACKED_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    max_unpacked_bytes: u64,
+
+    /// A project archive may hold at most this many entries.
+    #[arg(long, env = "CI_MAX_ARCHIVE_ENTRIES", default_value_t = 100_000)]
+    max_archive_entries: usize,
 }
 
 #[tokio::main]
@@ -72,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
         config.max_concurrent_jobs = n.max(1);
     }
     config.pump.max_log_bytes = args.max_log_bytes;
+    config.unpack.max_total_bytes = args.max_unpacked_bytes;
+    config.unpack.max_entries = args.max_archive_entries;
     if !config.container_prefix.is_empty() {
         config.pip_cache_volume = Some(format!("{}ci-pip-cache", config.container_prefix));
     }

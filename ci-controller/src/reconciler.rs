@@ -149,6 +149,9 @@ pub struct Reconciler {
     ctx: Context,
     workers: HashMap<JobId, Worker>,
     wake_rx: mpsc::UnboundedReceiver<JobId>,
+    /// When each user last had a job started: between users with equally few
+    /// jobs running, the one served longest ago goes first (round robin).
+    last_started: HashMap<Uuid, tokio::time::Instant>,
 }
 
 /// Why a pass could not finish; the next pass tries again.
@@ -172,6 +175,7 @@ impl Reconciler {
             },
             workers: HashMap::new(),
             wake_rx,
+            last_started: HashMap::new(),
         }
     }
 
@@ -297,18 +301,25 @@ impl Reconciler {
         }
 
         // Start queued jobs while there is capacity, fairly: each slot goes to
-        // the oldest job of the user with the fewest jobs running.
+        // the oldest job of the user with the fewest jobs running, and between
+        // such users, to the one whose last job started longest ago.
         let mut free = self.ctx.config.max_concurrent_jobs.saturating_sub(busy);
         while free > 0 && !eligible.is_empty() {
             let (index, _) = eligible
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, j)| (per_user.get(&j.user_id).copied().unwrap_or(0), j.created_at))
+                .min_by_key(|(_, j)| {
+                    (
+                        per_user.get(&j.user_id).copied().unwrap_or(0),
+                        self.last_started.get(&j.user_id).copied(),
+                        j.created_at,
+                    )
+                })
                 .expect("eligible is not empty");
-            let job = eligible.swap_remove(index);
-            // swap_remove breaks age order; restore it for the next pick's ties.
-            eligible.sort_by_key(|j| j.created_at);
+            let job = eligible.remove(index);
             *per_user.entry(job.user_id).or_default() += 1;
+            self.last_started
+                .insert(job.user_id, tokio::time::Instant::now());
             free -= 1;
             self.start(job, by_job.get(&job.id).map(|c| c.id.clone()));
         }

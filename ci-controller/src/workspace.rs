@@ -163,6 +163,30 @@ mod tests {
         w.finish().unwrap().into_inner()
     }
 
+    /// Sets the Unix mode (file type included) of every entry in a zip's
+    /// central directory, which the zip writer would mask to permissions only.
+    pub(super) fn patch_modes(mut zip: Vec<u8>, modes: &[Option<u32>]) -> Vec<u8> {
+        let sig = [0x50, 0x4b, 0x01, 0x02];
+        // The end record (last in the file: no comment) says where the directory starts.
+        let end = zip
+            .windows(4)
+            .rposition(|w| w == [0x50, 0x4b, 0x05, 0x06])
+            .expect("an end record");
+        let mut at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap()) as usize;
+        for mode in modes {
+            assert_eq!(zip[at..at + 4], sig);
+            let field = |o: usize| u16::from_le_bytes([zip[at + o], zip[at + o + 1]]) as usize;
+            let len = 46 + field(28) + field(30) + field(32);
+            if let Some(mode) = mode {
+                // "Made by" Unix, so readers honour the mode.
+                zip[at + 5] = 3;
+                zip[at + 38..at + 42].copy_from_slice(&(mode << 16).to_le_bytes());
+            }
+            at += len;
+        }
+        zip
+    }
+
     fn tar_entries(tar_bytes: &[u8]) -> Vec<(String, Vec<u8>, u64, u32)> {
         let mut archive = tar::Archive::new(tar_bytes);
         archive
@@ -227,6 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn device_files_are_refused() {
+        // A character device, as `zip` on Unix records one.
+        let zip = patch_modes(zip_of(&[("dev/null", b"", None)]), &[Some(0o020_666)]);
+        assert_eq!(
+            zip_to_tar(&zip, UnpackLimits::default()),
+            Err(WorkspaceError::SpecialFile("dev/null".into()))
+        );
+    }
+
+    #[test]
     fn corrupt_and_empty_archives_are_refused() {
         assert!(matches!(
             zip_to_tar(b"not a zip", UnpackLimits::default()),
@@ -265,5 +299,109 @@ mod tests {
             zip_to_tar(&zip, limits),
             Err(WorkspaceError::TooManyEntries { limit: 1 })
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    /// Path segments, including the hostile ones.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z_]{1,8}(\\.py)?",
+            1 => Just("..".to_string()),
+            1 => Just(".".to_string()),
+            1 => Just("".to_string()),
+        ]
+    }
+
+    fn entry_name() -> impl Strategy<Value = String> {
+        (any::<bool>(), prop::collection::vec(segment(), 1..5)).prop_map(|(absolute, parts)| {
+            format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+        })
+    }
+
+    fn mode() -> impl Strategy<Value = Option<u32>> {
+        prop_oneof![
+            4 => Just(None),
+            1 => Just(Some(0o100_755)),
+            1 => Just(Some(0o120_777)),
+            1 => Just(Some(0o020_644)),
+            1 => Just(Some(0o060_644)),
+            1 => Just(Some(0o010_644)),
+        ]
+    }
+
+    fn archive() -> impl Strategy<Value = Vec<(String, Vec<u8>, Option<u32>)>> {
+        prop::collection::vec(
+            (
+                entry_name(),
+                prop::collection::vec(any::<u8>(), 0..64),
+                mode(),
+            ),
+            0..8,
+        )
+    }
+
+    fn build(entries: &[(String, Vec<u8>, Option<u32>)]) -> Option<Vec<u8>> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, data, mode) in entries {
+            let mut opts = SimpleFileOptions::default();
+            if let Some(m) = mode {
+                opts = opts.unix_permissions(*m & 0o777);
+            }
+            // The zip writer itself refuses some names (duplicates); such an
+            // archive cannot be uploaded by a client either.
+            w.start_file(name.as_str(), opts).ok()?;
+            w.write_all(data).ok()?;
+        }
+        let modes: Vec<Option<u32>> = entries.iter().map(|(_, _, m)| *m).collect();
+        Some(super::tests::patch_modes(
+            w.finish().ok()?.into_inner(),
+            &modes,
+        ))
+    }
+
+    proptest! {
+        /// Whatever the archive holds, what comes out is a tar of plain files
+        /// and folders strictly inside the workspace, owned by the job's user,
+        /// within the limits; anything else is refused with a reason.
+        #[test]
+        fn unpacked_workspaces_stay_inside(entries in archive()) {
+            let Some(zip) = build(&entries) else { return Ok(()) };
+            let limits = UnpackLimits { max_total_bytes: 256, max_entries: 6 };
+            match zip_to_tar(&zip, limits) {
+                Ok(tar_bytes) => {
+                    let mut total = 0u64;
+                    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+                    for e in archive.entries().unwrap() {
+                        let e = e.unwrap();
+                        let path = e.path().unwrap().into_owned();
+                        prop_assert!(path.is_relative(), "{path:?}");
+                        prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{path:?}");
+                        let kind = e.header().entry_type();
+                        prop_assert!(kind.is_file() || kind.is_dir(), "{kind:?}");
+                        prop_assert_eq!(e.header().uid().unwrap(), WORKSPACE_UID);
+                        total += e.header().size().unwrap();
+                    }
+                    prop_assert!(total <= limits.max_total_bytes);
+                    for (_, _, mode) in &entries {
+                        let kind = mode.unwrap_or(0) & S_IFMT;
+                        prop_assert!(kind == 0 || kind == S_IFREG, "a {kind:o} entry was accepted");
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        /// Arbitrary bytes never panic the unpacker.
+        #[test]
+        fn garbage_is_refused_not_panicked_on(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = zip_to_tar(&bytes, UnpackLimits::default());
+        }
     }
 }

@@ -417,3 +417,68 @@ async fn a_fork_bomb_hits_the_pids_limit_and_fails() {
     assert_eq!(h.ended(neighbour).await.success, Some(true));
     h.no_containers_left().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_output_is_cut_at_the_limit_and_the_job_still_ends() {
+    let h = Harness::start(|c| c.pump.max_log_bytes = 200_000).await;
+    let id = h
+        .submit(project(&[(
+            "test_chatty.py",
+            "import sys\n\ndef test_chatty(capsys):\n    with capsys.disabled():\n        for i in range(200000):\n            sys.stdout.write('chatter %d\\n' % i)\n",
+        )]))
+        .await;
+    let job = h.ended(id).await;
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(true))
+    );
+    let out = h.output(id).await;
+    assert!(out.len() <= 200_000 + 200, "{} bytes kept", out.len());
+    assert!(out.contains("chatter 0\n"));
+    assert!(
+        out.contains("[ci] Output truncated: the job printed more than 200000 bytes"),
+        "{}",
+        &out[out.len().saturating_sub(500)..]
+    );
+    assert!(!out.contains("chatter 199999"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_shared_fairly_between_users() {
+    let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
+    let quick = project(PASSING);
+    // One user queues many jobs, then another user queues one.
+    let greedy: Vec<Uuid> = {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(h.submit(quick.clone()).await);
+        }
+        ids
+    };
+    let other_user = h
+        .store
+        .create_user("O", &format!("other-{}@example.com", h.prefix))
+        .await
+        .unwrap()
+        .id;
+    let digest = h.store.put_archive(&quick).await.unwrap();
+    let modest = Uuid::new_v4();
+    h.store
+        .create_job(&NewJob {
+            id: modest,
+            user_id: other_user,
+            archive_digest: digest,
+        })
+        .await
+        .unwrap();
+    let mut ended = Vec::new();
+    for id in greedy.iter().chain([&modest]) {
+        ended.push((h.ended(*id).await.started_at.unwrap(), *id));
+    }
+    ended.sort();
+    let position = ended.iter().position(|(_, id)| *id == modest).unwrap();
+    assert!(
+        position <= 1,
+        "the other user's job started at position {position} of 5"
+    );
+}
