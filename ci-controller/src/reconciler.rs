@@ -453,18 +453,24 @@ impl Reconciler {
     }
 }
 
-/// How an exited container's state translates into a job outcome.
+/// How an exited container's state translates into a job outcome. A job
+/// killed from outside (by the kernel for memory, or by a signal, as when the
+/// Docker engine shuts down) gets a reason, so the user knows why.
 fn exit_outcome(state: &crate::runtime::ContainerState, config: &ControllerConfig) -> JobOutcome {
     let code = state.exit_code.unwrap_or(-1);
+    let mut outcome = JobOutcome::exited(code);
     if state.oom_killed {
-        let mut outcome = JobOutcome::exited(code);
         outcome.reason = Some(format!(
             "The job was killed: it used more than its memory limit of {} MiB",
             config.memory_bytes / (1024 * 1024)
         ));
-        return outcome;
+    } else if code == 137 || code == 143 {
+        outcome.reason = Some(format!(
+            "The job's container was stopped from outside (signal {}), for example by a restart of the Docker engine; the tests did not finish",
+            code - 128
+        ));
     }
-    JobOutcome::exited(code)
+    outcome
 }
 
 async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) {

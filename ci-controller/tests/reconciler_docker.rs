@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Cursor, Write};
+mod support;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,9 @@ use ci_common::{Job, JobStatus};
 use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
 use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
 use ci_persistence::{NewJob, Store};
+use support::project;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use zip::write::SimpleFileOptions;
 
 struct Harness {
     store: Store,
@@ -152,15 +153,6 @@ impl Drop for Harness {
             ))
             .output();
     }
-}
-
-fn project(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, body) in files {
-        w.start_file(*name, SimpleFileOptions::default()).unwrap();
-        w.write_all(body.as_bytes()).unwrap();
-    }
-    w.finish().unwrap().into_inner()
 }
 
 const PASSING: &[(&str, &str)] = &[
