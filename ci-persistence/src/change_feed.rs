@@ -5,12 +5,14 @@
 //! the change, and notify waiters in their own process at once. Waiters in other
 //! processes learn of it from a watcher: on SQLite it asks `PRAGMA data_version`
 //! (an in-memory check that changes when any other connection commits) every
-//! few milliseconds and reads `signals` only when it moved.
+//! few milliseconds and reads `signals` only when it moved; on PostgreSQL a
+//! trigger on `signals` sends a NOTIFY that a listener receives, so nobody polls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::watch;
 
@@ -51,6 +53,7 @@ pub struct ChangeFeed {
 impl ChangeFeed {
     pub(crate) async fn start(
         backend: Backend,
+        url: &str,
         pool: AnyPool,
         poll: Duration,
     ) -> Result<Arc<ChangeFeed>> {
@@ -58,8 +61,17 @@ impl ChangeFeed {
             jobs: watch::channel(0).0,
             events: watch::channel(0).0,
         });
-        let conn = pool.acquire().await?.detach();
-        tokio::spawn(watch_database(backend, conn, Arc::downgrade(&feed), poll));
+        match backend {
+            Backend::Sqlite => {
+                let conn = pool.acquire().await?.detach();
+                tokio::spawn(watch_sqlite(conn, Arc::downgrade(&feed), poll));
+            }
+            Backend::Postgres => {
+                let mut listener = PgListener::connect(url).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                tokio::spawn(listen_postgres(listener, Arc::downgrade(&feed)));
+            }
+        }
         Ok(feed)
     }
 
@@ -81,13 +93,38 @@ impl ChangeFeed {
     }
 }
 
+/// The PostgreSQL notification channel the `signals` trigger sends on.
+const NOTIFY_CHANNEL: &str = "ci_signals";
+
+/// Receives PostgreSQL notifications until the feed is dropped. The listener
+/// reconnects by itself after a lost connection; what was sent meanwhile is
+/// unknown, so every channel is woken then, and waiters look for themselves.
+async fn listen_postgres(mut listener: PgListener, feed: Weak<ChangeFeed>) {
+    loop {
+        let received = listener.try_recv().await;
+        let Some(feed) = feed.upgrade() else { return };
+        match received {
+            Ok(Some(n)) => {
+                if let Some(channel) = Channel::from_name(n.payload()) {
+                    feed.notify(channel);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("change listener: the database connection was lost; reconnecting");
+                feed.notify(Channel::Jobs);
+                feed.notify(Channel::Events);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener failed; retrying");
+                drop(feed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 /// Watches for commits of other processes until the feed is dropped.
-async fn watch_database(
-    backend: Backend,
-    mut conn: AnyConnection,
-    feed: Weak<ChangeFeed>,
-    poll: Duration,
-) {
+async fn watch_sqlite(mut conn: AnyConnection, feed: Weak<ChangeFeed>, poll: Duration) {
     let mut data_version: Option<i64> = None;
     let mut seen: HashMap<Channel, i64> = HashMap::new();
     let mut interval = tokio::time::interval(poll);
@@ -95,18 +132,16 @@ async fn watch_database(
     loop {
         interval.tick().await;
         let Some(feed) = feed.upgrade() else { return };
-        if backend == Backend::Sqlite {
-            match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                .fetch_one(&mut conn)
-                .await
-            {
-                Ok(v) if data_version == Some(v) => continue,
-                Ok(v) => data_version = Some(v),
-                Err(e) => {
-                    tracing::warn!(error = %e, "change watcher: cannot read data_version");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+        match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(v) if data_version == Some(v) => continue,
+            Ok(v) => data_version = Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "change watcher: cannot read data_version");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         }
         match sqlx::query("SELECT channel, version FROM signals")

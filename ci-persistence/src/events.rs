@@ -1,7 +1,7 @@
 //! Job output, stored in chunks numbered per job.
 
 use ci_common::{JobId, LogChunk};
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
 use crate::change_feed::Channel;
 use crate::error::{Result, StoreError};
@@ -53,14 +53,23 @@ impl Store {
         let id = job_id.to_string();
         for (batch_index, batch) in chunks.chunks(ROWS_PER_INSERT).enumerate() {
             let offset = first + (batch_index * ROWS_PER_INSERT) as i64;
-            let mut insert = QueryBuilder::new("INSERT INTO job_events (job_id, seq, kind, text) ");
-            insert.push_values(batch.iter().enumerate(), |mut row, (i, text)| {
-                row.push_bind(id.clone())
-                    .push_bind(offset + i as i64)
-                    .push_bind("log")
-                    .push_bind(text.clone());
-            });
-            insert.build().execute(&mut *tx).await?;
+            // Numbered placeholders, which both databases read (sqlx's query
+            // builder writes `?` for the Any driver, which PostgreSQL does not).
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| format!("(${}, ${}, 'log', ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_events (job_id, seq, kind, text) VALUES {}",
+                values.join(", ")
+            );
+            let mut insert = sqlx::query(&sql);
+            for (i, text) in batch.iter().enumerate() {
+                insert = insert
+                    .bind(id.clone())
+                    .bind(offset + i as i64)
+                    .bind(text.clone());
+            }
+            insert.execute(&mut *tx).await?;
         }
         bump(&mut tx, Channel::Events).await?;
         tx.commit().await?;

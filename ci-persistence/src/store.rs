@@ -143,7 +143,8 @@ impl Store {
         };
 
         migrate(backend, &writer).await?;
-        let feed = ChangeFeed::start(backend, reader.clone(), options.change_poll_interval).await?;
+        let feed =
+            ChangeFeed::start(backend, &url, reader.clone(), options.change_poll_interval).await?;
         Ok(Store {
             reader,
             writer,

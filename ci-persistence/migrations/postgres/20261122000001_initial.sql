@@ -68,3 +68,15 @@ CREATE TABLE leases (
     holder      TEXT NOT NULL,
     expires_at  BIGINT NOT NULL
 );
+
+-- Other processes learn of a bumped signal by LISTEN ci_signals; the payload
+-- names the channel. Delivered on commit, so nobody polls.
+CREATE FUNCTION ci_notify_signal() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('ci_signals', NEW.channel);
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER signals_notify AFTER UPDATE ON signals
+    FOR EACH ROW EXECUTE FUNCTION ci_notify_signal();
