@@ -36,8 +36,11 @@ pub enum WorkerState {
     Idle,
     /// Starting the container and/or following its output.
     Following,
-    /// The output ended (the container stopped, or reading it failed).
+    /// The output ended: the container stopped and all of it is stored.
     FollowingEnded,
+    /// Following failed (the engine or the database did not answer); what was
+    /// not stored is read again from the cursor by the next follower.
+    FollowingFailed,
     /// Stopping the container and recording how the job ended.
     Ending,
 }
@@ -248,22 +251,20 @@ impl Reconciler {
         for id in finished {
             self.workers.remove(&id);
         }
-        let mut ended_pumps: HashMap<JobId, Result<PumpEnd, String>> = HashMap::new();
-        for (id, state) in &states {
-            if *state == WorkerState::FollowingEnded {
-                if let Some(Worker::Following(h)) = self.workers.remove(id) {
-                    let result = match h.await {
-                        Ok(Ok(end)) => Ok(end),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    ended_pumps.insert(*id, result);
-                }
+        for (id, state) in states.iter_mut() {
+            if *state != WorkerState::FollowingEnded {
+                continue;
             }
-        }
-        for (id, result) in &ended_pumps {
-            if let Err(e) = result {
-                tracing::warn!(job_id = %id, error = %e, "following the job's output failed; it will be resumed");
+            if let Some(Worker::Following(h)) = self.workers.remove(id) {
+                let failure = match h.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = failure {
+                    tracing::warn!(job_id = %id, error = %e, "following the job's output failed; it will be resumed");
+                    *state = WorkerState::FollowingFailed;
+                }
             }
         }
 
@@ -358,22 +359,29 @@ impl Reconciler {
     }
 
     fn adopt(&mut self, job: &Job, container_id: String) {
-        tracing::info!(job_id = %job.id, container = %container_id, cursor = ?job.log_cursor, "following the job's container");
+        tracing::info!(job_id = %job.id, container = %container_id, "following the job's container");
         let ctx = self.ctx.clone();
         let job_id = job.id;
-        let cursor = job.log_cursor.clone();
         let span = tracing::info_span!("job", %job_id);
         let handle = tokio::spawn(
             async move {
-                let result = pump_logs(
-                    ctx.store.clone(),
-                    ctx.runtime.clone(),
-                    job_id,
-                    container_id,
-                    cursor,
-                    ctx.config.pump,
-                )
-                .await;
+                // The cursor is read now, not from the pass's snapshot: a
+                // follower that just failed may have stored more since.
+                let result = match ctx.store.get_job(job_id).await {
+                    Ok(Some(job)) => {
+                        pump_logs(
+                            ctx.store.clone(),
+                            ctx.runtime.clone(),
+                            job_id,
+                            container_id,
+                            job.log_cursor,
+                            ctx.config.pump,
+                        )
+                        .await
+                    }
+                    Ok(None) => Ok(PumpEnd::JobEnded),
+                    Err(e) => Err(PumpError::Store(e)),
+                };
                 if result.is_err() {
                     // Do not spin against a broken engine; the next pass retries.
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -694,6 +702,20 @@ mod tests {
                 &j,
                 Some(&container(true)),
                 &WorkerState::FollowingEnded,
+                now,
+                TIMEOUT
+            ),
+            Action::Adopt {
+                container_id: "c1".into()
+            }
+        );
+        // A follower that failed is replaced; the job does not complete on
+        // output that may be missing.
+        assert_eq!(
+            decide(
+                &j,
+                Some(&container(false)),
+                &WorkerState::FollowingFailed,
                 now,
                 TIMEOUT
             ),
