@@ -68,3 +68,16 @@ mod tests {
         );
     }
 }
+
+/// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
+/// (sqlx's per-statement logs kept to warnings), colours only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
