@@ -41,6 +41,19 @@ pub fn default_db_path() -> PathBuf {
         .join("jobs.db")
 }
 
+/// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
+/// (sqlx's per-statement logs kept to warnings), colours only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,17 +80,4 @@ mod tests {
             matches!(DatabaseArgs::default().location(), DatabaseLocation::SqliteFile(p) if p.ends_with(".ci/jobs.db"))
         );
     }
-}
-
-/// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
-/// (sqlx's per-statement logs kept to warnings), colours only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
