@@ -1,6 +1,8 @@
 //! A Docker engine restart while jobs run. The test starts an engine of its
 //! own (its own socket, data and exec folders, no network), so restarting it
-//! touches no other test's containers.
+//! touches no other test's containers. It runs in a network namespace of its
+//! own: an engine started with `--bridge=none` deletes the host's `docker0`,
+//! which would take the bridge network away from the host's engine.
 
 #![allow(clippy::unwrap_used)]
 
@@ -38,7 +40,8 @@ impl PrivateEngine {
 
     fn boot(&mut self) {
         let log = std::fs::File::create(self.root.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
+        let child = Command::new("unshare")
+            .args(["--net", "dockerd"])
             .arg("--data-root")
             .arg(self.root.join("data"))
             .arg("--exec-root")
