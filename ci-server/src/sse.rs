@@ -17,13 +17,16 @@ use tokio_util::sync::CancellationToken;
 /// Chunks read per query; a long backlog is sent in pages of this size.
 const PAGE: i64 = 500;
 
-/// Where a stream starts.
+/// Where a stream starts. "From now on" is resolved by the handler from the
+/// job row it read before answering, so that whatever is stored after the
+/// response has begun is sent, whenever the body is first polled.
 #[derive(Debug, Clone, Copy)]
 pub enum StartAt {
     /// After this sequence number (0 = from the beginning).
     After(i64),
-    /// Only what comes from now on; a job that already ended says so.
-    Now,
+    /// Only new output was asked for, and the job had already ended with
+    /// `last_seq` chunks: it says so and completes.
+    Ended { last_seq: i64, success: bool },
 }
 
 pub fn sse_event(id: Option<i64>, event: &StreamEvent) -> Event {
@@ -48,21 +51,12 @@ pub fn job_events(
         let mut jobs_changed = store.changes().subscribe(Channel::Jobs);
         let mut after = match start {
             StartAt::After(seq) => seq,
-            StartAt::Now => match store.get_job(job_id).await {
-                Ok(Some(job)) if job.status.is_terminal() => {
-                    let log = StreamEvent::Log { data: "Job already completed.\n".to_string() };
-                    yield Ok(sse_event(Some(job.last_seq), &log));
-                    let done = StreamEvent::Complete { success: job.success.unwrap_or(false) };
-                    yield Ok(sse_event(Some(job.last_seq), &done));
-                    return;
-                }
-                Ok(Some(job)) => job.last_seq,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(%job_id, error = %e, "stream: cannot read job");
-                    return;
-                }
-            },
+            StartAt::Ended { last_seq, success } => {
+                let log = StreamEvent::Log { data: "Job already completed.\n".to_string() };
+                yield Ok(sse_event(Some(last_seq), &log));
+                yield Ok(sse_event(Some(last_seq), &StreamEvent::Complete { success }));
+                return;
+            }
         };
         loop {
             // Mark the feed seen before reading, so a change that lands while we

@@ -1,8 +1,9 @@
 //! The API's handlers, one per route of the contract.
 
 use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,16 @@ use crate::upload::read_project_zip;
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Unknown paths, as the reference (FastAPI) answers them.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// A known path with a method it does not take (the `Allow` header is kept).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }
 
 /// Stores the upload and queues its job; the controller is woken by the store.
@@ -92,8 +103,16 @@ pub async fn list_jobs(
 }
 
 /// The job, if it exists and belongs to the caller. A path that is not a
-/// UUID names no job: 404, like any unknown id.
-async fn owned_job(app: &App, user: &User, id: &str) -> Result<Job, ApiError> {
+/// UUID names no job: 404, like any unknown id; so does one that does not
+/// even decode to text (`%FF`).
+async fn owned_job(
+    app: &App,
+    user: &User,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Job, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::job_not_found());
+    };
     let id: JobId = id.parse().map_err(|_| ApiError::job_not_found())?;
     let job = app
         .store
@@ -109,18 +128,18 @@ async fn owned_job(app: &App, user: &User, id: &str) -> Result<Job, ApiError> {
 pub async fn get_job(
     State(app): State<App>,
     AuthUser(user): AuthUser,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let job = owned_job(&app, &user, &id).await?;
+    let job = owned_job(&app, &user, id).await?;
     Ok(Json(JobSummary::from(&job)))
 }
 
 pub async fn cancel_job(
     State(app): State<App>,
     AuthUser(user): AuthUser,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let job = owned_job(&app, &user, &id).await?;
+    let job = owned_job(&app, &user, id).await?;
     let job = app.store.request_cancel(job.id).await?;
     tracing::info!(job_id = %job.id, "cancellation requested");
     Ok(Json(JobSummary::from(&job)))
@@ -142,11 +161,14 @@ fn truthy(v: &str) -> bool {
 pub async fn stream_job(
     State(app): State<App>,
     AuthUser(user): AuthUser,
-    Path(id): Path<String>,
-    Query(query): Query<StreamQuery>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&app, &user, &id).await?;
+    let job = owned_job(&app, &user, id).await?;
+    // As FastAPI rejects a malformed query parameter: 422, here with a JSON detail.
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -157,7 +179,12 @@ pub async fn stream_job(
     ) {
         (Some(seq), _) => StartAt::After(seq.max(0)),
         (None, true) => StartAt::After(0),
-        (None, false) => StartAt::Now,
+        // Only new output: "now" is the job as read above, before answering.
+        (None, false) if job.status.is_terminal() => StartAt::Ended {
+            last_seq: job.last_seq,
+            success: job.success.unwrap_or(false),
+        },
+        (None, false) => StartAt::After(job.last_seq),
     };
     Ok(sse_response(&app, events(&app, job.id, start)))
 }

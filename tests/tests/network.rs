@@ -1,0 +1,55 @@
+//! A job on Docker's bridge network installs a pinned requirement from PyPI
+//! for real: the job image ships Debian's pytest 7.2.1, the fixture pins 7.4.3
+//! and its test checks which one runs.
+
+use std::time::Duration;
+
+use ci_common::JobStatus;
+use ci_tests::{copy_fixture, run_within, TestSystem};
+
+/// A download on a slow day.
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
+
+#[test]
+fn a_pinned_requirement_is_downloaded_and_used() {
+    let sys = TestSystem::options().job_network("bridge").start();
+    let project = copy_fixture("pinned-requirement");
+
+    let out = run_within(
+        sys.ci()
+            .args(["submit", "test"])
+            .current_dir(project.path()),
+        DOWNLOAD_DEADLINE,
+    );
+
+    out.assert_code(0);
+    // pip's own report: fetched from PyPI (the cache volume is new), installed.
+    assert!(
+        out.stdout.contains("Downloading pytest-7.4.3"),
+        "a real download\n{out}"
+    );
+    assert!(
+        out.stdout.contains("Successfully installed pytest-7.4.3"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("pytest-7.4.3"),
+        "pytest 7.4.3 runs\n{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("::test_the_pinned_pytest_is_the_one_running PASSED"),
+        "{out}"
+    );
+    let id = out
+        .job_id()
+        .unwrap_or_else(|| panic!("no `Job ID:` line\n{out}"));
+    let job = sys
+        .job(id)
+        .unwrap_or_else(|e| panic!("cannot read job {id}: {e:#}"));
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(true))
+    );
+    sys.assert_settled();
+}
