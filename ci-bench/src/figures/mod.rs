@@ -1,0 +1,109 @@
+//! The six figures. Each takes its baseline in the same run, interleaved with
+//! the measurement where the figure allows, so that a busy neighbour on the
+//! machine slows both sides alike.
+
+pub mod api;
+pub mod latency;
+pub mod logs;
+pub mod memory;
+pub mod overhead;
+pub mod throughput;
+
+use std::time::Duration;
+
+use crate::fixtures::Project;
+use crate::load::LoadShape;
+
+/// How much of everything: the full suite or `--quick`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub overhead_pairs: usize,
+    pub latency_jobs: usize,
+    pub throughput_jobs: usize,
+    /// Rounds of system and by hand, in ABBA order.
+    pub throughput_rounds: usize,
+    pub api_jobs: usize,
+    pub api_shape: LoadShape,
+    pub log_lines: usize,
+    pub log_runs: usize,
+    pub sse_streams: usize,
+    pub controller_jobs: usize,
+    pub controller_job_secs: u64,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            quick: false,
+            overhead_pairs: 10,
+            latency_jobs: 50,
+            throughput_jobs: 50,
+            throughput_rounds: 2,
+            api_jobs: 100,
+            api_shape: LoadShape {
+                connections: 64,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(10),
+            },
+            log_lines: 100_000,
+            log_runs: 3,
+            sse_streams: 1000,
+            controller_jobs: 20,
+            controller_job_secs: 20,
+        }
+    }
+
+    /// Small enough to finish in a minute or two: CI runs it so it cannot rot.
+    pub fn quick() -> Plan {
+        Plan {
+            quick: true,
+            overhead_pairs: 2,
+            latency_jobs: 4,
+            throughput_jobs: 4,
+            throughput_rounds: 1,
+            api_jobs: 10,
+            api_shape: LoadShape {
+                connections: 64,
+                warmup: Duration::from_millis(200),
+                duration: Duration::from_secs(1),
+            },
+            log_lines: 10_000,
+            log_runs: 1,
+            sse_streams: 100,
+            controller_jobs: 4,
+            controller_job_secs: 6,
+        }
+    }
+}
+
+/// The generated projects the figures submit.
+#[derive(Debug, Clone)]
+pub struct Fixtures {
+    pub passing: Project,
+    pub big_output: Project,
+    /// Runs far longer than any figure waits, for the streams to hang on.
+    pub long_sleeper: Project,
+    /// Runs long enough for all of the memory figure's jobs to run at once.
+    pub sleeper: Project,
+}
+
+/// What every figure gets.
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    pub fixtures: &'a Fixtures,
+    /// The machine's CPU count: the controller's default capacity.
+    pub cpus: usize,
+    /// `sqlite` or `postgres`, for the machine lines.
+    pub database: &'static str,
+}
+
+/// Milliseconds of a duration, as the figures report them.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Progress for the person watching; the results go to stdout.
+pub(crate) fn progress(message: impl std::fmt::Display) {
+    eprintln!("ci-bench: {message}");
+}

@@ -1,0 +1,117 @@
+//! The Python projects the benchmark submits, generated into a scratch folder
+//! so the suite depends on nothing but itself, and their zips for the API.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{BenchError, Result};
+
+/// The first characters of every line the big-output fixture prints, so that the
+/// lines can be picked out of pytest's own output and compared.
+pub const BIG_LINE_PREFIX: &str = "bench-line ";
+
+/// One generated project: a folder and the zip `ci` would upload for it.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub zip: Vec<u8>,
+}
+
+/// Five quick passing tests: the typical small job.
+pub fn passing(root: &Path) -> Result<Project> {
+    write_project(
+        &root.join("passing"),
+        &[(
+            "test_sample.py",
+            "import math\n\n\n\
+             def test_addition():\n    assert 1 + 1 == 2\n\n\n\
+             def test_strings():\n    assert \"ci\".upper() == \"CI\"\n\n\n\
+             def test_lists():\n    assert sorted([3, 1, 2]) == [1, 2, 3]\n\n\n\
+             def test_math():\n    assert math.isclose(math.sqrt(2) ** 2, 2.0)\n\n\n\
+             def test_dicts():\n    assert {\"a\": 1}.get(\"a\") == 1\n"
+                .to_string(),
+        )],
+    )
+}
+
+/// One passing test that prints `lines` numbered lines past pytest's capture.
+pub fn big_output(root: &Path, lines: usize) -> Result<Project> {
+    let test = format!(
+        "def test_big_output(capsys):\n\
+         \x20   # Past pytest's capture, so the lines are the job's own output.\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print()\n\
+         \x20       for i in range({lines}):\n\
+         \x20           print(f\"{BIG_LINE_PREFIX}{{i:06d}} the quick brown fox jumps over the lazy dog {{i * 7919 % 100003:06d}}\")\n"
+    );
+    write_project(
+        &root.join(format!("big-output-{lines}")),
+        &[("test_big_output.py", test)],
+    )
+}
+
+/// A job that prints one line at once, then runs for `seconds` and passes.
+pub fn sleeper(root: &Path, seconds: u64) -> Result<Project> {
+    let test = format!(
+        "import time\n\n\n\
+         def test_sleeps(capsys):\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print(\"\\nsleeper started\", flush=True)\n\
+         \x20   time.sleep({seconds})\n"
+    );
+    write_project(
+        &root.join(format!("sleeper-{seconds}")),
+        &[("test_sleeper.py", test)],
+    )
+}
+
+fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<Project> {
+    std::fs::create_dir_all(dir).map_err(BenchError::io(format!("creating {}", dir.display())))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(BenchError::io(format!("writing {}", path.display())))?;
+    }
+    let zip = zip_files(files)?;
+    Ok(Project {
+        dir: dir.to_path_buf(),
+        zip,
+    })
+}
+
+/// The project as the upload zip (deflated, as `ci` makes it).
+fn zip_files(files: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    let zip_error = |e: zip::result::ZipError| BenchError::Setup(format!("building a zip: {e}"));
+    for (name, text) in files {
+        out.start_file(*name, options).map_err(zip_error)?;
+        out.write_all(text.as_bytes())
+            .map_err(BenchError::io("writing a zip entry"))?;
+    }
+    Ok(out.finish().map_err(zip_error)?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projects_are_written_and_zipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = big_output(dir.path(), 3).unwrap();
+        let text = std::fs::read_to_string(p.dir.join("test_big_output.py")).unwrap();
+        assert!(text.contains("range(3)"));
+        assert!(text.contains(BIG_LINE_PREFIX));
+        let archive = zip::ZipArchive::new(std::io::Cursor::new(p.zip)).unwrap();
+        assert_eq!(archive.len(), 1);
+        assert!(passing(dir.path())
+            .unwrap()
+            .dir
+            .join("test_sample.py")
+            .exists());
+        assert!(sleeper(dir.path(), 2).unwrap().zip.len() > 20);
+    }
+}
