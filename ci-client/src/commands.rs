@@ -57,39 +57,80 @@ pub async fn submit_async(context: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How far a sync submit got, for deciding what Ctrl-C has to undo.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SubmitProgress {
+    /// Still packing: the server knows nothing yet.
+    Packing,
+    /// The upload is under way: the server may have created the job already.
+    Uploading,
+    /// The server named the job.
+    Named(JobId),
+}
+
 /// `ci submit test`: upload, then print the job's output as it happens.
-/// Ctrl-C cancels the job on the server.
+/// Ctrl-C cancels the job on the server, also when it comes while the upload
+/// is still in flight: then the stream is read on until the server names the
+/// job, so no job is left running that the user tried to stop.
 pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
     let api = context.api()?;
-    let mut job_id = None;
-    let mut sink = LogSink::default();
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(SubmitProgress::Packing);
+    let sink = LogSink::default();
     let run = async {
         let zip = zip_current_dir().await?;
+        progress_tx.send_replace(SubmitProgress::Uploading);
         let mut events = api.submit_stream(zip).await?;
-        print_events(&mut events, &mut sink, &mut job_id).await
+        print_events(&mut events, &sink, |id| {
+            progress_tx.send_replace(SubmitProgress::Named(id));
+        })
+        .await
     };
-    let outcome = tokio::select! {
-        outcome = run => Some(outcome),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    match outcome {
-        Some(result) => {
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => {
             if result.is_err() {
                 sink.end_line();
             }
-            result
+            return result;
         }
+        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    eprint!("\n\nJob cancelled by user.\n");
+    let interrupted_at = *progress.borrow_and_update();
+    let job_id = match interrupted_at {
+        SubmitProgress::Packing => {
+            eprintln!("Nothing was sent to the server.");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        SubmitProgress::Named(id) => Some(id),
+        SubmitProgress::Uploading => {
+            // The server names the job as soon as it has stored it; read on
+            // until it does, or the upload fails.
+            let named = async {
+                tokio::select! {
+                    _ = &mut run => None,
+                    named = progress.wait_for(|p| matches!(p, SubmitProgress::Named(_))) => {
+                        match named.as_deref() {
+                            Ok(SubmitProgress::Named(id)) => Some(*id),
+                            _ => None,
+                        }
+                    }
+                }
+            };
+            tokio::time::timeout(CANCEL_TIMEOUT, named)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    match job_id {
+        Some(id) => cancel_after_interrupt(&api, id).await,
         None => {
-            eprint!("\n\nJob cancelled by user.\n");
-            match job_id {
-                Some(id) => cancel_after_interrupt(&api, id).await,
-                None => eprintln!(
-                    "The server had not named the job yet; see 'ci list' in case it was created."
-                ),
-            }
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
+            eprintln!("The server had not named the job yet; see 'ci list' in case it was created.")
         }
     }
+    Ok(ExitCode::from(EXIT_INTERRUPTED))
 }
 
 async fn cancel_after_interrupt(api: &ApiClient, job_id: JobId) {
@@ -112,13 +153,13 @@ pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Res
     } else {
         FollowFrom::Now
     };
-    let mut sink = LogSink::default();
+    let sink = LogSink::default();
     let run = async {
         let mut events = api
             .follow_job(job_id, from)
             .await
             .map_err(about_job(job_id))?;
-        print_events(&mut events, &mut sink, &mut None).await
+        print_events(&mut events, &sink, |_| {}).await
     };
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
@@ -184,13 +225,13 @@ fn cancel_outcome(job: &JobSummary) -> String {
 /// the exit code. Announces the job id of a submit stream on stderr.
 async fn print_events(
     events: &mut JobEvents,
-    sink: &mut LogSink,
-    job_id: &mut Option<JobId>,
+    sink: &LogSink,
+    mut on_job_id: impl FnMut(JobId),
 ) -> anyhow::Result<ExitCode> {
     while let Some(received) = events.next().await {
         match received?.event {
             StreamEvent::JobId { job_id: id } => {
-                *job_id = Some(id);
+                on_job_id(id);
                 eprintln!("Job ID: {id}");
                 eprintln!("You can reconnect from another terminal with: ci wait {id}");
                 eprintln!();
@@ -240,17 +281,17 @@ fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
 #[derive(Default)]
 struct LogSink {
     /// The last output did not end with a newline.
-    mid_line: bool,
+    mid_line: std::cell::Cell<bool>,
 }
 
 impl LogSink {
-    fn write(&mut self, data: &str) -> anyhow::Result<()> {
+    fn write(&self, data: &str) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         out.write_all(data.as_bytes())
             .and_then(|()| out.flush())
             .context("cannot write the job's output")?;
         if let Some(last) = data.chars().last() {
-            self.mid_line = last != '\n';
+            self.mid_line.set(last != '\n');
         }
         Ok(())
     }
@@ -258,7 +299,7 @@ impl LogSink {
     /// Ends a half-written output line (on stderr) so that a message that
     /// follows starts on a line of its own.
     fn end_line(&self) {
-        if self.mid_line {
+        if self.mid_line.get() {
             eprintln!();
         }
     }
