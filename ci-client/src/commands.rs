@@ -148,13 +148,13 @@ async fn cancel_after_interrupt(api: &ApiClient, job_id: JobId) {
 pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Result<ExitCode> {
     let job_id = parse_job_id(raw_job_id)?;
     let api = context.api()?;
-    let from = if all {
-        FollowFrom::Beginning
-    } else {
-        FollowFrom::Now
-    };
     let sink = LogSink::default();
     let run = async {
+        let from = if all {
+            FollowFrom::Beginning
+        } else {
+            from_now(&api, job_id).await?
+        };
         let mut events = api
             .follow_job(job_id, from)
             .await
@@ -178,6 +178,26 @@ pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Res
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
     }
+}
+
+/// Where "from now" is for a job, as a sequence number when the server tells
+/// it: a stream opened "from now" that breaks before its first event could
+/// otherwise only resume "from now" again and skip what was printed meanwhile.
+/// An ended job keeps "from now", for which the server says it has completed;
+/// so does a server that cannot answer yet (the stream retries on its own).
+async fn from_now(api: &ApiClient, job_id: JobId) -> anyhow::Result<FollowFrom> {
+    let job = match api.get_job(job_id).await {
+        Ok(job) => job,
+        Err(ClientError::Unreachable { .. }) => return Ok(FollowFrom::Now),
+        Err(ClientError::Http { status, .. }) if status.is_server_error() => {
+            return Ok(FollowFrom::Now)
+        }
+        Err(error) => return Err(about_job(job_id)(error)),
+    };
+    Ok(match job.last_event_id {
+        Some(seq) if !job.status.is_terminal() => FollowFrom::After(seq),
+        _ => FollowFrom::Now,
+    })
 }
 
 /// `ci list [--json]`.

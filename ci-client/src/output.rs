@@ -89,6 +89,7 @@ mod tests {
             start_time: start.map(at),
             end_time: end.map(at),
             exit_code: None,
+            last_event_id: None,
         }
     }
 

@@ -60,6 +60,7 @@ async fn cancel(State(server): State<Server>, Path(id): Path<Uuid>) -> Json<JobS
         start_time: None,
         end_time: None,
         exit_code: None,
+        last_event_id: None,
     })
 }
 

@@ -30,6 +30,11 @@ pub struct JobSummary {
     /// Beyond the reference: the exit code of the test command, when it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// Beyond the reference: the sequence number of the job's latest event
+    /// (its SSE `id:`), so a client can follow "from now" and still resume
+    /// exactly after a dropped connection that delivered no event yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<i64>,
 }
 
 impl From<&Job> for JobSummary {
@@ -42,6 +47,7 @@ impl From<&Job> for JobSummary {
             start_time: job.started_at,
             end_time: job.ended_at,
             exit_code: job.exit_code,
+            last_event_id: Some(job.last_seq),
         }
     }
 }
@@ -88,6 +94,7 @@ mod tests {
             start_time: None,
             end_time: None,
             exit_code: None,
+            last_event_id: None,
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["status"], "queued");

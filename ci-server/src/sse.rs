@@ -49,6 +49,7 @@ pub fn job_events(
     async_stream::stream! {
         let mut events_changed = store.changes().subscribe(Channel::Events);
         let mut jobs_changed = store.changes().subscribe(Channel::Jobs);
+        tracing::info!(%job_id, ?start, "stream: following the job's output");
         let mut after = match start {
             StartAt::After(seq) => seq,
             StartAt::Ended { last_seq, success } => {

@@ -183,3 +183,83 @@ fn a_server_restart_in_the_middle_of_streams_loses_and_repeats_nothing() {
     assert!(ticks.contains(&"tick 002 of 012"), "{waited}");
     sys.assert_settled();
 }
+
+/// A test that prints a line, stays silent until the file `/tmp/ci-gate`
+/// exists in its container, then prints five more.
+const GATED_TEST: &str = r#"import pathlib
+import time
+
+
+def test_gate():
+    print(flush=True)
+    print("GATE-WAITING", flush=True)
+    gate = pathlib.Path("/tmp/ci-gate")
+    deadline = time.monotonic() + 120
+    while not gate.exists():
+        assert time.monotonic() < deadline, "the gate never opened"
+        time.sleep(0.05)
+    for i in range(1, 6):
+        print(f"after the gate {i}", flush=True)
+"#;
+
+#[test]
+fn a_wait_from_now_that_has_seen_nothing_yet_resumes_where_it_began() {
+    let mut sys = TestSystem::start();
+    let project = slow_project(0);
+    project.write("test_gate.py", GATED_TEST);
+    let id = sys.submit_async(&project);
+    wait_for("the job to wait at its gate", JOB_DEADLINE, || {
+        sys.stored_output(id)
+            .is_ok_and(|out| out.contains("GATE-WAITING"))
+    });
+
+    // `ci wait` from now on, while the job is silent: it has received no
+    // event when the server dies.
+    let mut wait = RunningCi::spawn(sys.ci().args(["wait", &id.to_string()]));
+    let server_log = sys.db_path().with_file_name("server.log");
+    let following = format!("job_id={id}");
+    wait_for("the server to serve the stream", JOB_DEADLINE, || {
+        std::fs::read_to_string(&server_log).is_ok_and(|log| {
+            log.lines()
+                .any(|l| l.contains("following the job's output") && l.contains(&following))
+        })
+    });
+    sys.kill_server();
+
+    // The job prints and ends while the server is away.
+    let opened = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker exec $(docker ps -q --filter label=ci.job-id={id}) touch /tmp/ci-gate"
+        ))
+        .status()
+        .unwrap();
+    assert!(opened.success(), "cannot open the job's gate");
+    wait_for("the job to end", JOB_DEADLINE, || {
+        sys.stored_job(id)
+            .ok()
+            .flatten()
+            .is_some_and(|job| job.status.is_terminal())
+    });
+    assert!(!wait.has_exited(), "`ci wait` must keep trying");
+    sys.start_server();
+
+    let waited = wait.finish(JOB_DEADLINE);
+    waited.assert_code(0);
+    assert!(!waited.stdout.contains("GATE-WAITING"), "{waited}");
+    for i in 1..=5 {
+        assert_eq!(
+            waited
+                .stdout
+                .matches(&format!("after the gate {i}\n"))
+                .count(),
+            1,
+            "line {i} once\n{waited}"
+        );
+    }
+    let stored = sys.stored_output(id).unwrap();
+    assert!(
+        stored.ends_with(&waited.stdout),
+        "`ci wait` printed something else than the end of the output\n{waited}"
+    );
+}
