@@ -36,6 +36,9 @@ pub struct ControllerConfig {
     pub stop_grace: Duration,
     /// Named volume that keeps pip's download cache between jobs.
     pub pip_cache_volume: Option<String>,
+    /// Run jobs that install nothing (no `requirements.txt`) on a read-only
+    /// root file system; `pip install` needs to write the image's venv.
+    pub read_only_rootfs: bool,
 }
 
 impl Default for ControllerConfig {
@@ -56,6 +59,7 @@ impl Default for ControllerConfig {
             cpu_shares: 1024,
             stop_grace: Duration::from_secs(1),
             pip_cache_volume: Some("ci-pip-cache".to_string()),
+            read_only_rootfs: true,
         }
     }
 }

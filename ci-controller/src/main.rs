@@ -54,6 +54,11 @@ struct Args {
     /// A project archive may hold at most this many entries.
     #[arg(long, env = "CI_MAX_ARCHIVE_ENTRIES", default_value_t = 100_000)]
     max_archive_entries: usize,
+
+    /// Run jobs without a requirements.txt on a read-only root file system
+    /// (the workspace, /tmp and the home folder stay writable).
+    #[arg(long, env = "CI_JOB_READ_ONLY_ROOTFS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    read_only_rootfs: bool,
 }
 
 #[tokio::main]
@@ -67,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         network_mode: args.job_network,
         reconcile_interval: parse_interval(args.interval.as_deref()),
         job_timeout: Duration::from_secs(args.job_timeout.max(1)),
+        read_only_rootfs: args.read_only_rootfs,
         ..ControllerConfig::default()
     };
     if let Some(n) = args.max_concurrent_jobs {

@@ -27,7 +27,7 @@ use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
 };
-use crate::workspace::zip_to_tar;
+use crate::workspace::{tar_has_file, zip_to_tar};
 
 /// What a job's worker is doing, as seen at the start of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -538,6 +538,11 @@ async fn start_and_follow(
     .await
 }
 
+/// The runner image's unprivileged user, who owns the workspace.
+const JOB_UID: u64 = crate::workspace::WORKSPACE_UID;
+/// That user's home folder in the runner image.
+const JOB_HOME: &str = "/home/runner";
+
 /// Everything up to a started container; the error is the reason shown to the user.
 async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
     let config = &ctx.config;
@@ -553,6 +558,9 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
         .map_err(|e| format!("Unpacking the project failed: {e}"))?
         .map_err(|e| format!("Cannot run the job: {e}"))?;
 
+    // `pip install` writes into the image's venv; a job that installs
+    // nothing runs on a read-only root.
+    let read_only_rootfs = config.read_only_rootfs && !tar_has_file(&tar, "requirements.txt");
     let mut labels = HashMap::new();
     labels.insert(LABEL_JOB.to_string(), job.id.to_string());
     labels.insert(LABEL_INSTALLATION.to_string(), config.installation());
@@ -561,7 +569,7 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
         image: config.image.clone(),
         cmd: vec!["sh".into(), "-c".into(), JOB_SCRIPT.into()],
         labels,
-        user: "1000:1000".into(),
+        user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: "/workspace".into(),
         network_mode: config.network_mode.clone(),
         memory_bytes: Some(config.memory_bytes),
@@ -570,7 +578,20 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
         cache_volume: config
             .pip_cache_volume
             .as_ref()
-            .map(|v| (v.clone(), "/home/runner/.cache/pip".to_string())),
+            .filter(|_| !read_only_rootfs)
+            .map(|v| (v.clone(), format!("{JOB_HOME}/.cache/pip"))),
+        read_only_rootfs,
+        tmpfs: if read_only_rootfs {
+            vec![
+                ("/tmp".to_string(), "mode=1777".to_string()),
+                (
+                    JOB_HOME.to_string(),
+                    format!("uid={JOB_UID},gid={JOB_UID},mode=0755"),
+                ),
+            ]
+        } else {
+            Vec::new()
+        },
     };
     let id = ctx.runtime.create(&spec).await.map_err(|e| match e {
         RuntimeError::ImageMissing(image) => format!(

@@ -37,6 +37,12 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<i64>,
     /// A named volume mounted at this path, shared by all jobs (pip's cache).
     pub cache_volume: Option<(String, String)>,
+    /// Run on a read-only root file system. The working directory then
+    /// becomes a volume of the container's own (the project is copied into it
+    /// before the start) and `tmpfs` lists the other writable places.
+    pub read_only_rootfs: bool,
+    /// Scratch file systems in memory: (path, mount options).
+    pub tmpfs: Vec<(String, String)>,
 }
 
 /// A container of this installation, as listed.
@@ -119,6 +125,28 @@ impl DockerRuntime {
     }
 }
 
+/// The volumes of a job's container: pip's shared cache, and on a read-only
+/// root an anonymous volume for the workspace, removed with the container.
+fn mounts(spec: &ContainerSpec) -> Vec<Mount> {
+    let mut mounts = Vec::new();
+    if let Some((volume, target)) = &spec.cache_volume {
+        mounts.push(Mount {
+            typ: Some(MountTypeEnum::VOLUME),
+            source: Some(volume.clone()),
+            target: Some(target.clone()),
+            ..Default::default()
+        });
+    }
+    if spec.read_only_rootfs {
+        mounts.push(Mount {
+            typ: Some(MountTypeEnum::VOLUME),
+            target: Some(spec.working_dir.clone()),
+            ..Default::default()
+        });
+    }
+    mounts
+}
+
 #[async_trait]
 impl ContainerRuntime for DockerRuntime {
     async fn image_exists(&self, image: &str) -> Result<bool> {
@@ -139,14 +167,9 @@ impl ContainerRuntime for DockerRuntime {
             cpu_shares: spec.cpu_shares,
             cap_drop: Some(vec!["ALL".to_string()]),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
-            mounts: spec.cache_volume.as_ref().map(|(volume, target)| {
-                vec![Mount {
-                    typ: Some(MountTypeEnum::VOLUME),
-                    source: Some(volume.clone()),
-                    target: Some(target.clone()),
-                    ..Default::default()
-                }]
-            }),
+            mounts: Some(mounts(spec)),
+            readonly_rootfs: Some(spec.read_only_rootfs),
+            tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.iter().cloned().collect()),
             ..Default::default()
         };
         let config = Config {

@@ -144,6 +144,19 @@ pub fn zip_to_tar(zip_bytes: &[u8], limits: UnpackLimits) -> Result<Vec<u8>, Wor
         .map_err(|e| WorkspaceError::Corrupt(e.to_string()))
 }
 
+/// Whether a workspace tar (from [`zip_to_tar`]) has a file at `path`, as the
+/// job script's `[ -f path ]` in the workspace would see it.
+pub fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
+    let mut archive = tar::Archive::new(tar_bytes);
+    let Ok(entries) = archive.entries() else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        entry.header().entry_type() == tar::EntryType::Regular
+            && entry.path().is_ok_and(|p| p == Path::new(path))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,6 +311,8 @@ async fn orphans_are_removed_and_other_installations_left_alone() {
             pids_limit: None,
             cpu_shares: None,
             cache_volume: None,
+            read_only_rootfs: false,
+            tmpfs: Vec::new(),
         }
     };
     let other = format!("{}other", h.prefix);
@@ -473,4 +475,85 @@ async fn capacity_is_shared_fairly_between_users() {
         position <= 1,
         "the other user's job started at position {position} of 5"
     );
+}
+
+/// Writes to the root file system fail; the workspace, /tmp and the home
+/// folder take writes. Printed as `name=ok|ro` lines for the assertions.
+const WRITE_PROBE: &str = r#"import os
+
+PLACES = {
+    "root": "/probe",
+    "usr": "/usr/lib/probe",
+    "venv": "/opt/venv/probe",
+    "workspace": "/workspace/probe",
+    "tmp": "/tmp/probe",
+    "home": os.path.expanduser("~/probe"),
+}
+
+
+def test_writes():
+    print()
+    for name, path in PLACES.items():
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            print(f"{name}=ok")
+        except OSError as e:
+            print(f"{name}=ro {e.strerror}")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_requirements_runs_on_a_read_only_root() {
+    let h = Harness::start(|_| {}).await;
+    let id = h
+        .submit(project(&[
+            ("test_probe.py", WRITE_PROBE),
+            ("pytest.ini", "[pytest]\naddopts = -s\n"),
+        ]))
+        .await;
+    let job = h.ended(id).await;
+    let out = h.output(id).await;
+    assert_eq!(job.success, Some(true), "{out}");
+    for line in [
+        "root=ro Read-only file system",
+        "usr=ro Read-only file system",
+        "venv=ro Read-only file system",
+        "workspace=ok",
+        "tmp=ok",
+        "home=ok",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+    }
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_installs_requirements_gets_a_writable_root_unless_configured_off() {
+    // An empty requirements.txt: pip runs (and needs no network) and may write
+    // the venv, so the root stays writable.
+    let h = Harness::start(|_| {}).await;
+    let id = h
+        .submit(project(&[
+            ("test_probe.py", WRITE_PROBE),
+            ("pytest.ini", "[pytest]\naddopts = -s\n"),
+            ("requirements.txt", "\n"),
+        ]))
+        .await;
+    let job = h.ended(id).await;
+    let out = h.output(id).await;
+    assert_eq!(job.success, Some(true), "{out}");
+    assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
+
+    // An installation that turns the read-only root off.
+    let h = Harness::start(|c| c.read_only_rootfs = false).await;
+    let id = h
+        .submit(project(&[
+            ("test_probe.py", WRITE_PROBE),
+            ("pytest.ini", "[pytest]\naddopts = -s\n"),
+        ]))
+        .await;
+    let job = h.ended(id).await;
+    let out = h.output(id).await;
+    assert_eq!(job.success, Some(true), "{out}");
+    assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
 }
