@@ -178,8 +178,9 @@ impl Drop for Setup {
         let _ = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "docker ps -aq --filter label={LABEL_INSTALLATION}={} | xargs -r docker rm -f",
-                self.prefix
+                "docker ps -aq --filter label={LABEL_INSTALLATION}={prefix} | xargs -r docker rm -fv; \
+                 docker volume rm -f {prefix}ci-pip-cache",
+                prefix = self.prefix
             ))
             .output();
     }
