@@ -599,17 +599,13 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
         ),
         e => format!("Cannot create the job's container: {e}"),
     })?;
-    let result = async {
-        ctx.runtime
-            .upload(&id, "/workspace", tar)
-            .await
-            .map_err(|e| format!("Cannot copy the project into the container: {e}"))?;
-        ctx.runtime
-            .start(&id)
-            .await
-            .map_err(|e| format!("Cannot start the job's container: {e}"))
-    }
-    .await;
+    // The job is marked running only once the whole project is in: a
+    // controller that dies before leaves a queued job, which is started anew.
+    let result = ctx
+        .runtime
+        .start_with_input(&id, tar)
+        .await
+        .map_err(|e| format!("Cannot start the job's container: {e}"));
     if let Err(reason) = result {
         remove_container(ctx, &id).await;
         return Err(reason);

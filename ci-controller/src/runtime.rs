@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::{
-    Config, CreateContainerOptions, ListContainersOptions, LogOutput, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    AttachContainerOptions, Config, CreateContainerOptions, ListContainersOptions, LogOutput,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::models::{HostConfig, Mount, MountTypeEnum};
 use bollard::Docker;
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use ci_common::JobId;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 /// Label carrying the job a container runs.
 pub const LABEL_JOB: &str = "ci.job-id";
@@ -78,6 +79,8 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("Docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    #[error("writing to the container's input: {0}")]
+    Input(#[from] std::io::Error),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -87,9 +90,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String>;
-    /// Unpacks an uncompressed tar into the container at `path`.
-    async fn upload(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<()>;
     async fn start(&self, id: &str) -> Result<()>;
+    /// Starts the container and writes `input` to its standard input, which
+    /// is then closed. The start call comes first, so the engine boots the
+    /// container while the input is still on its way.
+    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()>;
     /// `None` when the container does not exist.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerState>>;
     /// Follows the container's output (stdout and stderr) from `since_secs`
@@ -179,7 +184,11 @@ impl ContainerRuntime for DockerRuntime {
             user: Some(spec.user.clone()),
             working_dir: Some(spec.working_dir.clone()),
             tty: Some(false),
-            attach_stdin: Some(false),
+            // The job reads its workspace from standard input (see
+            // `start_with_input`): one stream, no copy into the file system.
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
             attach_stdout: Some(false),
             attach_stderr: Some(false),
             network_disabled: Some(spec.network_mode == "none"),
@@ -197,19 +206,25 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn upload(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<()> {
-        let options = UploadToContainerOptions {
-            path: path.to_string(),
-            ..Default::default()
-        };
-        Ok(self
-            .docker
-            .upload_to_container(id, Some(options), Bytes::from(tar))
-            .await?)
-    }
-
     async fn start(&self, id: &str) -> Result<()> {
         Ok(self.docker.start_container::<String>(id, None).await?)
+    }
+
+    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()> {
+        // Attached before the start, so not a byte of the input is missed; the
+        // container was created with `stdin_once`, so closing our side ends
+        // its standard input.
+        let options = AttachContainerOptions::<String> {
+            stdin: Some(true),
+            stream: Some(true),
+            ..Default::default()
+        };
+        let mut attached = self.docker.attach_container(id, Some(options)).await?;
+        self.start(id).await?;
+        attached.input.write_all(&input).await?;
+        attached.input.flush().await?;
+        attached.input.shutdown().await?;
+        Ok(())
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerState>> {

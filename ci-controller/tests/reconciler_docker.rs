@@ -557,3 +557,26 @@ async fn a_job_that_installs_requirements_gets_a_writable_root_unless_configured
     assert_eq!(job.success, Some(true), "{out}");
     assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_project_arrives_whole() {
+    // About 30 MB through the container's standard input, far beyond any
+    // pipe buffer; the test regenerates the file and compares every byte.
+    const LINES: u64 = 1_000_000;
+    let data: String = (0..LINES)
+        .map(|i| format!("line {i} {}\n", (i * 7919) % 1_000_003))
+        .collect();
+    let test = format!(
+        "import pathlib\n\n\ndef test_data_arrived_whole():\n    \
+         expected = ''.join(f'line {{i}} {{(i * 7919) % 1000003}}\\n' for i in range({LINES}))\n    \
+         assert pathlib.Path('data.txt').read_text() == expected\n"
+    );
+    let h = Harness::start(|_| {}).await;
+    let id = h
+        .submit(project(&[("data.txt", &data), ("test_data.py", &test)]))
+        .await;
+    let job = h.ended(id).await;
+    let out = h.output(id).await;
+    assert_eq!(job.success, Some(true), "{out}");
+    assert!(out.contains("1 passed"), "{out}");
+}
