@@ -9,12 +9,16 @@ use crate::workspace::UnpackLimits;
 /// `scripts/runner-image.sh` builds.
 pub const DEFAULT_IMAGE: &str = "ci-python-runner:latest";
 
-/// What a job does in its container: unpack the project that arrives on
-/// standard input into the workspace, install the requirements when there are
-/// any, then run pytest. stderr joins stdout so the output keeps its order.
+/// How a job's container receives its project: as a tar on standard input
+/// (see `ContainerRuntime::start_with_input`), unpacked before [`JOB_SCRIPT`].
+pub const UNPACK_FROM_STDIN: &str = "tar -x -C /workspace -f - 2>&1 \
+|| { echo '[ci] The project did not arrive whole in the container.'; exit 1; }\n\
+exec </dev/null\n";
+
+/// What a job does once its project is in `/workspace`: install the
+/// requirements when there are any, then run pytest. stderr joins stdout so
+/// the output keeps its order.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
-tar -x -C /workspace -f - || { echo '[ci] The project did not arrive whole in the container.'; exit 1; }\n\
-exec </dev/null\n\
 if [ -f requirements.txt ]; then\n\
   pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
 fi\n\

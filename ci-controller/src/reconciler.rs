@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::{ControllerConfig, JOB_SCRIPT};
+use crate::config::{ControllerConfig, JOB_SCRIPT, UNPACK_FROM_STDIN};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
@@ -567,7 +567,11 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
     let spec = ContainerSpec {
         name: format!("{}ci-job-{}", config.container_prefix, job.id),
         image: config.image.clone(),
-        cmd: vec!["sh".into(), "-c".into(), JOB_SCRIPT.into()],
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{UNPACK_FROM_STDIN}{JOB_SCRIPT}"),
+        ],
         labels,
         user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: "/workspace".into(),
