@@ -502,18 +502,26 @@ def test_writes():
             print(f"{name}=ro {e.strerror}")
 "#;
 
+impl Harness {
+    /// Runs [`WRITE_PROBE`] with `extra` files beside it; its output.
+    async fn probe_writes(&self, extra: &[(&str, &str)]) -> String {
+        let mut files = vec![
+            ("test_probe.py", WRITE_PROBE),
+            ("pytest.ini", "[pytest]\naddopts = -s\n"),
+        ];
+        files.extend_from_slice(extra);
+        let id = self.submit(project(&files)).await;
+        let job = self.ended(id).await;
+        let out = self.output(id).await;
+        assert_eq!(job.success, Some(true), "{out}");
+        out
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_without_requirements_runs_on_a_read_only_root() {
     let h = Harness::start(|_| {}).await;
-    let id = h
-        .submit(project(&[
-            ("test_probe.py", WRITE_PROBE),
-            ("pytest.ini", "[pytest]\naddopts = -s\n"),
-        ]))
-        .await;
-    let job = h.ended(id).await;
-    let out = h.output(id).await;
-    assert_eq!(job.success, Some(true), "{out}");
+    let out = h.probe_writes(&[]).await;
     for line in [
         "root=ro Read-only file system",
         "usr=ro Read-only file system",
@@ -532,29 +540,12 @@ async fn a_job_that_installs_requirements_gets_a_writable_root_unless_configured
     // An empty requirements.txt: pip runs (and needs no network) and may write
     // the venv, so the root stays writable.
     let h = Harness::start(|_| {}).await;
-    let id = h
-        .submit(project(&[
-            ("test_probe.py", WRITE_PROBE),
-            ("pytest.ini", "[pytest]\naddopts = -s\n"),
-            ("requirements.txt", "\n"),
-        ]))
-        .await;
-    let job = h.ended(id).await;
-    let out = h.output(id).await;
-    assert_eq!(job.success, Some(true), "{out}");
+    let out = h.probe_writes(&[("requirements.txt", "\n")]).await;
     assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
 
     // An installation that turns the read-only root off.
     let h = Harness::start(|c| c.read_only_rootfs = false).await;
-    let id = h
-        .submit(project(&[
-            ("test_probe.py", WRITE_PROBE),
-            ("pytest.ini", "[pytest]\naddopts = -s\n"),
-        ]))
-        .await;
-    let job = h.ended(id).await;
-    let out = h.output(id).await;
-    assert_eq!(job.success, Some(true), "{out}");
+    let out = h.probe_writes(&[]).await;
     assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
 }
 
