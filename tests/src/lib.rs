@@ -580,6 +580,14 @@ struct Service {
     log: PathBuf,
 }
 
+/// One service's log (see [`TestSystem::service_logs`]).
+#[derive(Debug, Clone)]
+pub struct ServiceLog {
+    /// `server`, `replica-1`, `controller`, …
+    pub name: String,
+    pub text: String,
+}
+
 impl Service {
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -1177,6 +1185,20 @@ impl TestSystem {
                 }
             }
         })
+    }
+
+    /// What the server, its replicas and the controller have logged so far.
+    pub fn service_logs(&self) -> Vec<ServiceLog> {
+        self.server
+            .iter()
+            .chain(&self.replicas)
+            .map(|server| &server.service)
+            .chain(&self.controller)
+            .map(|service| ServiceLog {
+                name: service.name.clone(),
+                text: std::fs::read_to_string(&service.log).unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// Every job of every user that has not ended.
