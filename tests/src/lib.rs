@@ -640,6 +640,9 @@ pub struct Options {
     pub job_network: String,
     /// More environment for the controller (`CI_MAX_CONCURRENT_JOBS`, …).
     pub controller_env: Vec<(String, String)>,
+    /// Run on a fresh database of the PostgreSQL server named by
+    /// `CI_TEST_POSTGRES_URL` instead of a SQLite file.
+    pub postgres: bool,
 }
 
 impl Default for Options {
@@ -647,6 +650,7 @@ impl Default for Options {
         Options {
             job_network: "none".to_string(),
             controller_env: Vec::new(),
+            postgres: false,
         }
     }
 }
@@ -654,6 +658,12 @@ impl Default for Options {
 impl Options {
     pub fn job_network(mut self, mode: &str) -> Self {
         self.job_network = mode.to_string();
+        self
+    }
+
+    /// On PostgreSQL (see [`Options::postgres`]).
+    pub fn postgres(mut self) -> Self {
+        self.postgres = true;
         self
     }
 
@@ -682,7 +692,10 @@ pub struct TestSystem {
     pub prefix: String,
     /// The user the `ci` commands act as by default.
     pub user: TestUser,
+    /// The SQLite file, unused on PostgreSQL.
     db: PathBuf,
+    /// The PostgreSQL database's URL, when on PostgreSQL.
+    postgres_url: Option<String>,
     home: PathBuf,
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
@@ -721,6 +734,9 @@ impl TestSystem {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
+        let postgres_url = options
+            .postgres
+            .then(|| runtime.block_on(create_postgres_database()));
 
         let mut system = TestSystem {
             controller: None,
@@ -736,6 +752,7 @@ impl TestSystem {
                 key_id: Uuid::nil(),
             },
             db,
+            postgres_url,
             home,
             http,
             runtime,
@@ -774,6 +791,26 @@ impl TestSystem {
         &self.db
     }
 
+    /// The PostgreSQL database's URL, for a system started on PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
+    }
+
+    /// Points a service or `ci-admin` at this installation's database.
+    fn database_env(&self, cmd: &mut Command) {
+        match &self.postgres_url {
+            Some(url) => cmd.env("CI_DATABASE_URL", url),
+            None => cmd.env("CI_DB_PATH", &self.db),
+        };
+    }
+
+    fn database_location(&self) -> DatabaseLocation {
+        match &self.postgres_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::SqliteFile(self.db.clone()),
+        }
+    }
+
     /// The `HOME` every command runs with (`~/.ci/config` lives here).
     pub fn home(&self) -> &Path {
         &self.home
@@ -799,9 +836,10 @@ impl TestSystem {
         let log = self.root().join(format!("{name}.log"));
         let log_file =
             File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let mut child = command(&binary("ci-server"))
+        let mut cmd = command(&binary("ci-server"));
+        self.database_env(&mut cmd);
+        let mut child = cmd
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .env("CI_DB_PATH", &self.db)
             .env("HOME", &self.home)
             .env("RUST_LOG", SERVICE_LOG_FILTER)
             .stdout(Stdio::piped())
@@ -845,8 +883,8 @@ impl TestSystem {
         let log_file =
             File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let mut cmd = command(&binary("ci-controller"));
-        cmd.env("CI_DB_PATH", &self.db)
-            .env("HOME", &self.home)
+        self.database_env(&mut cmd);
+        cmd.env("HOME", &self.home)
             .env("CI_CONTAINER_PREFIX", &self.prefix)
             .env("CI_JOB_NETWORK", &self.options.job_network)
             .env("CI_RECONCILE_INTERVAL", RECONCILE_INTERVAL)
@@ -952,7 +990,8 @@ impl TestSystem {
     /// The real `ci-admin` binary on this installation's database.
     pub fn admin(&self) -> Command {
         let mut cmd = command(&binary("ci-admin"));
-        cmd.env("CI_DB_PATH", &self.db).env("HOME", &self.home);
+        self.database_env(&mut cmd);
+        cmd.env("HOME", &self.home);
         cmd
     }
 
@@ -1140,7 +1179,7 @@ impl TestSystem {
     // --- the database, for what the API does not show ---------------------
 
     fn with_store<T>(&self, f: impl AsyncFnOnce(&Store) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let location = DatabaseLocation::SqliteFile(self.db.clone());
+        let location = self.database_location();
         let options = StoreOptions {
             max_connections: 2,
             change_poll_interval: Duration::from_secs(1),
@@ -1319,6 +1358,16 @@ impl Drop for TestSystem {
             service.kill();
         }
         self.remove_docker_leftovers();
+        if let Some(name) = self
+            .postgres_url
+            .as_deref()
+            .and_then(|url| url.rsplit_once('/'))
+            .map(|(_, name)| name.to_string())
+        {
+            let _ = self.block_on(postgres_admin_sql(&format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )));
+        }
         if failed {
             for service in &services {
                 eprintln!(
@@ -1357,6 +1406,41 @@ fn owner_pid(installation: &str) -> Option<u32> {
 /// test process is gone: a test killed from outside (a harness timeout) had
 /// no chance to clean up after itself. Installations of live processes, and
 /// anything not made by these tests, are left alone.
+/// A fresh, empty database on the PostgreSQL server `CI_TEST_POSTGRES_URL`
+/// names (`scripts/postgres.sh` starts one and prints its URL); its URL.
+async fn create_postgres_database() -> String {
+    let base = std::env::var("CI_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "CI_TEST_POSTGRES_URL must name a PostgreSQL server: run \
+             `export CI_TEST_POSTGRES_URL=$(bash scripts/postgres.sh)` (scripts/test does)"
+        )
+    });
+    let name = format!("e2e_{}", Uuid::new_v4().simple());
+    postgres_admin_sql(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create a test database: {e:#}"));
+    let (server, _) = base
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("CI_TEST_POSTGRES_URL is not a database URL: {base}"));
+    format!("{server}/{name}")
+}
+
+/// Runs one SQL statement on the PostgreSQL server of `CI_TEST_POSTGRES_URL`,
+/// as the user named there (the throwaway server's owner); the rows affected.
+pub async fn postgres_admin_sql(sql: &str) -> anyhow::Result<u64> {
+    use sqlx::Connection as _;
+    let base = std::env::var("CI_TEST_POSTGRES_URL").context("CI_TEST_POSTGRES_URL is not set")?;
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .with_context(|| format!("cannot connect to {base}"))?;
+    let done = sqlx::query(sql)
+        .execute(&mut conn)
+        .await
+        .with_context(|| sql.to_string())?;
+    conn.close().await.ok();
+    Ok(done.rows_affected())
+}
+
 fn sweep_stale_installations() {
     let dead = |installation: &str| {
         owner_pid(installation).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())

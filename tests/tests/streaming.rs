@@ -216,12 +216,14 @@ fn a_wait_from_now_that_has_seen_nothing_yet_resumes_where_it_began() {
     // `ci wait` from now on, while the job is silent: it has received no
     // event when the server dies.
     let mut wait = RunningCi::spawn(sys.ci().args(["wait", &id.to_string()]));
-    let server_log = sys.db_path().with_file_name("server.log");
     let following = format!("job_id={id}");
     wait_for("the server to serve the stream", JOB_DEADLINE, || {
-        std::fs::read_to_string(&server_log).is_ok_and(|log| {
-            log.lines()
-                .any(|l| l.contains("following the job's output") && l.contains(&following))
+        sys.service_logs().iter().any(|log| {
+            log.name == "server"
+                && log
+                    .text
+                    .lines()
+                    .any(|l| l.contains("following the job's output") && l.contains(&following))
         })
     });
     sys.kill_server();

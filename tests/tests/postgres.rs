@@ -1,0 +1,169 @@
+//! The whole system on PostgreSQL: replicas share the database, a replica
+//! killed mid-stream costs the client nothing, and losing every database
+//! connection at once loses no job and no line.
+//!
+//! Each test gets a fresh database on the server `CI_TEST_POSTGRES_URL` names
+//! (`scripts/test` starts a throwaway one).
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+
+use ci_tests::{
+    assert_same_lines, id_after, postgres_admin_sql, run, slow_project, slow_ticks, wait_for,
+    RunningCi, TestSystem, JOB_DEADLINE,
+};
+
+fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+fn stored_ticks(sys: &TestSystem, id: ci_common::JobId) -> usize {
+    sys.stored_output(id)
+        .map(|out| lines_with(&out, "tick ").len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn submitted_through_one_replica_followed_through_another_that_is_killed_mid_stream() {
+    const SECONDS: u32 = 10;
+    let mut sys = TestSystem::options().postgres().start();
+    let replica = sys.start_replica();
+    let project = slow_project(SECONDS);
+
+    // Submitted through the replica...
+    let submitted = run(sys
+        .ci()
+        .env("CI_SERVER_URL", &replica)
+        .args(["submit", "test", "--async"])
+        .current_dir(project.path()));
+    submitted.assert_code(0);
+    let id = submitted.submitted_job_id().unwrap();
+
+    // ...followed through the main server, which dies mid-stream.
+    let mut wait = RunningCi::spawn(sys.ci().args(["wait", "--all", &id.to_string()]));
+    wait.wait_for_stdout("tick 002", JOB_DEADLINE, |out| out.contains("tick 002"));
+    sys.kill_server();
+    let at_kill = stored_ticks(&sys, id);
+    wait_for("output while the server is down", JOB_DEADLINE, || {
+        stored_ticks(&sys, id) >= at_kill + 2
+    });
+    assert!(!wait.has_exited(), "`ci wait` must keep trying");
+    sys.start_server();
+
+    let waited = wait.finish(JOB_DEADLINE);
+    waited.assert_code(0);
+    let stored = sys.stored_output(id).unwrap();
+    assert_same_lines(
+        "the ticks `ci wait` printed",
+        &lines_with(&waited.stdout, "tick "),
+        &slow_ticks(SECONDS),
+    );
+    assert_same_lines(
+        "`ci wait --all` against what is stored",
+        &waited.stdout_lines(),
+        &stored.lines().collect::<Vec<_>>(),
+    );
+
+    // Both replicas tell the same story.
+    let list = |url: &str| -> serde_json::Value {
+        let out = run(sys.ci().env("CI_SERVER_URL", url).args(["list", "--json"]));
+        out.assert_code(0);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let through_main = list(&sys.server_url());
+    let through_replica = list(&replica);
+    assert_eq!(through_main, through_replica);
+    assert_eq!(through_main[0]["job_id"], id.to_string());
+    assert_eq!(through_main[0]["status"], "completed");
+    assert_eq!(through_main[0]["success"], true);
+    sys.assert_settled();
+}
+
+/// Ends every connection to the test's database from the server's side, as a
+/// database restart or a failover would; how many it ended.
+fn drop_every_connection(sys: &TestSystem) -> u64 {
+    let url = sys.postgres_url().unwrap();
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(postgres_admin_sql(&sql))
+        .unwrap()
+}
+
+#[test]
+fn losing_every_database_connection_loses_no_job_and_no_line() {
+    const SECONDS: u32 = 10;
+    let sys = TestSystem::options().postgres().start();
+    let project = slow_project(SECONDS);
+
+    let mut submit = RunningCi::spawn(
+        sys.ci()
+            .args(["submit", "test"])
+            .current_dir(project.path()),
+    );
+    submit.wait_for_stdout("the first tick", JOB_DEADLINE, |out| {
+        out.contains("tick 001")
+    });
+    let id = id_after(&submit.stderr(), "Job ID: ").unwrap();
+    let mut wait = RunningCi::spawn(sys.ci().args(["wait", &id.to_string()]));
+
+    // Twice, with output still reaching the database in between: the
+    // controller and the server got new connections and carried on.
+    for _ in 0..2 {
+        let before = stored_ticks(&sys, id);
+        let ended = drop_every_connection(&sys);
+        assert!(
+            ended > 0,
+            "no connection to end: is the system on PostgreSQL?"
+        );
+        wait_for(
+            "output after the connections were lost",
+            JOB_DEADLINE,
+            || stored_ticks(&sys, id) >= before + 2,
+        );
+    }
+
+    let submitted = submit.finish(JOB_DEADLINE);
+    let waited = wait.finish(JOB_DEADLINE);
+    let stored = sys.stored_output(id).unwrap();
+    submitted.assert_code(0);
+    waited.assert_code(0);
+    assert_same_lines(
+        "the ticks the job stored",
+        &lines_with(&stored, "tick "),
+        &slow_ticks(SECONDS),
+    );
+    assert_same_lines(
+        "the submit's output against what is stored",
+        &submitted.stdout_lines(),
+        &stored.lines().collect::<Vec<_>>(),
+    );
+    assert!(
+        stored.ends_with(&waited.stdout),
+        "`ci wait` printed something else than the end of the output\n{waited}"
+    );
+    assert_eq!(waited.stdout.matches("SLOW-END").count(), 1, "{waited}");
+
+    // The loss was felt: the change listeners of the server and the
+    // controller (LISTEN/NOTIFY) lost their connection both times.
+    for log in sys.service_logs() {
+        assert_eq!(
+            log.text
+                .matches("change listener: the database connection was lost")
+                .count(),
+            2,
+            "{} log:\n{}",
+            log.name,
+            log.text
+        );
+    }
+    // And the system still takes new work.
+    let after = sys.submit_sync(&sys.copy_fixture("no-requirements"));
+    after.assert_code(0);
+    sys.assert_settled();
+}
