@@ -29,10 +29,13 @@ const KEY_HEADER: &str =
     "ID                                     Name                      User                      Status    ";
 
 /// One temporary installation: its own database file (in a folder that does
-/// not exist yet) and its own HOME, so the real `~/.ci` is never touched.
+/// not exist yet), or its own PostgreSQL database, and its own HOME, so the
+/// real `~/.ci` is never touched.
 struct Admin {
     dir: TempDir,
     db: PathBuf,
+    /// Set when the installation is on PostgreSQL instead of `db`.
+    postgres_url: Option<String>,
 }
 
 impl Admin {
@@ -40,7 +43,40 @@ impl Admin {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("data").join("jobs.db");
         std::fs::create_dir(dir.path().join("home")).unwrap();
-        Admin { dir, db }
+        Admin {
+            dir,
+            db,
+            postgres_url: None,
+        }
+    }
+
+    /// On a fresh database of the server `CI_TEST_POSTGRES_URL` names
+    /// (`scripts/postgres.sh` starts one and prints its URL).
+    fn postgres() -> Admin {
+        use sqlx::Connection as _;
+        let base = std::env::var("CI_TEST_POSTGRES_URL").expect(
+            "CI_TEST_POSTGRES_URL must name a PostgreSQL server: run `scripts/postgres.sh` and export its URL",
+        );
+        let name = format!("admin_{}", Uuid::new_v4().simple());
+        block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+        let (server, _) = base.rsplit_once('/').unwrap();
+        Admin {
+            postgres_url: Some(format!("{server}/{name}")),
+            ..Admin::new()
+        }
+    }
+
+    fn location(&self) -> DatabaseLocation {
+        match &self.postgres_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::SqliteFile(self.db.clone()),
+        }
     }
 
     /// The binary with no database configured at all.
@@ -54,11 +90,12 @@ impl Admin {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.bare()
-            .env("CI_DB_PATH", &self.db)
-            .args(args)
-            .output()
-            .unwrap()
+        let mut cmd = self.bare();
+        match &self.postgres_url {
+            Some(url) => cmd.env("CI_DATABASE_URL", url),
+            None => cmd.env("CI_DB_PATH", &self.db),
+        };
+        cmd.args(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -106,7 +143,7 @@ impl Admin {
     }
 
     fn user(&self, id: Uuid) -> User {
-        with_store(&self.db, |store| async move {
+        with_store(&self.location(), |store| async move {
             store.get_user(id).await.unwrap()
         })
         .unwrap()
@@ -115,21 +152,26 @@ impl Admin {
     /// Whom the server would take this key for: `None` when it must be refused.
     fn authenticate(&self, secret: &str) -> Option<Uuid> {
         let hash = hash_api_key(secret);
-        with_store(&self.db, |store| async move {
+        with_store(&self.location(), |store| async move {
             store.authenticate(&hash).await.unwrap().map(|u| u.id)
         })
     }
 }
 
-fn with_store<T, F: Future<Output = T>>(db: &Path, f: impl FnOnce(Store) -> F) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = Store::open(&DatabaseLocation::SqliteFile(db.to_path_buf()))
-            .await
-            .unwrap();
+        .unwrap()
+        .block_on(f)
+}
+
+fn with_store<T, F: Future<Output = T>>(
+    location: &DatabaseLocation,
+    f: impl FnOnce(Store) -> F,
+) -> T {
+    block_on(async {
+        let store = Store::open(location).await.unwrap();
         let value = f(store.clone()).await;
         store.close().await;
         value
@@ -206,28 +248,6 @@ fn user_create_prints_the_reference_block_and_works_on_a_fresh_file() {
 }
 
 #[test]
-fn a_taken_email_is_refused() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let err = admin.fails(&[
-        "user",
-        "create",
-        "--name",
-        "Alice Clone",
-        "--email",
-        "alice@example.com",
-    ]);
-    assert_eq!(
-        err,
-        "Error: User with email alice@example.com already exists\n"
-    );
-    let users = admin.json(&["user", "list", "--json"]);
-    assert_eq!(users.len(), 1);
-    assert_eq!(users[0]["id"], alice.to_string());
-    assert_eq!(users[0]["name"], "Alice");
-}
-
-#[test]
 fn a_malformed_email_is_refused_before_the_database_is_touched() {
     let admin = Admin::new();
     for email in ["not-an-email", "a@b", "a b@c.de", "a@b.c0m", ""] {
@@ -237,370 +257,408 @@ fn a_malformed_email_is_refused_before_the_database_is_touched() {
     assert!(!admin.db.exists());
 }
 
-#[test]
-fn user_list_table_and_json() {
-    let admin = Admin::new();
-    assert_eq!(admin.ok(&["user", "list"]), "No users found.\n");
-    assert_eq!(admin.ok(&["user", "list", "--json"]), "[]\n");
-
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let bob = admin.create_user("Bob", "bob@example.com");
-    admin.ok(&["user", "deactivate", &bob.to_string()]);
-
-    assert_eq!(
-        admin.ok(&["user", "list"]),
-        format!(
-            "\n{USER_HEADER}\n{DASHES}\n\
-             {alice}   Alice                alice@example.com              Active    \n\
-             {bob}   Bob                  bob@example.com                Inactive  \n\n"
-        )
-    );
-
-    let users = admin.json(&["user", "list", "--json"]);
-    assert_eq!(users.len(), 2);
-    for (json, id, name, email, active) in [
-        (&users[0], alice, "Alice", "alice@example.com", true),
-        (&users[1], bob, "Bob", "bob@example.com", false),
-    ] {
-        assert_eq!(
-            keys_of(json),
-            BTreeSet::from(["id", "name", "email", "created_at", "is_active"])
-        );
-        assert_eq!(json["id"], id.to_string());
-        assert_eq!(json["name"], name);
-        assert_eq!(json["email"], email);
-        assert_eq!(json["is_active"], active);
-        assert_eq!(
-            assert_api_time(&json["created_at"]),
-            admin.user(id).created_at
-        );
-    }
-}
-
-#[test]
-fn user_get_by_id_or_email_shows_the_details_block() {
-    let admin = Admin::new();
-    let id = admin.create_user("Alice", "alice@example.com");
-    let created = to_api_string(admin.user(id).created_at);
-    let block = |status: &str| {
-        format!(
-            "\nUser Details:\n  ID:         {id}\n  Name:       Alice\n  Email:      alice@example.com\n  \
-             Created:    {created}\n  Status:     {status}\n\n"
-        )
-    };
-    assert_eq!(admin.ok(&["user", "get", &id.to_string()]), block("Active"));
-    assert_eq!(
-        admin.ok(&["user", "get", "--email", "alice@example.com"]),
-        block("Active")
-    );
-    admin.ok(&["user", "deactivate", &id.to_string()]);
-    assert_eq!(
-        admin.ok(&["user", "get", &id.to_string()]),
-        block("Inactive")
-    );
-}
-
-#[test]
-fn user_get_needs_exactly_one_of_id_and_email() {
-    let admin = Admin::new();
-    assert_eq!(
-        admin.fails(&["user", "get"]),
-        "Error: Must provide either USER_ID or --email\n"
-    );
-    assert_eq!(
-        admin.fails(&["user", "get", ZERO_ID, "--email", "a@example.com"]),
-        "Error: Provide either USER_ID or --email, not both\n"
-    );
-}
-
-#[test]
-fn unknown_or_malformed_user_ids_are_not_found() {
-    let admin = Admin::new();
-    admin.create_user("Alice", "alice@example.com");
-    for id in [ZERO_ID, "not-a-uuid"] {
-        let expected = format!("Error: User not found: {id}\n");
-        assert_eq!(admin.fails(&["user", "get", id]), expected);
-        assert_eq!(admin.fails(&["user", "deactivate", id]), expected);
-        assert_eq!(admin.fails(&["user", "activate", id]), expected);
-        assert_eq!(
-            admin.fails(&["key", "create", "--user-id", id, "--name", "k"]),
-            expected
-        );
-        assert_eq!(admin.fails(&["key", "list", "--user-id", id]), expected);
-    }
-    assert_eq!(
-        admin.fails(&["user", "get", "--email", "nobody@example.com"]),
-        "Error: User not found: nobody@example.com\n"
-    );
-    let by_email = "Error: User not found with email: nobody@example.com\n";
-    assert_eq!(
-        admin.fails(&[
-            "key",
-            "create",
-            "--email",
-            "nobody@example.com",
-            "--name",
-            "k"
-        ]),
-        by_email
-    );
-    assert_eq!(
-        admin.fails(&["key", "list", "--email", "nobody@example.com", "--json"]),
-        by_email
-    );
-    // Nothing was created on the way.
-    assert!(admin.key_ids().is_empty());
-}
-
-#[test]
-fn deactivating_a_user_stops_their_keys_and_activating_restores_them() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let secret = admin.create_key(alice, "Laptop key");
-    assert_eq!(admin.authenticate(&secret), Some(alice));
-
-    assert_eq!(
-        admin.ok(&["user", "deactivate", &alice.to_string()]),
-        "✓ User deactivated: alice@example.com\n"
-    );
-    assert!(!admin.user(alice).is_active);
-    assert_eq!(admin.authenticate(&secret), None);
-    // The key itself is not revoked: it is the user who is off.
-    assert_eq!(admin.json(&["key", "list", "--json"])[0]["is_active"], true);
-
-    assert_eq!(
-        admin.ok(&["user", "activate", &alice.to_string()]),
-        "✓ User activated: alice@example.com\n"
-    );
-    assert!(admin.user(alice).is_active);
-    assert_eq!(admin.authenticate(&secret), Some(alice));
-}
-
-#[test]
-fn key_create_shows_the_key_once_with_a_warning_and_the_key_works() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let expected = |secret: &str, name: &str| {
-        format!(
-            "\n✓ API key created successfully\n\n  API Key: {secret}\n  Name:    {name}\n  \
-             User:    alice@example.com\n\n  ⚠️  IMPORTANT: This is the only time you'll see this key!\n     \
-             Save it securely now.\n\n"
-        )
-    };
-
-    let out = admin.ok(&[
-        "key",
-        "create",
-        "--user-id",
-        &alice.to_string(),
-        "--name",
-        "Alice's laptop key",
-    ]);
-    let by_id = secret_in(&out);
-    assert_eq!(out, expected(&by_id, "Alice's laptop key"));
-    assert_eq!(by_id.len(), 3 + 40);
-
-    let out = admin.ok(&[
-        "key",
-        "create",
-        "--email",
-        "alice@example.com",
-        "--name",
-        "CI runner",
-    ]);
-    let by_email = secret_in(&out);
-    assert_eq!(out, expected(&by_email, "CI runner"));
-
-    assert_ne!(by_id, by_email);
-    assert_eq!(admin.authenticate(&by_id), Some(alice));
-    assert_eq!(admin.authenticate(&by_email), Some(alice));
-    assert_eq!(admin.authenticate(&format!("{by_id}x")), None);
-}
-
-#[test]
-fn key_create_needs_exactly_one_owner() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com").to_string();
-    assert_eq!(
-        admin.fails(&["key", "create", "--name", "k"]),
-        "Error: Must provide either --user-id or --email\n"
-    );
-    assert_eq!(
-        admin.fails(&[
-            "key",
-            "create",
-            "--user-id",
-            &alice,
-            "--email",
-            "alice@example.com",
-            "--name",
-            "k"
-        ]),
-        "Error: Provide either --user-id or --email, not both\n"
-    );
-    assert_eq!(
-        admin.fails(&[
-            "key",
-            "list",
-            "--user-id",
-            &alice,
-            "--email",
-            "alice@example.com"
-        ]),
-        "Error: Provide either --user-id or --email, not both\n"
-    );
-    assert!(admin.key_ids().is_empty());
-}
-
-#[test]
-fn key_list_never_shows_a_key_its_prefix_or_its_hash() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com").to_string();
-    let bob = admin.create_user("Bob", "bob@example.com");
-    let secrets = [
-        admin.create_key(alice.parse().unwrap(), "Laptop key"),
-        admin.create_key(alice.parse().unwrap(), "Server key"),
-        admin.create_key(bob, "Bob key"),
-    ];
-    let listings: [&[&str]; 6] = [
-        &["key", "list"],
-        &["key", "list", "--json"],
-        &["key", "list", "--user-id", &alice],
-        &["key", "list", "--user-id", &alice, "--json"],
-        &["key", "list", "--email", "bob@example.com"],
-        &["key", "list", "--email", "bob@example.com", "--json"],
-    ];
-    for args in listings {
-        let out = admin.ok(args);
-        assert!(
-            out.contains("Laptop key") || out.contains("Bob key"),
-            "{out}"
-        );
-        assert!(!out.contains("ci_"), "{args:?}: {out}");
-        for secret in &secrets {
-            assert!(!out.contains(secret.as_str()), "{args:?}: {out}");
-            assert!(!out.contains(&secret[3..11]), "{args:?}: {out}");
-            assert!(!out.contains(&hash_api_key(secret)), "{args:?}: {out}");
+/// The commands' behaviour, the same on every database backend.
+macro_rules! backend_suite {
+    ($make:expr) => {
+        #[test]
+        fn a_taken_email_is_refused() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let err = admin.fails(&[
+                "user",
+                "create",
+                "--name",
+                "Alice Clone",
+                "--email",
+                "alice@example.com",
+            ]);
+            assert_eq!(
+                err,
+                "Error: User with email alice@example.com already exists\n"
+            );
+            let users = admin.json(&["user", "list", "--json"]);
+            assert_eq!(users.len(), 1);
+            assert_eq!(users[0]["id"], alice.to_string());
+            assert_eq!(users[0]["name"], "Alice");
         }
-    }
+
+        #[test]
+        fn user_list_table_and_json() {
+            let admin = $make;
+            assert_eq!(admin.ok(&["user", "list"]), "No users found.\n");
+            assert_eq!(admin.ok(&["user", "list", "--json"]), "[]\n");
+
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let bob = admin.create_user("Bob", "bob@example.com");
+            admin.ok(&["user", "deactivate", &bob.to_string()]);
+
+            assert_eq!(
+                admin.ok(&["user", "list"]),
+                format!(
+                    "\n{USER_HEADER}\n{DASHES}\n\
+                     {alice}   Alice                alice@example.com              Active    \n\
+                     {bob}   Bob                  bob@example.com                Inactive  \n\n"
+                )
+            );
+
+            let users = admin.json(&["user", "list", "--json"]);
+            assert_eq!(users.len(), 2);
+            for (json, id, name, email, active) in [
+                (&users[0], alice, "Alice", "alice@example.com", true),
+                (&users[1], bob, "Bob", "bob@example.com", false),
+            ] {
+                assert_eq!(
+                    keys_of(json),
+                    BTreeSet::from(["id", "name", "email", "created_at", "is_active"])
+                );
+                assert_eq!(json["id"], id.to_string());
+                assert_eq!(json["name"], name);
+                assert_eq!(json["email"], email);
+                assert_eq!(json["is_active"], active);
+                assert_eq!(
+                    assert_api_time(&json["created_at"]),
+                    admin.user(id).created_at
+                );
+            }
+        }
+
+        #[test]
+        fn user_get_by_id_or_email_shows_the_details_block() {
+            let admin = $make;
+            let id = admin.create_user("Alice", "alice@example.com");
+            let created = to_api_string(admin.user(id).created_at);
+            let block = |status: &str| {
+                format!(
+                    "\nUser Details:\n  ID:         {id}\n  Name:       Alice\n  Email:      alice@example.com\n  \
+                     Created:    {created}\n  Status:     {status}\n\n"
+                )
+            };
+            assert_eq!(admin.ok(&["user", "get", &id.to_string()]), block("Active"));
+            assert_eq!(
+                admin.ok(&["user", "get", "--email", "alice@example.com"]),
+                block("Active")
+            );
+            admin.ok(&["user", "deactivate", &id.to_string()]);
+            assert_eq!(
+                admin.ok(&["user", "get", &id.to_string()]),
+                block("Inactive")
+            );
+        }
+
+        #[test]
+        fn user_get_needs_exactly_one_of_id_and_email() {
+            let admin = $make;
+            assert_eq!(
+                admin.fails(&["user", "get"]),
+                "Error: Must provide either USER_ID or --email\n"
+            );
+            assert_eq!(
+                admin.fails(&["user", "get", ZERO_ID, "--email", "a@example.com"]),
+                "Error: Provide either USER_ID or --email, not both\n"
+            );
+        }
+
+        #[test]
+        fn unknown_or_malformed_user_ids_are_not_found() {
+            let admin = $make;
+            admin.create_user("Alice", "alice@example.com");
+            for id in [ZERO_ID, "not-a-uuid"] {
+                let expected = format!("Error: User not found: {id}\n");
+                assert_eq!(admin.fails(&["user", "get", id]), expected);
+                assert_eq!(admin.fails(&["user", "deactivate", id]), expected);
+                assert_eq!(admin.fails(&["user", "activate", id]), expected);
+                assert_eq!(
+                    admin.fails(&["key", "create", "--user-id", id, "--name", "k"]),
+                    expected
+                );
+                assert_eq!(admin.fails(&["key", "list", "--user-id", id]), expected);
+            }
+            assert_eq!(
+                admin.fails(&["user", "get", "--email", "nobody@example.com"]),
+                "Error: User not found: nobody@example.com\n"
+            );
+            let by_email = "Error: User not found with email: nobody@example.com\n";
+            assert_eq!(
+                admin.fails(&[
+                    "key",
+                    "create",
+                    "--email",
+                    "nobody@example.com",
+                    "--name",
+                    "k"
+                ]),
+                by_email
+            );
+            assert_eq!(
+                admin.fails(&["key", "list", "--email", "nobody@example.com", "--json"]),
+                by_email
+            );
+            // Nothing was created on the way.
+            assert!(admin.key_ids().is_empty());
+        }
+
+        #[test]
+        fn deactivating_a_user_stops_their_keys_and_activating_restores_them() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let secret = admin.create_key(alice, "Laptop key");
+            assert_eq!(admin.authenticate(&secret), Some(alice));
+
+            assert_eq!(
+                admin.ok(&["user", "deactivate", &alice.to_string()]),
+                "✓ User deactivated: alice@example.com\n"
+            );
+            assert!(!admin.user(alice).is_active);
+            assert_eq!(admin.authenticate(&secret), None);
+            // The key itself is not revoked: it is the user who is off.
+            assert_eq!(admin.json(&["key", "list", "--json"])[0]["is_active"], true);
+
+            assert_eq!(
+                admin.ok(&["user", "activate", &alice.to_string()]),
+                "✓ User activated: alice@example.com\n"
+            );
+            assert!(admin.user(alice).is_active);
+            assert_eq!(admin.authenticate(&secret), Some(alice));
+        }
+
+        #[test]
+        fn key_create_shows_the_key_once_with_a_warning_and_the_key_works() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let expected = |secret: &str, name: &str| {
+                format!(
+                    "\n✓ API key created successfully\n\n  API Key: {secret}\n  Name:    {name}\n  \
+                     User:    alice@example.com\n\n  ⚠️  IMPORTANT: This is the only time you'll see this key!\n     \
+                     Save it securely now.\n\n"
+                )
+            };
+
+            let out = admin.ok(&[
+                "key",
+                "create",
+                "--user-id",
+                &alice.to_string(),
+                "--name",
+                "Alice's laptop key",
+            ]);
+            let by_id = secret_in(&out);
+            assert_eq!(out, expected(&by_id, "Alice's laptop key"));
+            assert_eq!(by_id.len(), 3 + 40);
+
+            let out = admin.ok(&[
+                "key",
+                "create",
+                "--email",
+                "alice@example.com",
+                "--name",
+                "CI runner",
+            ]);
+            let by_email = secret_in(&out);
+            assert_eq!(out, expected(&by_email, "CI runner"));
+
+            assert_ne!(by_id, by_email);
+            assert_eq!(admin.authenticate(&by_id), Some(alice));
+            assert_eq!(admin.authenticate(&by_email), Some(alice));
+            assert_eq!(admin.authenticate(&format!("{by_id}x")), None);
+        }
+
+        #[test]
+        fn key_create_needs_exactly_one_owner() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com").to_string();
+            assert_eq!(
+                admin.fails(&["key", "create", "--name", "k"]),
+                "Error: Must provide either --user-id or --email\n"
+            );
+            assert_eq!(
+                admin.fails(&[
+                    "key",
+                    "create",
+                    "--user-id",
+                    &alice,
+                    "--email",
+                    "alice@example.com",
+                    "--name",
+                    "k"
+                ]),
+                "Error: Provide either --user-id or --email, not both\n"
+            );
+            assert_eq!(
+                admin.fails(&[
+                    "key",
+                    "list",
+                    "--user-id",
+                    &alice,
+                    "--email",
+                    "alice@example.com"
+                ]),
+                "Error: Provide either --user-id or --email, not both\n"
+            );
+            assert!(admin.key_ids().is_empty());
+        }
+
+        #[test]
+        fn key_list_never_shows_a_key_its_prefix_or_its_hash() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com").to_string();
+            let bob = admin.create_user("Bob", "bob@example.com");
+            let secrets = [
+                admin.create_key(alice.parse().unwrap(), "Laptop key"),
+                admin.create_key(alice.parse().unwrap(), "Server key"),
+                admin.create_key(bob, "Bob key"),
+            ];
+            let listings: [&[&str]; 6] = [
+                &["key", "list"],
+                &["key", "list", "--json"],
+                &["key", "list", "--user-id", &alice],
+                &["key", "list", "--user-id", &alice, "--json"],
+                &["key", "list", "--email", "bob@example.com"],
+                &["key", "list", "--email", "bob@example.com", "--json"],
+            ];
+            for args in listings {
+                let out = admin.ok(args);
+                assert!(
+                    out.contains("Laptop key") || out.contains("Bob key"),
+                    "{out}"
+                );
+                assert!(!out.contains("ci_"), "{args:?}: {out}");
+                for secret in &secrets {
+                    assert!(!out.contains(secret.as_str()), "{args:?}: {out}");
+                    assert!(!out.contains(&secret[3..11]), "{args:?}: {out}");
+                    assert!(!out.contains(&hash_api_key(secret)), "{args:?}: {out}");
+                }
+            }
+        }
+
+        #[test]
+        fn key_list_tables_show_owners_filters_and_revocation() {
+            let admin = $make;
+            assert_eq!(admin.ok(&["key", "list"]), "No API keys found.\n");
+            assert_eq!(admin.ok(&["key", "list", "--json"]), "[]\n");
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let bob = admin.create_user("Bob", "bob@example.com");
+            assert_eq!(
+                admin.ok(&["key", "list", "--user-id", &alice.to_string()]),
+                "No API keys found.\n"
+            );
+
+            admin.create_key(alice, "Laptop key");
+            admin.create_key(alice, "");
+            admin.create_key(bob, "Bob key");
+            let ids = admin.key_ids();
+            admin.ok(&["key", "revoke", &ids[1]]);
+            let (laptop, unnamed, bob_key) = (&ids[0], &ids[1], &ids[2]);
+
+            let laptop_row =
+                format!("{laptop}   Laptop key                alice@example.com         Active    ");
+            let unnamed_row =
+                format!("{unnamed}   (unnamed)                 alice@example.com         Revoked   ");
+            let bob_row =
+                format!("{bob_key}   Bob key                   bob@example.com           Active    ");
+            assert_eq!(
+                admin.ok(&["key", "list"]),
+                format!("\n{KEY_HEADER}\n{DASHES}\n{laptop_row}\n{unnamed_row}\n{bob_row}\n\n")
+            );
+            let alices = format!("\n{KEY_HEADER}\n{DASHES}\n{laptop_row}\n{unnamed_row}\n\n");
+            assert_eq!(
+                admin.ok(&["key", "list", "--user-id", &alice.to_string()]),
+                alices
+            );
+            assert_eq!(
+                admin.ok(&["key", "list", "--email", "alice@example.com"]),
+                alices
+            );
+            assert_eq!(
+                admin.ok(&["key", "list", "--email", "bob@example.com"]),
+                format!("\n{KEY_HEADER}\n{DASHES}\n{bob_row}\n\n")
+            );
+        }
+
+        #[test]
+        fn key_list_json_has_the_documented_fields_and_times() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let bob = admin.create_user("Bob", "bob@example.com");
+            let secret = admin.create_key(alice, "Laptop key");
+            admin.create_key(bob, "Bob key");
+
+            let keys = admin.json(&["key", "list", "--user-id", &alice.to_string(), "--json"]);
+            assert_eq!(keys.len(), 1);
+            let key = &keys[0];
+            assert_eq!(
+                keys_of(key),
+                BTreeSet::from([
+                    "id",
+                    "name",
+                    "user_id",
+                    "created_at",
+                    "last_used_at",
+                    "is_active"
+                ])
+            );
+            Uuid::parse_str(key["id"].as_str().unwrap()).unwrap();
+            assert_eq!(key["name"], "Laptop key");
+            assert_eq!(key["user_id"], alice.to_string());
+            assert_eq!(key["is_active"], true);
+            assert_eq!(key["last_used_at"], Value::Null);
+            let created = assert_api_time(&key["created_at"]);
+
+            assert_eq!(admin.authenticate(&secret), Some(alice));
+            let key = admin
+                .json(&["key", "list", "--json"])
+                .into_iter()
+                .find(|k| k["user_id"] == alice.to_string())
+                .unwrap();
+            assert!(assert_api_time(&key["last_used_at"]) >= created);
+
+            let all = admin.json(&["key", "list", "--json"]);
+            let owners: Vec<&Value> = all.iter().map(|k| &k["user_id"]).collect();
+            assert_eq!(
+                owners,
+                [
+                    &Value::from(alice.to_string()),
+                    &Value::from(bob.to_string())
+                ]
+            );
+        }
+
+        #[test]
+        fn key_revoke_stops_that_key_at_once_and_only_that_key() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let laptop = admin.create_key(alice, "Laptop key");
+            let server = admin.create_key(alice, "Server key");
+            let ids = admin.key_ids();
+
+            assert_eq!(
+                admin.ok(&["key", "revoke", &ids[0]]),
+                "✓ API key revoked: Laptop key\n"
+            );
+            assert_eq!(admin.authenticate(&laptop), None);
+            assert_eq!(admin.authenticate(&server), Some(alice));
+            let keys = admin.json(&["key", "list", "--json"]);
+            assert_eq!(keys[0]["is_active"], false);
+            assert_eq!(keys[1]["is_active"], true);
+
+            for id in [ZERO_ID, "not-a-uuid"] {
+                assert_eq!(
+                    admin.fails(&["key", "revoke", id]),
+                    format!("Error: API key not found: {id}\n")
+                );
+            }
+        }
+    };
 }
 
-#[test]
-fn key_list_tables_show_owners_filters_and_revocation() {
-    let admin = Admin::new();
-    assert_eq!(admin.ok(&["key", "list"]), "No API keys found.\n");
-    assert_eq!(admin.ok(&["key", "list", "--json"]), "[]\n");
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let bob = admin.create_user("Bob", "bob@example.com");
-    assert_eq!(
-        admin.ok(&["key", "list", "--user-id", &alice.to_string()]),
-        "No API keys found.\n"
-    );
-
-    admin.create_key(alice, "Laptop key");
-    admin.create_key(alice, "");
-    admin.create_key(bob, "Bob key");
-    let ids = admin.key_ids();
-    admin.ok(&["key", "revoke", &ids[1]]);
-    let (laptop, unnamed, bob_key) = (&ids[0], &ids[1], &ids[2]);
-
-    let laptop_row =
-        format!("{laptop}   Laptop key                alice@example.com         Active    ");
-    let unnamed_row =
-        format!("{unnamed}   (unnamed)                 alice@example.com         Revoked   ");
-    let bob_row =
-        format!("{bob_key}   Bob key                   bob@example.com           Active    ");
-    assert_eq!(
-        admin.ok(&["key", "list"]),
-        format!("\n{KEY_HEADER}\n{DASHES}\n{laptop_row}\n{unnamed_row}\n{bob_row}\n\n")
-    );
-    let alices = format!("\n{KEY_HEADER}\n{DASHES}\n{laptop_row}\n{unnamed_row}\n\n");
-    assert_eq!(
-        admin.ok(&["key", "list", "--user-id", &alice.to_string()]),
-        alices
-    );
-    assert_eq!(
-        admin.ok(&["key", "list", "--email", "alice@example.com"]),
-        alices
-    );
-    assert_eq!(
-        admin.ok(&["key", "list", "--email", "bob@example.com"]),
-        format!("\n{KEY_HEADER}\n{DASHES}\n{bob_row}\n\n")
-    );
+mod sqlite {
+    use super::*;
+    backend_suite!(Admin::new());
 }
 
-#[test]
-fn key_list_json_has_the_documented_fields_and_times() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let bob = admin.create_user("Bob", "bob@example.com");
-    let secret = admin.create_key(alice, "Laptop key");
-    admin.create_key(bob, "Bob key");
-
-    let keys = admin.json(&["key", "list", "--user-id", &alice.to_string(), "--json"]);
-    assert_eq!(keys.len(), 1);
-    let key = &keys[0];
-    assert_eq!(
-        keys_of(key),
-        BTreeSet::from([
-            "id",
-            "name",
-            "user_id",
-            "created_at",
-            "last_used_at",
-            "is_active"
-        ])
-    );
-    Uuid::parse_str(key["id"].as_str().unwrap()).unwrap();
-    assert_eq!(key["name"], "Laptop key");
-    assert_eq!(key["user_id"], alice.to_string());
-    assert_eq!(key["is_active"], true);
-    assert_eq!(key["last_used_at"], Value::Null);
-    let created = assert_api_time(&key["created_at"]);
-
-    assert_eq!(admin.authenticate(&secret), Some(alice));
-    let key = admin
-        .json(&["key", "list", "--json"])
-        .into_iter()
-        .find(|k| k["user_id"] == alice.to_string())
-        .unwrap();
-    assert!(assert_api_time(&key["last_used_at"]) >= created);
-
-    let all = admin.json(&["key", "list", "--json"]);
-    let owners: Vec<&Value> = all.iter().map(|k| &k["user_id"]).collect();
-    assert_eq!(
-        owners,
-        [
-            &Value::from(alice.to_string()),
-            &Value::from(bob.to_string())
-        ]
-    );
-}
-
-#[test]
-fn key_revoke_stops_that_key_at_once_and_only_that_key() {
-    let admin = Admin::new();
-    let alice = admin.create_user("Alice", "alice@example.com");
-    let laptop = admin.create_key(alice, "Laptop key");
-    let server = admin.create_key(alice, "Server key");
-    let ids = admin.key_ids();
-
-    assert_eq!(
-        admin.ok(&["key", "revoke", &ids[0]]),
-        "✓ API key revoked: Laptop key\n"
-    );
-    assert_eq!(admin.authenticate(&laptop), None);
-    assert_eq!(admin.authenticate(&server), Some(alice));
-    let keys = admin.json(&["key", "list", "--json"]);
-    assert_eq!(keys[0]["is_active"], false);
-    assert_eq!(keys[1]["is_active"], true);
-
-    for id in [ZERO_ID, "not-a-uuid"] {
-        assert_eq!(
-            admin.fails(&["key", "revoke", id]),
-            format!("Error: API key not found: {id}\n")
-        );
-    }
+/// On a fresh database of the PostgreSQL server `CI_TEST_POSTGRES_URL` names.
+mod postgres {
+    use super::*;
+    backend_suite!(Admin::postgres());
 }
 
 #[test]
