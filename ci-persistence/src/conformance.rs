@@ -24,6 +24,7 @@ macro_rules! conformance_suite {
             users_are_created_found_and_unique,
             users_can_be_deactivated_and_activated,
             api_keys_authenticate_until_revoked,
+            a_key_and_a_job_are_read_together,
             archives_are_content_addressed,
             jobs_follow_their_life_cycle,
             illegal_transitions_are_refused,
@@ -155,6 +156,64 @@ pub async fn api_keys_authenticate_until_revoked(s: Store, other: Store) {
         s.revoke_api_key(Uuid::new_v4()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let key = generate_api_key().unwrap();
+    let rec = s.create_api_key(owner, "laptop", &key).await.unwrap();
+    let mine = job(&s, owner).await;
+    let someone = user(&s).await;
+    let theirs = job(&s, someone).await;
+
+    let (u, j) = other
+        .authenticate_with_job(&key.hash, mine)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.id, owner);
+    assert_eq!(j, other.get_job(mine).await.unwrap());
+    // Another user's job comes back too: whose it is, is the caller's check.
+    let (_, j) = other
+        .authenticate_with_job(&key.hash, theirs)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.unwrap().user_id, someone);
+    let (_, j) = other
+        .authenticate_with_job(&key.hash, Uuid::new_v4())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(j.is_none());
+    assert!(s
+        .get_api_key(rec.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_used_at
+        .is_some());
+
+    // Refused keys get nothing, job or not.
+    let unknown = ci_common::hash_api_key("ci_unknown");
+    assert!(other
+        .authenticate_with_job(&unknown, mine)
+        .await
+        .unwrap()
+        .is_none());
+    s.set_user_active(owner, false).await.unwrap();
+    assert!(other
+        .authenticate_with_job(&key.hash, mine)
+        .await
+        .unwrap()
+        .is_none());
+    s.set_user_active(owner, true).await.unwrap();
+    s.revoke_api_key(rec.id).await.unwrap();
+    assert!(other
+        .authenticate_with_job(&key.hash, mine)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 pub async fn archives_are_content_addressed(s: Store, other: Store) {

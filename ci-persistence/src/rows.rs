@@ -16,6 +16,16 @@ pub(crate) const JOB_COLUMNS: &str =
     "id, user_id, status, success, exit_code, created_at, started_at, ended_at, \
      container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq";
 
+/// `columns` of the table aliased `alias`, each renamed `prefix` + name, for
+/// selecting two tables' rows as one.
+pub(crate) fn aliased(columns: &str, alias: &str, prefix: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c} AS {prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn uuid(row: &AnyRow, col: &str) -> Result<Uuid> {
     let s: String = row.try_get(col)?;
     Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
@@ -32,6 +42,18 @@ pub(crate) fn user(row: &AnyRow) -> Result<User> {
         email: row.try_get("email")?,
         created_at: from_micros(row.try_get("created_at")?),
         is_active: flag(row, "is_active")?,
+    })
+}
+
+/// A user selected with [`aliased`] columns under `prefix`.
+pub(crate) fn user_prefixed(row: &AnyRow, prefix: &str) -> Result<User> {
+    let col = |c: &str| format!("{prefix}{c}");
+    Ok(User {
+        id: uuid(row, &col("id"))?,
+        name: row.try_get(col("name").as_str())?,
+        email: row.try_get(col("email").as_str())?,
+        created_at: from_micros(row.try_get(col("created_at").as_str())?),
+        is_active: flag(row, &col("is_active"))?,
     })
 }
 

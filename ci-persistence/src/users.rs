@@ -1,18 +1,43 @@
 //! Accounts and their API keys.
 
+use std::sync::LazyLock;
+
 use chrono::Duration;
 use ci_common::time::{now, to_micros};
-use ci_common::{ApiKeyRecord, GeneratedKey, User};
+use ci_common::{ApiKeyRecord, GeneratedKey, Job, JobId, User};
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::rows::{self, KEY_COLUMNS, USER_COLUMNS};
+use crate::rows::{self, JOB_COLUMNS, KEY_COLUMNS, USER_COLUMNS};
 use crate::store::Store;
 
 /// `last_used_at` is refreshed at most this often, so that authenticating a
 /// request is a read, not a write, in the common case.
 const LAST_USED_RESOLUTION: Duration = Duration::seconds(60);
+
+/// The active key's id and last use, and its active owner (columns `u_…`).
+static AUTHENTICATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, {} \
+         FROM api_keys k JOIN users u ON u.id = k.user_id \
+         WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
+        rows::aliased(USER_COLUMNS, "u", "u_")
+    )
+});
+
+/// As [`AUTHENTICATE_SQL`], with the job `$2` (whoever owns it) beside it:
+/// the job's columns are NULL when there is no such job.
+static AUTHENTICATE_WITH_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, {}, {} \
+         FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN jobs j ON j.id = $2 \
+         WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
+        rows::aliased(USER_COLUMNS, "u", "u_"),
+        rows::aliased(JOB_COLUMNS, "j", "")
+    )
+});
 
 impl Store {
     /// Creates an active user. A taken e-mail address is [`StoreError::AlreadyExists`].
@@ -161,24 +186,47 @@ impl Store {
 
     /// The active user that owns the active key with this hash, if any.
     pub async fn authenticate(&self, key_hash: &str) -> Result<Option<User>> {
-        let sql = format!(
-            "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, {} \
-             FROM api_keys k JOIN users u ON u.id = k.user_id \
-             WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
-            USER_COLUMNS
-                .split(", ")
-                .map(|c| format!("u.{c} AS {c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let Some(row) = sqlx::query(&sql)
+        let Some(row) = sqlx::query(&AUTHENTICATE_SQL)
             .bind(key_hash)
             .fetch_optional(&self.reader)
             .await?
         else {
             return Ok(None);
         };
-        let user = rows::user(&row)?;
+        self.key_used(&row).await?;
+        Ok(Some(rows::user_prefixed(&row, "u_")?))
+    }
+
+    /// [`Store::authenticate`] and [`Store::get_job`] in one round trip, for
+    /// the requests that name a job: `None` when the key is refused, else its
+    /// user and the job if it exists (the caller checks whose it is).
+    pub async fn authenticate_with_job(
+        &self,
+        key_hash: &str,
+        job_id: JobId,
+    ) -> Result<Option<(User, Option<Job>)>> {
+        let Some(row) = sqlx::query(&AUTHENTICATE_WITH_JOB_SQL)
+            .bind(key_hash)
+            .bind(job_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.key_used(&row).await?;
+        let user = rows::user_prefixed(&row, "u_")?;
+        let job_found = row.try_get::<Option<String>, _>("id")?.is_some();
+        let job = if job_found {
+            Some(rows::job(&row)?)
+        } else {
+            None
+        };
+        Ok(Some((user, job)))
+    }
+
+    /// Records that the key of an authentication row was used, at most once
+    /// per [`LAST_USED_RESOLUTION`].
+    async fn key_used(&self, row: &AnyRow) -> Result<()> {
         let now = now();
         let last_used: Option<i64> = row.try_get("key_last_used_at")?;
         if last_used.is_none_or(|t| t < to_micros(now - LAST_USED_RESOLUTION)) {
@@ -189,6 +237,6 @@ impl Store {
                 .execute(&self.writer)
                 .await?;
         }
-        Ok(Some(user))
+        Ok(())
     }
 }

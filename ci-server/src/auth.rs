@@ -1,5 +1,6 @@
-//! The bearer-key extractor: every handler that takes an [`AuthUser`] is
-//! authenticated, and gets the key's owner.
+//! The bearer-key extractors: every handler that takes an [`AuthUser`] is
+//! authenticated, and gets the key's owner. Handlers about one job take a
+//! [`BearerKey`] instead and check key and job in one database round trip.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -17,6 +18,32 @@ impl FromRequestParts<App> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let key = BearerKey::from_request_parts(parts, app).await?;
+        key.user(app).await.map(AuthUser)
+    }
+}
+
+/// A well-formed bearer key from the `Authorization` header, hashed, not yet
+/// checked against the database.
+#[derive(Debug, Clone)]
+pub struct BearerKey {
+    pub hash: String,
+}
+
+impl BearerKey {
+    /// The key's owner: 401 for an unknown or revoked key or an inactive user.
+    pub async fn user(&self, app: &App) -> Result<User, ApiError> {
+        app.store
+            .authenticate(&self.hash)
+            .await?
+            .ok_or_else(ApiError::invalid_key)
+    }
+}
+
+impl FromRequestParts<App> for BearerKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, Self::Rejection> {
         // As FastAPI's HTTPBearer: no usable `Bearer <credentials>` header is 403.
         let header = parts
             .headers
@@ -35,9 +62,8 @@ impl FromRequestParts<App> for AuthUser {
         if !looks_like_api_key(key) {
             return Err(ApiError::invalid_key());
         }
-        match app.store.authenticate(&hash_api_key(key)).await? {
-            Some(user) => Ok(AuthUser(user)),
-            None => Err(ApiError::invalid_key()),
-        }
+        Ok(BearerKey {
+            hash: hash_api_key(key),
+        })
     }
 }

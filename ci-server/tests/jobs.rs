@@ -320,7 +320,9 @@ async fn a_job_is_shown_to_its_owner_only() {
     assert_eq!(
         summary,
         json!({"job_id": mine.to_string(), "status": "queued", "success": null,
-               "start_time": null, "end_time": null})
+               "start_time": null, "end_time": null,
+               // Beyond the reference: where "from now" is for a stream.
+               "last_event_id": 0})
     );
 
     // The same summary as in the list.

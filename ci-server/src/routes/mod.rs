@@ -15,7 +15,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, BearerKey};
 use crate::error::ApiError;
 use crate::sse::{job_events, sse_event, StartAt};
 use crate::upload::read_project_zip;
@@ -102,44 +102,42 @@ pub async fn list_jobs(
     Ok(Json(jobs.iter().map(JobSummary::from).collect()))
 }
 
-/// The job, if it exists and belongs to the caller. A path that is not a
-/// UUID names no job: 404, like any unknown id; so does one that does not
-/// even decode to text (`%FF`).
+/// The job, if the key is good and the job exists and belongs to the key's
+/// owner: key and job are read in one round trip (these are the busiest
+/// requests). A path that is not a UUID names no job: 404 for a good key,
+/// like any unknown id; so does one that does not even decode to text (`%FF`).
 async fn owned_job(
     app: &App,
-    user: &User,
+    key: &BearerKey,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Job, ApiError> {
-    let Ok(Path(id)) = id else {
+    let Some(id) = id.ok().and_then(|Path(id)| id.parse::<JobId>().ok()) else {
+        key.user(app).await?;
         return Err(ApiError::job_not_found());
     };
-    let id: JobId = id.parse().map_err(|_| ApiError::job_not_found())?;
-    let job = app
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(ApiError::job_not_found)?;
-    if job.user_id != user.id {
-        return Err(ApiError::access_denied());
+    match app.store.authenticate_with_job(&key.hash, id).await? {
+        None => Err(ApiError::invalid_key()),
+        Some((_, None)) => Err(ApiError::job_not_found()),
+        Some((user, Some(job))) if job.user_id != user.id => Err(ApiError::access_denied()),
+        Some((_, Some(job))) => Ok(job),
     }
-    Ok(job)
 }
 
 pub async fn get_job(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let job = owned_job(&app, &user, id).await?;
+    let job = owned_job(&app, &key, id).await?;
     Ok(Json(JobSummary::from(&job)))
 }
 
 pub async fn cancel_job(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let job = owned_job(&app, &user, id).await?;
+    let job = owned_job(&app, &key, id).await?;
     let job = app.store.request_cancel(job.id).await?;
     tracing::info!(job_id = %job.id, "cancellation requested");
     Ok(Json(JobSummary::from(&job)))
@@ -160,12 +158,12 @@ fn truthy(v: &str) -> bool {
 
 pub async fn stream_job(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = owned_job(&app, &user, id).await?;
+    let job = owned_job(&app, &key, id).await?;
     // As FastAPI rejects a malformed query parameter: 422, here with a JSON detail.
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
