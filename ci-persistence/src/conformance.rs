@@ -243,7 +243,7 @@ pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {
         .await
         .unwrap()
         .iter()
-        .map(|j| j.id)
+        .map(|j| j.job_id)
         .collect();
     assert_eq!(
         mine,

@@ -1,6 +1,7 @@
 //! Jobs: the desired state the API writes and the observed state the
 //! controller writes back.
 
+use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
 use ci_common::{Job, JobId, JobStatus, TransitionError};
 use sqlx::{Any, Transaction};
@@ -8,7 +9,7 @@ use uuid::Uuid;
 
 use crate::change_feed::Channel;
 use crate::error::{Result, StoreError};
-use crate::rows::{self, JOB_COLUMNS};
+use crate::rows::{self, JOB_COLUMNS, SUMMARY_COLUMNS};
 use crate::store::Store;
 
 /// What the API knows when it queues a job.
@@ -110,16 +111,17 @@ impl Store {
         row.as_ref().map(rows::job).transpose()
     }
 
-    /// A user's jobs, newest first.
-    pub async fn list_jobs_for_user(&self, user_id: Uuid) -> Result<Vec<Job>> {
+    /// A user's jobs, newest first, as `GET /jobs` shows them: only the
+    /// summary's columns are read, in the order of an index.
+    pub async fn list_jobs_for_user(&self, user_id: Uuid) -> Result<Vec<JobSummary>> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+            "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
         );
         let rows = sqlx::query(&sql)
             .bind(user_id.to_string())
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(rows::job).collect()
+        rows.iter().map(rows::job_summary).collect()
     }
 
     /// Jobs that have not ended, oldest first: the controller's work list.

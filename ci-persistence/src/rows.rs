@@ -1,6 +1,7 @@
 //! Turning rows back into domain types. Ids are stored as text, times as
 //! microseconds, flags as 0/1 (see the migrations).
 
+use ci_common::api::JobSummary;
 use ci_common::time::from_micros;
 use ci_common::{ApiKeyRecord, Job, JobStatus, User};
 use sqlx::any::AnyRow;
@@ -15,6 +16,10 @@ pub(crate) const KEY_COLUMNS: &str =
 pub(crate) const JOB_COLUMNS: &str =
     "id, user_id, status, success, exit_code, created_at, started_at, ended_at, \
      container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq";
+
+/// What a [`JobSummary`] needs of a job.
+pub(crate) const SUMMARY_COLUMNS: &str =
+    "id, status, success, exit_code, started_at, ended_at, last_seq";
 
 /// `columns` of the table aliased `alias`, each renamed `prefix` + name, for
 /// selecting two tables' rows as one.
@@ -71,14 +76,32 @@ pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKeyRecord> {
     })
 }
 
-pub(crate) fn job(row: &AnyRow) -> Result<Job> {
+pub(crate) fn job_summary(row: &AnyRow) -> Result<JobSummary> {
+    Ok(JobSummary {
+        job_id: uuid(row, "id")?,
+        status: status(row)?,
+        success: row.try_get::<Option<i64>, _>("success")?.map(|v| v != 0),
+        start_time: row
+            .try_get::<Option<i64>, _>("started_at")?
+            .map(from_micros),
+        end_time: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
+        exit_code: row.try_get("exit_code")?,
+        last_event_id: Some(row.try_get("last_seq")?),
+    })
+}
+
+fn status(row: &AnyRow) -> Result<JobStatus> {
     let status: String = row.try_get("status")?;
+    status
+        .parse::<JobStatus>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn job(row: &AnyRow) -> Result<Job> {
     Ok(Job {
         id: uuid(row, "id")?,
         user_id: uuid(row, "user_id")?,
-        status: status
-            .parse::<JobStatus>()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        status: status(row)?,
         success: row.try_get::<Option<i64>, _>("success")?.map(|v| v != 0),
         exit_code: row.try_get("exit_code")?,
         created_at: from_micros(row.try_get("created_at")?),

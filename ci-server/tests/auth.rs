@@ -80,7 +80,8 @@ async fn a_missing_or_unusable_authorization_header_is_403() {
     // Nothing was queued or cancelled on the way.
     let jobs = app.store.list_jobs_for_user(app.user.id).await.unwrap();
     assert_eq!(jobs.len(), 1);
-    assert!(!jobs[0].cancel_requested);
+    let job = app.store.get_job(jobs[0].job_id).await.unwrap().unwrap();
+    assert!(!job.cancel_requested);
 }
 
 #[tokio::test]

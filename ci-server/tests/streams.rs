@@ -430,7 +430,7 @@ async fn submit_streams_the_job_without_naming_it() {
     // The job exists once the response has started.
     let jobs = app.store.list_jobs_for_user(app.user.id).await.unwrap();
     assert_eq!(jobs.len(), 1);
-    let job = jobs[0].id;
+    let job = jobs[0].job_id;
 
     app.store.mark_running(job, "c", "i").await.unwrap();
     append(&app.store, job, &["1 failed\n"]).await;

@@ -98,8 +98,7 @@ pub async fn list_jobs(
     State(app): State<App>,
     AuthUser(user): AuthUser,
 ) -> Result<Json<Vec<JobSummary>>, ApiError> {
-    let jobs = app.store.list_jobs_for_user(user.id).await?;
-    Ok(Json(jobs.iter().map(JobSummary::from).collect()))
+    Ok(Json(app.store.list_jobs_for_user(user.id).await?))
 }
 
 /// The job, if the key is good and the job exists and belongs to the key's
