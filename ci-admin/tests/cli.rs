@@ -66,10 +66,9 @@ impl Admin {
                 .unwrap();
         });
         let (server, _) = base.rsplit_once('/').unwrap();
-        Admin {
-            postgres_url: Some(format!("{server}/{name}")),
-            ..Admin::new()
-        }
+        let mut admin = Admin::new();
+        admin.postgres_url = Some(format!("{server}/{name}"));
+        admin
     }
 
     fn location(&self) -> DatabaseLocation {
@@ -155,6 +154,28 @@ impl Admin {
         with_store(&self.location(), |store| async move {
             store.authenticate(&hash).await.unwrap().map(|u| u.id)
         })
+    }
+}
+
+/// A PostgreSQL installation's database goes with it, so that test runs do not
+/// pile databases up on the server.
+impl Drop for Admin {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let (Some(url), Ok(base)) = (&self.postgres_url, std::env::var("CI_TEST_POSTGRES_URL"))
+        else {
+            return;
+        };
+        let Some((_, name)) = url.rsplit_once('/') else {
+            return;
+        };
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        block_on(async {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+                let _ = sqlx::query(&sql).execute(&mut conn).await;
+                let _ = conn.close().await;
+            }
+        });
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use ci_persistence::{Store, StoreError};
 
 pub const LEASE_NAME: &str = "controller";
@@ -50,22 +52,33 @@ pub async fn acquire(store: &Store, holder: &str, config: &LeaseConfig) -> Resul
 
 /// Renews the lease until it cannot be kept; returns when leadership is lost,
 /// at which point this controller must stop acting.
+///
+/// It returns before the lease can have expired, so two never act at once:
+/// after failed renewals, and also when a renewal hangs (a connection whose
+/// peer vanished without a word, a lock on the lease row), which is given up
+/// on in time rather than awaited.
 pub async fn keep(store: &Store, holder: &str, config: &LeaseConfig) -> String {
-    let mut last_renewal = tokio::time::Instant::now();
+    let mut last_renewal = Instant::now();
+    // The lease written at `last_renewal` lasts until `ttl` after it; stop
+    // acting one renewal period before that.
+    let margin = config.ttl.saturating_sub(config.renew_every);
     loop {
         tokio::time::sleep(config.renew_every).await;
-        match store
-            .try_acquire_lease(LEASE_NAME, holder, config.ttl)
-            .await
-        {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => return "another controller took the lease".to_string(),
-            Err(e) => {
+        let renewal = store.try_acquire_lease(LEASE_NAME, holder, config.ttl);
+        match tokio::time::timeout_at(last_renewal + margin, renewal).await {
+            Ok(Ok(true)) => last_renewal = Instant::now(),
+            Ok(Ok(false)) => return "another controller took the lease".to_string(),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot renew the lease");
-                // Stop before the lease can have expired, so two never act at once.
-                if last_renewal.elapsed() + config.renew_every >= config.ttl {
+                if last_renewal.elapsed() >= margin {
                     return format!("the lease could not be renewed in time: {e}");
                 }
+            }
+            Err(_) => {
+                return format!(
+                    "renewing the lease did not finish within {:?} of the last renewal",
+                    margin
+                )
             }
         }
     }

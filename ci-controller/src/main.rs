@@ -102,30 +102,37 @@ async fn main() -> anyhow::Result<()> {
     let lease = LeaseConfig::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    let runtime = Arc::new(runtime);
 
-    tokio::select! {
-        r = leader::acquire(&store, &holder, &lease) => r.context("cannot take the controller lease")?,
-        _ = shutdown.cancelled() => return Ok(()),
-    }
-    tracing::info!(
-        holder,
-        image = %config.image,
-        prefix = %config.container_prefix,
-        network = %config.network_mode,
-        max_concurrent_jobs = config.max_concurrent_jobs,
-        "this controller is the leader; reconciling"
-    );
-
-    let reconciler = Reconciler::new(store.clone(), Arc::new(runtime), config);
-    let run_token = shutdown.clone();
-    let mut run = tokio::spawn(reconciler.run(run_token));
-    tokio::select! {
-        lost = leader::keep(&store, &holder, &lease) => {
-            shutdown.cancel();
-            let _ = run.await;
-            anyhow::bail!("lost the controller lease: {lost}");
+    // One term of leadership per round: a controller that loses the lease (the
+    // database was out of reach for longer than the lease lasts, or another
+    // controller took it) stops acting, stands by and takes it again when it
+    // can; the new term adopts the running containers like a fresh start.
+    loop {
+        tokio::select! {
+            r = leader::acquire(&store, &holder, &lease) => r.context("cannot take the controller lease")?,
+            _ = shutdown.cancelled() => return Ok(()),
         }
-        _ = &mut run => {}
+        tracing::info!(
+            holder,
+            image = %config.image,
+            prefix = %config.container_prefix,
+            network = %config.network_mode,
+            max_concurrent_jobs = config.max_concurrent_jobs,
+            "this controller is the leader; reconciling"
+        );
+
+        let term = shutdown.child_token();
+        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
+        let mut run = tokio::spawn(reconciler.run(term.clone()));
+        tokio::select! {
+            lost = leader::keep(&store, &holder, &lease) => {
+                term.cancel();
+                let _ = run.await;
+                tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
+            }
+            _ = &mut run => break,
+        }
     }
     // Hand over at once instead of making a standby wait for the lease to expire.
     if let Err(e) = store.release_lease(LEASE_NAME, &holder).await {

@@ -67,9 +67,12 @@ impl ChangeFeed {
                 tokio::spawn(watch_sqlite(conn, Arc::downgrade(&feed), poll));
             }
             Backend::Postgres => {
-                let mut listener = PgListener::connect(url).await?;
-                listener.listen(NOTIFY_CHANNEL).await?;
-                tokio::spawn(listen_postgres(listener, Arc::downgrade(&feed)));
+                let listener = listen(url).await?;
+                tokio::spawn(listen_postgres(
+                    url.to_string(),
+                    listener,
+                    Arc::downgrade(&feed),
+                ));
             }
         }
         Ok(feed)
@@ -96,28 +99,72 @@ impl ChangeFeed {
 /// The PostgreSQL notification channel the `signals` trigger sends on.
 const NOTIFY_CHANNEL: &str = "ci_signals";
 
-/// Receives PostgreSQL notifications until the feed is dropped. The listener
-/// reconnects by itself after a lost connection; what was sent meanwhile is
-/// unknown, so every channel is woken then, and waiters look for themselves.
-async fn listen_postgres(mut listener: PgListener, feed: Weak<ChangeFeed>) {
+/// The first wait before connecting the listener again after a failure; it
+/// doubles with every failed attempt up to [`LISTEN_RETRY_MAX`].
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A listener on its own connection (not one of the store's pool), listening
+/// on [`NOTIFY_CHANNEL`].
+async fn listen(url: &str) -> Result<PgListener> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Receives PostgreSQL notifications until the feed is dropped.
+///
+/// A connection can be lost at any time (a database restart or failover, an
+/// administrator ending it). When sqlx's listener reconnects at once by
+/// itself, `try_recv` says `Ok(None)`; when it cannot, it fails, and a new
+/// listener is connected here with a growing wait between attempts. Either
+/// way what was sent meanwhile is unknown, so every channel is woken once the
+/// listener listens again, and waiters look for themselves.
+async fn listen_postgres(url: String, mut listener: PgListener, feed: Weak<ChangeFeed>) {
     loop {
         let received = listener.try_recv().await;
-        let Some(feed) = feed.upgrade() else { return };
+        let Some(live) = feed.upgrade() else { return };
         match received {
             Ok(Some(n)) => {
                 if let Some(channel) = Channel::from_name(n.payload()) {
-                    feed.notify(channel);
+                    live.notify(channel);
                 }
+                continue;
             }
             Ok(None) => {
-                tracing::warn!("change listener: the database connection was lost; reconnecting");
-                feed.notify(Channel::Jobs);
-                feed.notify(Channel::Events);
+                tracing::warn!("change listener: the database connection was lost; reconnected");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "change listener failed; retrying");
-                drop(feed);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::warn!(error = %e, "change listener: the database connection was lost; reconnecting");
+                drop(live);
+                match reconnect(&url, &feed).await {
+                    Some(again) => listener = again,
+                    None => return,
+                }
+                tracing::info!("change listener: listening again");
+            }
+        }
+        if let Some(live) = feed.upgrade() {
+            live.notify(Channel::Jobs);
+            live.notify(Channel::Events);
+        }
+    }
+}
+
+/// Connects a new listener, waiting longer after every failed attempt;
+/// `None` when the feed was dropped meanwhile.
+async fn reconnect(url: &str, feed: &Weak<ChangeFeed>) -> Option<PgListener> {
+    let mut wait = LISTEN_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        if feed.strong_count() == 0 {
+            return None;
+        }
+        match listen(url).await {
+            Ok(listener) => return Some(listener),
+            Err(e) => {
+                wait = (wait * 2).min(LISTEN_RETRY_MAX);
+                tracing::warn!(error = %e, retry_in = ?wait, "change listener: cannot reconnect");
             }
         }
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
+use ci_common::api::JobSummary;
 use ci_common::{generate_api_key, JobStatus};
 use uuid::Uuid;
 
@@ -186,6 +187,26 @@ pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
         .unwrap()
         .unwrap();
     assert!(j.is_none());
+
+    // The summary variant (GET /jobs/{id}) answers the same, narrowed.
+    let summary_of = |id| {
+        let other = other.clone();
+        let hash = key.hash.clone();
+        async move {
+            other
+                .authenticate_with_job_summary(&hash, id)
+                .await
+                .unwrap()
+        }
+    };
+    let full = other.get_job(mine).await.unwrap().unwrap();
+    assert_eq!(
+        summary_of(mine).await,
+        Some((owner, Some((owner, JobSummary::from(&full)))))
+    );
+    let (_, j) = summary_of(theirs).await.unwrap();
+    assert_eq!(j.unwrap().0, someone);
+    assert_eq!(summary_of(Uuid::new_v4()).await, Some((owner, None)));
     assert!(s
         .get_api_key(rec.id)
         .await
@@ -201,12 +222,18 @@ pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
         .await
         .unwrap()
         .is_none());
+    assert!(other
+        .authenticate_with_job_summary(&unknown, mine)
+        .await
+        .unwrap()
+        .is_none());
     s.set_user_active(owner, false).await.unwrap();
     assert!(other
         .authenticate_with_job(&key.hash, mine)
         .await
         .unwrap()
         .is_none());
+    assert!(summary_of(mine).await.is_none());
     s.set_user_active(owner, true).await.unwrap();
     s.revoke_api_key(rec.id).await.unwrap();
     assert!(other
@@ -214,6 +241,7 @@ pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
         .await
         .unwrap()
         .is_none());
+    assert!(summary_of(mine).await.is_none());
 }
 
 pub async fn archives_are_content_addressed(s: Store, other: Store) {

@@ -113,6 +113,10 @@ impl Store {
                     AnyPoolOptions::new()
                         .max_connections(max)
                         .acquire_timeout(options.busy_timeout * 2)
+                        // A ping is a round trip to the connection's worker
+                        // thread, as costly as the query, and a local file
+                        // connection cannot go stale.
+                        .test_before_acquire(false)
                         .after_connect(move |conn, _| {
                             Box::pin(async move {
                                 // WAL lets readers run beside the one writer; NORMAL sync

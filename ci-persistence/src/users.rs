@@ -3,6 +3,7 @@
 use std::sync::LazyLock;
 
 use chrono::Duration;
+use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
 use ci_common::{ApiKeyRecord, GeneratedKey, Job, JobId, User};
 use sqlx::any::AnyRow;
@@ -10,7 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::rows::{self, JOB_COLUMNS, KEY_COLUMNS, USER_COLUMNS};
+use crate::rows::{self, JOB_COLUMNS, KEY_COLUMNS, SUMMARY_COLUMNS, USER_COLUMNS};
 use crate::store::Store;
 
 /// `last_used_at` is refreshed at most this often, so that authenticating a
@@ -36,6 +37,18 @@ static AUTHENTICATE_WITH_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
          WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
         rows::aliased(USER_COLUMNS, "u", "u_"),
         rows::aliased(JOB_COLUMNS, "j", "")
+    )
+});
+
+/// As [`AUTHENTICATE_WITH_JOB_SQL`], narrowed to what `GET /jobs/{id}`
+/// shows: the owner's id and the job's summary columns.
+static AUTHENTICATE_WITH_SUMMARY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, k.user_id AS key_user_id, \
+         j.user_id AS job_user_id, {} \
+         FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN jobs j ON j.id = $2 \
+         WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
+        rows::aliased(SUMMARY_COLUMNS, "j", "")
     )
 });
 
@@ -224,6 +237,31 @@ impl Store {
         Ok(Some((user, job)))
     }
 
+    /// As [`Store::authenticate_with_job`] for the busiest request, which
+    /// shows only a job's summary: `None` when the key is refused, else the
+    /// key owner's id and, if the job exists, its owner's id and summary.
+    pub async fn authenticate_with_job_summary(
+        &self,
+        key_hash: &str,
+        job_id: JobId,
+    ) -> Result<Option<(Uuid, Option<(Uuid, JobSummary)>)>> {
+        let Some(row) = sqlx::query(&AUTHENTICATE_WITH_SUMMARY_SQL)
+            .bind(key_hash)
+            .bind(job_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.key_used(&row).await?;
+        let user_id = uuid_column(&row, "key_user_id")?;
+        let job = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some((uuid_column(&row, "job_user_id")?, rows::job_summary(&row)?)),
+            None => None,
+        };
+        Ok(Some((user_id, job)))
+    }
+
     /// Records that the key of an authentication row was used, at most once
     /// per [`LAST_USED_RESOLUTION`].
     async fn key_used(&self, row: &AnyRow) -> Result<()> {
@@ -239,4 +277,9 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn uuid_column(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
 }

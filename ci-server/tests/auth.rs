@@ -120,17 +120,26 @@ async fn the_scheme_is_case_insensitive_and_the_key_works() {
     }
 }
 
-async fn jobs_status(app: &TestApp, key: &str) -> u16 {
-    send(app, &Method::GET, "/jobs", Some(bearer(key)))
+async fn status(app: &TestApp, path: &str, key: &str) -> u16 {
+    send(app, &Method::GET, path, Some(bearer(key)))
         .await
         .status()
         .as_u16()
 }
 
-async fn assert_refused(app: &TestApp, key: &str, why: &str) {
-    let response = send(app, &Method::GET, "/jobs", Some(bearer(key))).await;
+async fn jobs_status(app: &TestApp, key: &str) -> u16 {
+    status(app, "/jobs", key).await
+}
+
+/// `path` answers 401 for `key`.
+async fn assert_refused_at(app: &TestApp, path: &str, key: &str, why: &str) {
+    let response = send(app, &Method::GET, path, Some(bearer(key))).await;
     let detail = error_detail(response, 401).await;
-    assert_eq!(detail, "Invalid or revoked API key", "{why}");
+    assert_eq!(detail, "Invalid or revoked API key", "{why}: GET {path}");
+}
+
+async fn assert_refused(app: &TestApp, key: &str, why: &str) {
+    assert_refused_at(app, "/jobs", key, why).await;
 }
 
 #[tokio::test]
@@ -138,8 +147,12 @@ async fn a_revoked_key_stops_working_at_once_on_every_replica() {
     let a = spawn_app().await;
     let b = a.spawn_replica().await;
     let (_, other_key, _) = a.new_user().await;
-    assert_eq!(jobs_status(&a, &a.key).await, 200);
-    assert_eq!(jobs_status(&b, &b.key).await, 200);
+    // GET /jobs/{id} authenticates in a query of its own: check it too.
+    let job = format!("/jobs/{}", a.submit_async().await);
+    for app in [&a, &b] {
+        assert_eq!(jobs_status(app, &a.key).await, 200);
+        assert_eq!(status(app, &job, &a.key).await, 200);
+    }
 
     // Revoked from another process, as ci-admin does.
     let admin = a.open_store().await;
@@ -147,9 +160,12 @@ async fn a_revoked_key_stops_working_at_once_on_every_replica() {
 
     assert_refused(&a, &a.key, "revoked key on replica A").await;
     assert_refused(&b, &b.key, "revoked key on replica B").await;
-    // Other keys are untouched.
+    assert_refused_at(&a, &job, &a.key, "revoked key on replica A").await;
+    assert_refused_at(&b, &job, &b.key, "revoked key on replica B").await;
+    // Other keys are untouched (403: authenticated, but not the job's owner).
     assert_eq!(jobs_status(&a, &other_key).await, 200);
     assert_eq!(jobs_status(&b, &other_key).await, 200);
+    assert_eq!(status(&b, &job, &other_key).await, 403);
 }
 
 #[tokio::test]
@@ -162,9 +178,11 @@ async fn a_deactivated_users_keys_stop_working_until_reactivated() {
         .create_api_key(other.id, "second", &second_key)
         .await
         .unwrap();
+    let job = format!("/jobs/{}", a.submit_async_as(&other_key).await);
     for key in [&other_key, &second_key.secret] {
         assert_eq!(jobs_status(&a, key).await, 200);
         assert_eq!(jobs_status(&b, key).await, 200);
+        assert_eq!(status(&b, &job, key).await, 200);
     }
 
     let admin = a.open_store().await;
@@ -172,6 +190,8 @@ async fn a_deactivated_users_keys_stop_working_until_reactivated() {
     for key in [&other_key, &second_key.secret] {
         assert_refused(&a, key, "inactive user on replica A").await;
         assert_refused(&b, key, "inactive user on replica B").await;
+        assert_refused_at(&a, &job, key, "inactive user on replica A").await;
+        assert_refused_at(&b, &job, key, "inactive user on replica B").await;
     }
     // Another user is not affected.
     assert_eq!(jobs_status(&b, &a.key).await, 200);
@@ -180,6 +200,7 @@ async fn a_deactivated_users_keys_stop_working_until_reactivated() {
     for key in [&other_key, &second_key.secret] {
         assert_eq!(jobs_status(&a, key).await, 200);
         assert_eq!(jobs_status(&b, key).await, 200);
+        assert_eq!(status(&a, &job, key).await, 200);
     }
 }
 

@@ -924,6 +924,13 @@ impl TestSystem {
         self.controller = Some(service);
     }
 
+    /// Whether the controller process is still alive (it has not exited).
+    pub fn controller_is_running(&mut self) -> bool {
+        self.controller
+            .as_mut()
+            .is_some_and(|service| matches!(service.child.try_wait(), Ok(None)))
+    }
+
     /// Kills the main server (SIGKILL: no goodbye to its clients).
     pub fn kill_server(&mut self) {
         if let Some(mut server) = self.server.take() {
@@ -1402,10 +1409,6 @@ fn owner_pid(installation: &str) -> Option<u32> {
         .ok()
 }
 
-/// Removes the containers and pip cache volumes of test installations whose
-/// test process is gone: a test killed from outside (a harness timeout) had
-/// no chance to clean up after itself. Installations of live processes, and
-/// anything not made by these tests, are left alone.
 /// A fresh, empty database on the PostgreSQL server `CI_TEST_POSTGRES_URL`
 /// names (`scripts/postgres.sh` starts one and prints its URL); its URL.
 async fn create_postgres_database() -> String {
@@ -1441,6 +1444,10 @@ pub async fn postgres_admin_sql(sql: &str) -> anyhow::Result<u64> {
     Ok(done.rows_affected())
 }
 
+/// Removes the containers and pip cache volumes of test installations whose
+/// test process is gone: a test killed from outside (a harness timeout) had
+/// no chance to clean up after itself. Installations of live processes, and
+/// anything not made by these tests, are left alone.
 fn sweep_stale_installations() {
     let dead = |installation: &str| {
         owner_pid(installation).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
+use std::time::Duration;
+
 use ci_tests::{
     assert_same_lines, id_after, postgres_admin_sql, run, slow_project, slow_ticks, wait_for,
     RunningCi, TestSystem, JOB_DEADLINE,
@@ -78,21 +80,49 @@ fn submitted_through_one_replica_followed_through_another_that_is_killed_mid_str
     sys.assert_settled();
 }
 
-/// Ends every connection to the test's database from the server's side, as a
-/// database restart or a failover would; how many it ended.
-fn drop_every_connection(sys: &TestSystem) -> u64 {
+/// What the controller has logged so far.
+fn controller_log(sys: &TestSystem) -> String {
+    sys.service_logs()
+        .into_iter()
+        .find(|log| log.name == "controller")
+        .map(|log| log.text)
+        .unwrap_or_default()
+}
+
+/// The name of the test's database.
+fn database_name(sys: &TestSystem) -> String {
     let url = sys.postgres_url().unwrap();
     let (_, name) = url.rsplit_once('/').unwrap();
-    let sql = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    );
+    name.to_string()
+}
+
+/// Runs `sql` on the PostgreSQL server as its owner; the rows affected.
+fn admin_sql(sql: &str) -> u64 {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(postgres_admin_sql(&sql))
+        .block_on(postgres_admin_sql(sql))
         .unwrap()
+}
+
+/// Ends every connection to the test's database from the server's side, as a
+/// database restart or a failover would; how many it ended.
+fn drop_every_connection(sys: &TestSystem) -> u64 {
+    admin_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        database_name(sys)
+    ))
+}
+
+/// Lets no one connect to the test's database (`false`), or everyone again.
+/// Unlike a connection limit, this holds for superusers too.
+fn allow_connections(sys: &TestSystem, allow: bool) {
+    admin_sql(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+        database_name(sys)
+    ));
 }
 
 #[test]
@@ -165,5 +195,141 @@ fn losing_every_database_connection_loses_no_job_and_no_line() {
     // And the system still takes new work.
     let after = sys.submit_sync(&sys.copy_fixture("no-requirements"));
     after.assert_code(0);
+    sys.assert_settled();
+}
+
+#[test]
+fn a_database_out_of_reach_for_longer_than_the_lease_loses_no_job_and_no_line() {
+    const SECONDS: u32 = 20;
+    let mut sys = TestSystem::options().postgres().start();
+    let project = slow_project(SECONDS);
+    let id = sys.submit_async(&project);
+    let mut wait = RunningCi::spawn(sys.ci().args(["wait", "--all", &id.to_string()]));
+    wait.wait_for_stdout("tick 002", JOB_DEADLINE, |out| out.contains("tick 002"));
+
+    // The database goes out of reach: every connection ends and new ones are
+    // refused, until the controller's lease (5 s) has run out, so that it
+    // must stop acting.
+    allow_connections(&sys, false);
+    let ended = drop_every_connection(&sys);
+    assert!(
+        ended > 0,
+        "no connection to end: is the system on PostgreSQL?"
+    );
+    wait_for("the controller to give up its lease", JOB_DEADLINE, || {
+        controller_log(&sys).contains("lost the controller lease")
+    });
+    allow_connections(&sys, true);
+
+    // It stands by, takes the lease again once the database answers, adopts
+    // the job's container and stores what the job printed meanwhile.
+    wait_for("the controller to lead again", JOB_DEADLINE, || {
+        controller_log(&sys)
+            .matches("this controller is the leader")
+            .count()
+            == 2
+    });
+    let running = sys.controller_is_running();
+    assert!(
+        running,
+        "the controller exited instead of standing by:\n{}",
+        controller_log(&sys)
+    );
+    // The change listeners of the server and the controller could not
+    // reconnect at once; they kept trying and listen again.
+    wait_for(
+        "every change listener to listen again",
+        JOB_DEADLINE,
+        || {
+            sys.service_logs()
+                .iter()
+                .all(|log| log.text.contains("change listener: listening again"))
+        },
+    );
+    let waited = wait.finish(JOB_DEADLINE);
+    waited.assert_code(0);
+    let stored = sys.stored_output(id).unwrap();
+    assert_same_lines(
+        "the ticks the job stored",
+        &lines_with(&stored, "tick "),
+        &slow_ticks(SECONDS),
+    );
+    assert_same_lines(
+        "`ci wait --all` against what is stored",
+        &waited.stdout_lines(),
+        &stored.lines().collect::<Vec<_>>(),
+    );
+    let job = sys.job(id).unwrap();
+    assert_eq!(job.success, Some(true), "{job:?}");
+
+    // And the system still takes new work.
+    let after = sys.submit_sync(&sys.copy_fixture("no-requirements"));
+    after.assert_code(0);
+    sys.assert_settled();
+}
+
+/// How long a controller's lease lasts without renewal (`LeaseConfig`).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_lease_renewal_that_hangs_stops_the_controller_before_the_lease_expires() {
+    use sqlx::Connection as _;
+    const SECONDS: u32 = 12;
+    let mut sys = TestSystem::options().postgres().start();
+    let project = slow_project(SECONDS);
+    let id = sys.submit_async(&project);
+    let mut wait = RunningCi::spawn(sys.ci().args(["wait", "--all", &id.to_string()]));
+    wait.wait_for_stdout("tick 002", JOB_DEADLINE, |out| out.contains("tick 002"));
+
+    // Another session locks the lease row, so the controller's next renewal
+    // waits without an answer, as on a connection whose peer vanished.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut conn = runtime
+        .block_on(sqlx::PgConnection::connect(sys.postgres_url().unwrap()))
+        .unwrap();
+    runtime
+        .block_on(sqlx::query("BEGIN").execute(&mut conn))
+        .unwrap();
+    let locked = runtime
+        .block_on(sqlx::query("SELECT holder FROM leases FOR UPDATE").fetch_all(&mut conn))
+        .unwrap();
+    assert_eq!(locked.len(), 1, "the controller holds no lease row");
+
+    // The last renewal was at most a second ago, so the lease runs out at
+    // most `LEASE_TTL` from now: the controller must have stopped by then.
+    wait_for(
+        "the controller to give up its lease in time",
+        LEASE_TTL,
+        || controller_log(&sys).contains("lost the controller lease"),
+    );
+    runtime
+        .block_on(sqlx::query("ROLLBACK").execute(&mut conn))
+        .unwrap();
+    runtime.block_on(conn.close()).unwrap();
+
+    wait_for("the controller to lead again", JOB_DEADLINE, || {
+        controller_log(&sys)
+            .matches("this controller is the leader")
+            .count()
+            == 2
+    });
+    let waited = wait.finish(JOB_DEADLINE);
+    waited.assert_code(0);
+    let stored = sys.stored_output(id).unwrap();
+    assert_same_lines(
+        "the ticks the job stored",
+        &lines_with(&stored, "tick "),
+        &slow_ticks(SECONDS),
+    );
+    assert_same_lines(
+        "`ci wait --all` against what is stored",
+        &waited.stdout_lines(),
+        &stored.lines().collect::<Vec<_>>(),
+    );
+    let running = sys.controller_is_running();
+    assert!(running, "the controller exited:\n{}", controller_log(&sys));
     sys.assert_settled();
 }

@@ -122,13 +122,26 @@ async fn owned_job(
     }
 }
 
+/// As [`owned_job`], reading only what the answer shows.
 pub async fn get_job(
     State(app): State<App>,
     key: BearerKey,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let job = owned_job(&app, &key, id).await?;
-    Ok(Json(JobSummary::from(&job)))
+    let Some(id) = id.ok().and_then(|Path(id)| id.parse::<JobId>().ok()) else {
+        key.user(&app).await?;
+        return Err(ApiError::job_not_found());
+    };
+    match app
+        .store
+        .authenticate_with_job_summary(&key.hash, id)
+        .await?
+    {
+        None => Err(ApiError::invalid_key()),
+        Some((_, None)) => Err(ApiError::job_not_found()),
+        Some((user, Some((owner, _)))) if owner != user => Err(ApiError::access_denied()),
+        Some((_, Some((_, summary)))) => Ok(Json(summary)),
+    }
 }
 
 pub async fn cancel_job(
