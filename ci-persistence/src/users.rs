@@ -199,14 +199,12 @@ impl Store {
 
     /// The active user that owns the active key with this hash, if any.
     pub async fn authenticate(&self, key_hash: &str) -> Result<Option<User>> {
-        let Some(row) = sqlx::query(&AUTHENTICATE_SQL)
-            .bind(key_hash)
-            .fetch_optional(&self.reader)
+        let Some(row) = self
+            .authenticated_row(&AUTHENTICATE_SQL, key_hash, None)
             .await?
         else {
             return Ok(None);
         };
-        self.key_used(&row).await?;
         Ok(Some(rows::user_prefixed(&row, "u_")?))
     }
 
@@ -218,15 +216,12 @@ impl Store {
         key_hash: &str,
         job_id: JobId,
     ) -> Result<Option<(User, Option<Job>)>> {
-        let Some(row) = sqlx::query(&AUTHENTICATE_WITH_JOB_SQL)
-            .bind(key_hash)
-            .bind(job_id.to_string())
-            .fetch_optional(&self.reader)
+        let Some(row) = self
+            .authenticated_row(&AUTHENTICATE_WITH_JOB_SQL, key_hash, Some(job_id))
             .await?
         else {
             return Ok(None);
         };
-        self.key_used(&row).await?;
         let user = rows::user_prefixed(&row, "u_")?;
         let job_found = row.try_get::<Option<String>, _>("id")?.is_some();
         let job = if job_found {
@@ -245,21 +240,38 @@ impl Store {
         key_hash: &str,
         job_id: JobId,
     ) -> Result<Option<(Uuid, Option<(Uuid, JobSummary)>)>> {
-        let Some(row) = sqlx::query(&AUTHENTICATE_WITH_SUMMARY_SQL)
-            .bind(key_hash)
-            .bind(job_id.to_string())
-            .fetch_optional(&self.reader)
+        let Some(row) = self
+            .authenticated_row(&AUTHENTICATE_WITH_SUMMARY_SQL, key_hash, Some(job_id))
             .await?
         else {
             return Ok(None);
         };
-        self.key_used(&row).await?;
         let user_id = uuid_column(&row, "key_user_id")?;
         let job = match row.try_get::<Option<String>, _>("id")? {
             Some(_) => Some((uuid_column(&row, "job_user_id")?, rows::job_summary(&row)?)),
             None => None,
         };
         Ok(Some((user_id, job)))
+    }
+
+    /// Runs one of the authentication queries (`$1` the key hash, `$2` the
+    /// job id for those that read a job too): the row of an accepted key, whose
+    /// use is recorded, or `None` when the key is refused.
+    async fn authenticated_row(
+        &self,
+        sql: &str,
+        key_hash: &str,
+        job_id: Option<JobId>,
+    ) -> Result<Option<AnyRow>> {
+        let mut query = sqlx::query(sql).bind(key_hash);
+        if let Some(job_id) = job_id {
+            query = query.bind(job_id.to_string());
+        }
+        let row = query.fetch_optional(&self.reader).await?;
+        if let Some(row) = &row {
+            self.key_used(row).await?;
+        }
+        Ok(row)
     }
 
     /// Records that the key of an authentication row was used, at most once
