@@ -239,6 +239,11 @@ pub fn slow_ticks(seconds: u32) -> Vec<String> {
         .collect()
 }
 
+/// The lines of `text` that start with `prefix`.
+pub fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
 /// Fails the test unless `actual` is `expected`, line by line, naming the
 /// first difference instead of printing both (they can be 100 000 lines).
 pub fn assert_same_lines<A: AsRef<str>, E: AsRef<str>>(what: &str, actual: &[A], expected: &[E]) {

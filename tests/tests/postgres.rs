@@ -10,12 +10,24 @@
 use std::time::Duration;
 
 use ci_tests::{
-    assert_same_lines, id_after, postgres_admin_sql, run, slow_project, slow_ticks, wait_for,
-    RunningCi, TestSystem, JOB_DEADLINE,
+    assert_same_lines, id_after, lines_with, postgres_admin_sql, run, slow_project, slow_ticks,
+    wait_for, CiOutput, RunningCi, TestSystem, JOB_DEADLINE,
 };
 
-fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    text.lines().filter(|l| l.starts_with(prefix)).collect()
+/// The slow job stored all its ticks once each, and `ci wait --all` printed
+/// exactly what is stored.
+fn assert_whole_output(sys: &TestSystem, id: ci_common::JobId, seconds: u32, waited: &CiOutput) {
+    let stored = sys.stored_output(id).unwrap();
+    assert_same_lines(
+        "the ticks the job stored",
+        &lines_with(&stored, "tick "),
+        &slow_ticks(seconds),
+    );
+    assert_same_lines(
+        "`ci wait --all` against what is stored",
+        &waited.stdout_lines(),
+        &stored.lines().collect::<Vec<_>>(),
+    );
 }
 
 fn stored_ticks(sys: &TestSystem, id: ci_common::JobId) -> usize {
@@ -248,17 +260,7 @@ fn a_database_out_of_reach_for_longer_than_the_lease_loses_no_job_and_no_line() 
     );
     let waited = wait.finish(JOB_DEADLINE);
     waited.assert_code(0);
-    let stored = sys.stored_output(id).unwrap();
-    assert_same_lines(
-        "the ticks the job stored",
-        &lines_with(&stored, "tick "),
-        &slow_ticks(SECONDS),
-    );
-    assert_same_lines(
-        "`ci wait --all` against what is stored",
-        &waited.stdout_lines(),
-        &stored.lines().collect::<Vec<_>>(),
-    );
+    assert_whole_output(&sys, id, SECONDS, &waited);
     let job = sys.job(id).unwrap();
     assert_eq!(job.success, Some(true), "{job:?}");
 
@@ -318,17 +320,7 @@ fn a_lease_renewal_that_hangs_stops_the_controller_before_the_lease_expires() {
     });
     let waited = wait.finish(JOB_DEADLINE);
     waited.assert_code(0);
-    let stored = sys.stored_output(id).unwrap();
-    assert_same_lines(
-        "the ticks the job stored",
-        &lines_with(&stored, "tick "),
-        &slow_ticks(SECONDS),
-    );
-    assert_same_lines(
-        "`ci wait --all` against what is stored",
-        &waited.stdout_lines(),
-        &stored.lines().collect::<Vec<_>>(),
-    );
+    assert_whole_output(&sys, id, SECONDS, &waited);
     let running = sys.controller_is_running();
     assert!(running, "the controller exited:\n{}", controller_log(&sys));
     sys.assert_settled();

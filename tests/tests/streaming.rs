@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
 use ci_tests::{
-    assert_same_lines, copy_fixture, id_after, run, slow_project, slow_ticks, wait_for, RunningCi,
-    TestSystem, JOB_DEADLINE,
+    assert_same_lines, copy_fixture, id_after, lines_with, run, slow_project, slow_ticks, wait_for,
+    RunningCi, TestSystem, JOB_DEADLINE,
 };
 
 const BIG_LINES: usize = 100_000;
@@ -17,10 +17,6 @@ fn big_lines() -> Vec<String> {
 }
 
 /// Lines starting with `prefix`, in order.
-fn lines_with<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
-    text.lines().filter(|l| l.starts_with(prefix)).collect()
-}
-
 #[test]
 fn a_hundred_thousand_lines_arrive_in_order_exactly_once() {
     let sys = TestSystem::start();
