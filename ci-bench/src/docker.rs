@@ -350,6 +350,18 @@ pub fn remove_labelled_blocking(label: &str) {
         .status();
 }
 
+/// Removes the volumes that carry `label` (`key=value`), best-effort.
+pub fn remove_labelled_volumes_blocking(label: &str) {
+    let listed = std::process::Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter"])
+        .arg(format!("label={label}"))
+        .output();
+    let Ok(listed) = listed else { return };
+    for name in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+        remove_volume_blocking(name);
+    }
+}
+
 /// Removes a named volume, best-effort.
 pub fn remove_volume_blocking(name: &str) {
     let _ = std::process::Command::new("docker")

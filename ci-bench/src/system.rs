@@ -277,6 +277,11 @@ impl System {
         ));
         docker::remove_labelled_blocking(&format!("{LABEL_BENCH}={}", self.prefix));
         docker::remove_volume_blocking(&format!("{}ci-pip-cache", self.prefix));
+        docker::remove_labelled_volumes_blocking(&format!(
+            "{}={}",
+            ci_controller::runtime::LABEL_INSTALLATION,
+            self.prefix
+        ));
     }
 }
 

@@ -41,7 +41,8 @@ pub struct ControllerConfig {
     pub cpu_shares: i64,
     /// How long a stopped job gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
-    /// Named volume that keeps pip's download cache between jobs.
+    /// Name stem of the volumes that keep pip's download cache between jobs:
+    /// each user gets a volume of their own (see [`ControllerConfig::pip_cache_volume_for`]).
     pub pip_cache_volume: Option<String>,
     /// Run jobs that install nothing (no `requirements.txt`) on a read-only
     /// root file system; `pip install` needs to write the image's venv.
@@ -72,6 +73,15 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The pip cache volume of `user`'s jobs. Per user, because the cache is
+    /// writable: a volume shared by every user would let one user's job plant
+    /// a wheel or an index answer that the next user's `pip install` trusts.
+    pub fn pip_cache_volume_for(&self, user: uuid::Uuid) -> Option<String> {
+        self.pip_cache_volume
+            .as_ref()
+            .map(|stem| format!("{stem}-{user}"))
+    }
+
     /// The installation label's value: the prefix, or `default` when there is none.
     pub fn installation(&self) -> String {
         if self.container_prefix.is_empty() {
@@ -102,6 +112,28 @@ pub fn parse_interval(raw: Option<&str>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_user_has_a_pip_cache_of_their_own() {
+        let config = ControllerConfig {
+            pip_cache_volume: Some("p-ci-pip-cache".into()),
+            ..ControllerConfig::default()
+        };
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        assert_eq!(
+            config.pip_cache_volume_for(a),
+            Some(format!("p-ci-pip-cache-{a}"))
+        );
+        assert_ne!(
+            config.pip_cache_volume_for(a),
+            config.pip_cache_volume_for(b)
+        );
+        let off = ControllerConfig {
+            pip_cache_volume: None,
+            ..ControllerConfig::default()
+        };
+        assert_eq!(off.pip_cache_volume_for(a), None);
+    }
 
     #[test]
     fn intervals_fall_back_to_the_default() {

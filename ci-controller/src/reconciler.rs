@@ -580,10 +580,9 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
         pids_limit: Some(config.pids_limit),
         cpu_shares: Some(config.cpu_shares),
         cache_volume: config
-            .pip_cache_volume
-            .as_ref()
+            .pip_cache_volume_for(job.user_id)
             .filter(|_| !read_only_rootfs)
-            .map(|v| (v.clone(), format!("{JOB_HOME}/.cache/pip"))),
+            .map(|v| (v, format!("{JOB_HOME}/.cache/pip"))),
         read_only_rootfs,
         tmpfs: if read_only_rootfs {
             vec![

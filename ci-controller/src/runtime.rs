@@ -9,7 +9,7 @@ use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, ListContainersOptions, LogOutput,
     LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
-use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum};
+use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use bollard::Docker;
 use bytes::Bytes;
 use ci_common::JobId;
@@ -36,7 +36,7 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     pub pids_limit: Option<i64>,
     pub cpu_shares: Option<i64>,
-    /// A named volume mounted at this path, shared by all jobs (pip's cache).
+    /// A named volume mounted at this path, shared by one user's jobs (pip's cache).
     pub cache_volume: Option<(String, String)>,
     /// Run on a read-only root file system. The working directory then
     /// becomes a volume of the container's own (the project is copied into it
@@ -135,10 +135,20 @@ impl DockerRuntime {
 fn mounts(spec: &ContainerSpec) -> Vec<Mount> {
     let mut mounts = Vec::new();
     if let Some((volume, target)) = &spec.cache_volume {
+        // Labelled like the containers when the engine creates it, so an
+        // installation can find (and sweep) its own volumes.
+        let labels = spec
+            .labels
+            .get_key_value(LABEL_INSTALLATION)
+            .map(|(k, v)| HashMap::from([(k.clone(), v.clone())]));
         mounts.push(Mount {
             typ: Some(MountTypeEnum::VOLUME),
             source: Some(volume.clone()),
             target: Some(target.clone()),
+            volume_options: Some(MountVolumeOptions {
+                labels,
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }

@@ -1329,7 +1329,7 @@ impl TestSystem {
         self.wait_for_no_containers();
     }
 
-    /// Removes this installation's containers and its pip cache volume.
+    /// Removes this installation's containers and its pip cache volumes.
     fn remove_docker_leftovers(&self) {
         let ids = Command::new("docker")
             .args(["ps", "-aq", "--filter"])
@@ -1349,12 +1349,25 @@ impl TestSystem {
                     .status();
             }
         }
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f"])
-            .arg(format!("{}ci-pip-cache", self.prefix))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // The pip cache volumes (one per user) carry the installation label.
+        let volumes = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter"])
+            .arg(format!("label={LABEL_INSTALLATION}={}", self.prefix))
+            .output();
+        if let Ok(volumes) = volumes {
+            let names: Vec<String> = String::from_utf8_lossy(&volumes.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !names.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f"])
+                    .args(&names)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 

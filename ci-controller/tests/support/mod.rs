@@ -179,7 +179,7 @@ impl Drop for Setup {
             .arg("-c")
             .arg(format!(
                 "docker ps -aq --filter label={LABEL_INSTALLATION}={prefix} | xargs -r docker rm -fv; \
-                 docker volume rm -f {prefix}ci-pip-cache",
+                 docker volume ls -q --filter label={LABEL_INSTALLATION}={prefix} | xargs -r docker volume rm -f",
                 prefix = self.prefix
             ))
             .output();
