@@ -53,6 +53,9 @@ pub fn project_zip(dir: &Path) -> Result<Vec<u8>, ProjectZipError> {
         if let Some(mode) = unix_mode(path) {
             options = options.unix_permissions(mode);
         }
+        if let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) {
+            options = options.last_modified_time(zip_time(modified));
+        }
         let contents = std::fs::read(path).map_err(|source| ProjectZipError::Read {
             path: path.display().to_string(),
             source,
@@ -77,6 +80,33 @@ fn archive_name(relative: &Path) -> Result<String, ProjectZipError> {
         }
     }
     Ok(parts.join("/"))
+}
+
+/// A file's modification time as a zip entry's, in UTC (jobs run in UTC),
+/// within what a zip can hold (1980-01-01 to 2107-12-31): build backends that
+/// zip the project into a wheel refuse earlier times, and tools that compare
+/// times (make, caches) see the project as it is on disk.
+fn zip_time(modified: std::time::SystemTime) -> zip::DateTime {
+    use chrono::{Datelike, Timelike};
+    let at: chrono::DateTime<chrono::Utc> = modified.into();
+    let year = at.year().clamp(1980, 2107);
+    if year != at.year() {
+        return if year == 1980 {
+            zip::DateTime::default()
+        } else {
+            zip::DateTime::from_date_and_time(2107, 12, 31, 23, 59, 58).unwrap_or_default()
+        };
+    }
+    // Every field is in range here; zip keeps even seconds.
+    zip::DateTime::from_date_and_time(
+        year as u16,
+        at.month() as u8,
+        at.day() as u8,
+        at.hour() as u8,
+        at.minute() as u8,
+        at.second() as u8,
+    )
+    .unwrap_or_default()
 }
 
 /// The file's permission bits, so executable scripts stay executable.
@@ -213,6 +243,44 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let bytes = project_zip(dir.path()).expect("zip");
         assert!(entries(&bytes).is_empty());
+    }
+
+    #[test]
+    fn files_keep_their_modification_time_clamped_to_1980() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "new.py", "x = 1\n");
+        write(dir.path(), "old.py", "x = 2\n");
+        let set = |name: &str, at: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .and_then(|f| f.set_modified(at))
+                .expect("set mtime");
+        };
+        // 2024-05-17T13:45:30Z, and the Unix epoch.
+        set("new.py", UNIX_EPOCH + Duration::from_secs(1_715_953_530));
+        set("old.py", UNIX_EPOCH);
+
+        let bytes = project_zip(dir.path()).expect("zip");
+        let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).expect("valid zip");
+        let time = |archive: &mut zip::ZipArchive<Cursor<Vec<u8>>>, name: &str| {
+            let t = archive
+                .by_name(name)
+                .expect("entry")
+                .last_modified()
+                .expect("a time");
+            (
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+            )
+        };
+        assert_eq!(time(&mut archive, "new.py"), (2024, 5, 17, 13, 45, 30));
+        assert_eq!(time(&mut archive, "old.py"), (1980, 1, 1, 0, 0, 0));
     }
 
     #[cfg(unix)]

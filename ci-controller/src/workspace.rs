@@ -53,6 +53,25 @@ const S_IFREG: u32 = 0o100_000;
 const S_IFDIR: u32 = 0o040_000;
 const S_IFLNK: u32 = 0o120_000;
 
+/// 1980-01-01T00:00:00Z, the earliest time a zip entry can hold.
+pub const ZIP_EPOCH: u64 = 315_532_800;
+
+/// An entry's modification time as Unix seconds, for the workspace file. Read
+/// as UTC (as `ci` writes it), and never before 1980: a project that builds a
+/// wheel of itself (`pip install .`) zips its files, and zip refuses older
+/// times. An entry without a valid time gets 1980-01-01.
+fn entry_mtime(time: Option<zip::DateTime>) -> u64 {
+    let seconds = time.and_then(|t| {
+        chrono::NaiveDate::from_ymd_opt(t.year().into(), t.month().into(), t.day().into())?
+            .and_hms_opt(t.hour().into(), t.minute().into(), t.second().into())
+            .map(|at| at.and_utc().timestamp())
+    });
+    seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(ZIP_EPOCH)
+        .max(ZIP_EPOCH)
+}
+
 /// A path inside the workspace, or `None` when the name could escape it.
 fn safe_relative_path(name: &str) -> Option<PathBuf> {
     if name.contains('\0') || name.contains('\\') {
@@ -106,7 +125,7 @@ pub fn zip_to_tar(zip_bytes: &[u8], limits: UnpackLimits) -> Result<Vec<u8>, Wor
         let mut header = tar::Header::new_gnu();
         header.set_uid(WORKSPACE_UID);
         header.set_gid(WORKSPACE_UID);
-        header.set_mtime(0);
+        header.set_mtime(entry_mtime(entry.last_modified()));
         if is_dir {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_mode(0o755);
@@ -231,6 +250,38 @@ mod tests {
         assert_eq!(entries[0].2, WORKSPACE_UID);
         assert_eq!(entries[0].3, 0o644);
         assert_eq!(entries[1].3, 0o755);
+    }
+
+    #[test]
+    fn files_keep_their_modification_time_from_the_upload() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let at = zip::DateTime::from_date_and_time(2024, 5, 17, 13, 45, 30).unwrap();
+        w.start_file(
+            "setup.py",
+            SimpleFileOptions::default().last_modified_time(at),
+        )
+        .unwrap();
+        w.write_all(b"from setuptools import setup\n").unwrap();
+        w.add_directory("src/", SimpleFileOptions::default().last_modified_time(at))
+            .unwrap();
+        let tar = zip_to_tar(&w.finish().unwrap().into_inner(), UnpackLimits::default()).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let times: Vec<u64> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().header().mtime().unwrap())
+            .collect();
+        // 2024-05-17T13:45:30Z
+        assert_eq!(times, vec![1_715_953_530, 1_715_953_530]);
+    }
+
+    #[test]
+    fn times_before_1980_or_invalid_become_1980() {
+        assert_eq!(entry_mtime(None), ZIP_EPOCH);
+        assert_eq!(entry_mtime(Some(zip::DateTime::default())), ZIP_EPOCH);
+        // The last second a zip can hold is kept as it is.
+        let last = zip::DateTime::from_date_and_time(2107, 12, 31, 23, 59, 58).unwrap();
+        assert_eq!(entry_mtime(Some(last)), 4_354_819_198);
     }
 
     #[test]

@@ -53,3 +53,45 @@ fn a_pinned_requirement_is_downloaded_and_used() {
     );
     sys.assert_settled();
 }
+
+/// `pip install .` builds a wheel of the project, which zips its files: that
+/// needs the files' own times (zip refuses those before 1980). The build
+/// backends come from PyPI, so the bridge network.
+fn a_project_that_installs_itself_passes(fixture: &str) {
+    let sys = TestSystem::options().job_network("bridge").start();
+    let project = copy_fixture(fixture);
+
+    let out = run_within(
+        sys.ci()
+            .args(["submit", "test"])
+            .current_dir(project.path()),
+        DOWNLOAD_DEADLINE,
+    );
+
+    out.assert_code(0);
+    assert!(
+        out.stdout
+            .contains("::test_the_package_is_installed_not_imported_from_the_tree PASSED"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("2 passed"), "{out}");
+    assert!(!out.stdout.contains("before 1980"), "{out}");
+    sys.assert_settled();
+}
+
+#[test]
+fn a_src_layout_setuptools_project_installs_itself() {
+    a_project_that_installs_itself_passes("src-layout-setuptools");
+}
+
+#[test]
+fn a_src_layout_hatchling_project_installs_itself() {
+    a_project_that_installs_itself_passes("src-layout-hatchling");
+}
+
+/// flit builds its wheel from the files' own times (no clamping), so this one
+/// fails with `ZIP does not support timestamps before 1980` when they are lost.
+#[test]
+fn a_src_layout_flit_project_installs_itself() {
+    a_project_that_installs_itself_passes("src-layout-flit");
+}
