@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use ci_client::output::{format_job_json, format_job_table, AUTH_HELP};
-use ci_client::{project_zip, ApiClient, ClientError, FollowFrom, JobEvents};
+use ci_client::{pack_project, ApiClient, ClientError, FollowFrom, JobEvents};
 use ci_common::api::{JobSummary, StreamEvent};
 use ci_common::{JobId, JobStatus};
 use futures::StreamExt;
@@ -272,13 +272,18 @@ async fn print_events(
 }
 
 /// The project in the current directory as a zip, packed off the async
-/// thread so Ctrl-C is still handled while a large project is read.
+/// thread so Ctrl-C is still handled while a large project is read. Each
+/// symbolic link left out gets one warning line on stderr.
 async fn zip_current_dir() -> anyhow::Result<Vec<u8>> {
     let dir = std::env::current_dir().context("cannot find the current directory")?;
-    tokio::task::spawn_blocking(move || project_zip(&dir))
+    let packed = tokio::task::spawn_blocking(move || pack_project(&dir))
         .await
         .context("packing the project stopped unexpectedly")?
-        .context("cannot pack the project")
+        .context("cannot pack the project")?;
+    for link in &packed.left_out {
+        eprintln!("warning: {link}");
+    }
+    Ok(packed.zip)
 }
 
 /// A job id from the command line. Nothing that is not a UUID can name a

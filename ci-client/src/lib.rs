@@ -3,12 +3,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use ci_client::{project_zip, ApiClient, FollowFrom};
+//! use ci_client::{pack_project, ApiClient, FollowFrom};
 //! use ci_common::api::StreamEvent;
 //! use futures::StreamExt;
 //!
 //! let api = ApiClient::new("http://localhost:8000", Some("ci_…".to_string()))?;
-//! let job_id = api.submit_async(project_zip(std::path::Path::new("."))?).await?;
+//! let job_id = api.submit_async(pack_project(std::path::Path::new("."))?.zip).await?;
 //! let mut events = api.follow_job(job_id, FollowFrom::Beginning).await?;
 //! while let Some(received) = events.next().await {
 //!     match received?.event {
@@ -30,4 +30,4 @@ mod project;
 pub use client::{ApiClient, ReconnectNotice};
 pub use error::{ClientError, ProjectZipError};
 pub use follow::{FollowFrom, JobEvents, ReceivedEvent, ReconnectPolicy};
-pub use project::project_zip;
+pub use project::{pack_project, LeftOutLink, LinkRefusal, PackedProject};

@@ -1,7 +1,7 @@
 //! Packing the project directory into the zip archive the server runs.
 
 use std::io::{Cursor, Write};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use ignore::WalkBuilder;
 use zip::write::SimpleFileOptions;
@@ -12,6 +12,47 @@ use crate::error::ProjectZipError;
 /// Bytecode caches are never part of a project; Python rebuilds them.
 const PYCACHE_DIR: &str = "__pycache__";
 
+/// A project packed for upload: the zip, and the symbolic links that were
+/// left out of it (for the user to be told).
+#[derive(Debug)]
+pub struct PackedProject {
+    pub zip: Vec<u8>,
+    pub left_out: Vec<LeftOutLink>,
+}
+
+/// A symbolic link that was not packed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOutLink {
+    /// The link's path in the project, with `/` separators.
+    pub path: String,
+    pub why: LinkRefusal,
+}
+
+/// Why a symbolic link was left out of the upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// It points outside the project folder: running `ci` in a checkout must
+    /// never upload the user's other files (a link to `~/.ssh/id_rsa`).
+    OutsideProject,
+    /// Its target does not exist, or links lead round in a circle.
+    Unresolvable,
+    /// A link to a folder that holds the link: following it never ends.
+    Loop,
+}
+
+impl std::fmt::Display for LeftOutLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self.why {
+            LinkRefusal::OutsideProject => "it is a symbolic link to outside the project",
+            LinkRefusal::Unresolvable => {
+                "it is a symbolic link that cannot be resolved (missing target or a loop)"
+            }
+            LinkRefusal::Loop => "it is a symbolic link to a folder that contains it",
+        };
+        write!(f, "left out {}: {why}", self.path)
+    }
+}
+
 /// Zips every file under `dir` for upload, leaving out dot-files and
 /// dot-folders, `__pycache__` folders and whatever the project's `.gitignore`
 /// files ignore (also without a `.git` folder). Entries are the paths relative
@@ -19,37 +60,106 @@ const PYCACHE_DIR: &str = "__pycache__";
 /// gives the same archive. Only the project's own `.gitignore` files count:
 /// not the user's global excludes, nor `.gitignore` files above `dir`, so the
 /// archive does not depend on the machine it is made on.
-pub fn project_zip(dir: &Path) -> Result<Vec<u8>, ProjectZipError> {
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    let base_options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+///
+/// A symbolic link whose target (resolved) lies inside `dir` is packed as
+/// what it points to: a file as that file, a folder as its files. Any other
+/// link is left out and reported in [`PackedProject::left_out`], so a hostile
+/// checkout cannot make `ci` upload the user's other files.
+pub fn pack_project(dir: &Path) -> Result<PackedProject, ProjectZipError> {
+    let root = dir.canonicalize().map_err(|source| ProjectZipError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut packer = Packer {
+        zip: ZipWriter::new(Cursor::new(Vec::new())),
+        walking: vec![root.clone()],
+        root,
+        left_out: Vec::new(),
+    };
+    packer.pack_folder(dir, Path::new(""))?;
+    Ok(PackedProject {
+        zip: packer.zip.finish()?.into_inner(),
+        left_out: packer.left_out,
+    })
+}
 
-    let walker = WalkBuilder::new(dir)
-        .standard_filters(false)
-        .hidden(true)
-        .git_ignore(true)
-        .require_git(false)
-        .parents(false)
-        .follow_links(false)
-        .filter_entry(|entry| entry.file_name() != PYCACHE_DIR)
-        .sort_by_file_name(|a, b| a.cmp(b))
-        .build();
+struct Packer {
+    zip: ZipWriter<Cursor<Vec<u8>>>,
+    /// The project folder, resolved: links may point anywhere below it.
+    root: PathBuf,
+    /// The real folders whose walks are in progress (the project, then each
+    /// followed folder link), so that a link back into one is not followed.
+    walking: Vec<PathBuf>,
+    left_out: Vec<LeftOutLink>,
+}
 
-    for entry in walker {
-        let entry = entry?;
-        let path = entry.path();
-        // Symlinks are taken for what they point to when that is a file;
-        // links to folders are not followed, so a link loop cannot hang us.
-        let is_file = match entry.file_type() {
-            Some(t) if t.is_file() => true,
-            Some(t) if t.is_symlink() => path.is_file(),
-            _ => false,
-        };
-        if !is_file {
-            continue;
+impl Packer {
+    /// Packs the files below `folder` as `prefix/…`.
+    fn pack_folder(&mut self, folder: &Path, prefix: &Path) -> Result<(), ProjectZipError> {
+        let walker = WalkBuilder::new(folder)
+            .standard_filters(false)
+            .hidden(true)
+            .git_ignore(true)
+            .require_git(false)
+            .parents(false)
+            .follow_links(false)
+            .filter_entry(|entry| entry.file_name() != PYCACHE_DIR)
+            .sort_by_file_name(|a, b| a.cmp(b))
+            .build();
+        for entry in walker {
+            let entry = entry?;
+            let path = entry.path();
+            let relative = prefix.join(path.strip_prefix(folder).unwrap_or(path));
+            match entry.file_type() {
+                Some(t) if t.is_file() => self.add_file(path, &relative)?,
+                Some(t) if t.is_symlink() => self.follow_link(path, &relative)?,
+                _ => {}
+            }
         }
-        let relative = path.strip_prefix(dir).unwrap_or(path);
+        Ok(())
+    }
+
+    fn follow_link(&mut self, link: &Path, relative: &Path) -> Result<(), ProjectZipError> {
         let name = archive_name(relative)?;
-        let mut options = base_options;
+        let Ok(target) = link.canonicalize() else {
+            self.leave_out(name, LinkRefusal::Unresolvable);
+            return Ok(());
+        };
+        if !target.starts_with(&self.root) {
+            self.leave_out(name, LinkRefusal::OutsideProject);
+            return Ok(());
+        }
+        if target.is_file() {
+            return self.add_file(&target, relative);
+        }
+        if !target.is_dir() {
+            // Devices, fifos and sockets are no part of a project.
+            return Ok(());
+        }
+        let real_parent = link.parent().and_then(|p| p.canonicalize().ok());
+        let loops = self
+            .walking
+            .iter()
+            .chain(real_parent.iter())
+            .any(|folder| folder.starts_with(&target));
+        if loops {
+            self.leave_out(name, LinkRefusal::Loop);
+            return Ok(());
+        }
+        self.walking.push(target.clone());
+        let packed = self.pack_folder(&target, relative);
+        self.walking.pop();
+        packed
+    }
+
+    fn leave_out(&mut self, path: String, why: LinkRefusal) {
+        self.left_out.push(LeftOutLink { path, why });
+    }
+
+    fn add_file(&mut self, path: &Path, relative: &Path) -> Result<(), ProjectZipError> {
+        let name = archive_name(relative)?;
+        let mut options =
+            SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
         if let Some(mode) = unix_mode(path) {
             options = options.unix_permissions(mode);
         }
@@ -60,11 +170,11 @@ pub fn project_zip(dir: &Path) -> Result<Vec<u8>, ProjectZipError> {
             path: path.display().to_string(),
             source,
         })?;
-        zip.start_file(name, options)?;
-        zip.write_all(&contents)
-            .map_err(|e| ProjectZipError::Zip(e.into()))?;
+        self.zip.start_file(name, options)?;
+        self.zip
+            .write_all(&contents)
+            .map_err(|e| ProjectZipError::Zip(e.into()))
     }
-    Ok(zip.finish()?.into_inner())
 }
 
 /// A relative path as a zip entry name: its parts joined with `/`, whatever
@@ -158,7 +268,7 @@ mod tests {
         );
         write(dir.path(), "tests/unit/test_calc.py", "def test(): pass\n");
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         assert_eq!(
             entries(&bytes),
             names(&[
@@ -188,7 +298,7 @@ mod tests {
         write(dir.path(), "__pycache__/main.cpython-312.pyc", "bytes");
         write(dir.path(), "src/__pycache__/app.cpython-312.pyc", "bytes");
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         assert_eq!(entries(&bytes), names(&["main.py", "src/app.py"]));
     }
 
@@ -202,7 +312,7 @@ mod tests {
         write(dir.path(), "build/out.txt", "artefact\n");
         write(dir.path(), "src/nested.log", "noise\n");
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         assert_eq!(entries(&bytes), names(&["app.py"]));
     }
 
@@ -220,7 +330,7 @@ mod tests {
         // A nested .gitignore applies only below its own folder.
         write(dir.path(), "generated_top.py", "x = 4\n");
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         assert_eq!(
             entries(&bytes),
             names(&["generated_top.py", "src/app.py", "src/generated_keep.py"])
@@ -234,14 +344,14 @@ mod tests {
         let project = dir.path().join(".cache").join("project");
         write(&project, "app.py", "x = 1\n");
 
-        let bytes = project_zip(&project).expect("zip");
+        let bytes = pack_project(&project).expect("zip").zip;
         assert_eq!(entries(&bytes), names(&["app.py"]));
     }
 
     #[test]
     fn an_empty_project_gives_a_valid_empty_zip() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         assert!(entries(&bytes).is_empty());
     }
 
@@ -262,7 +372,7 @@ mod tests {
         set("new.py", UNIX_EPOCH + Duration::from_secs(1_715_953_530));
         set("old.py", UNIX_EPOCH);
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).expect("valid zip");
         let time = |archive: &mut zip::ZipArchive<Cursor<Vec<u8>>>, name: &str| {
             let t = archive
@@ -284,6 +394,116 @@ mod tests {
     }
 
     #[cfg(unix)]
+    mod links {
+        use super::*;
+        use std::os::unix::fs::symlink;
+
+        fn contents(zip_bytes: &[u8], name: &str) -> String {
+            let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes)).expect("valid zip");
+            let mut text = String::new();
+            archive
+                .by_name(name)
+                .expect("entry")
+                .read_to_string(&mut text)
+                .expect("read entry");
+            text
+        }
+
+        fn refusals(packed: &PackedProject) -> Vec<(&str, LinkRefusal)> {
+            packed
+                .left_out
+                .iter()
+                .map(|l| (l.path.as_str(), l.why))
+                .collect()
+        }
+
+        #[test]
+        fn links_into_the_project_are_packed_as_what_they_point_to() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let root = dir.path();
+            write(root, "calculator.py", "x = 1\n");
+            write(root, "data/cases.txt", "1 2 3\n");
+            std::fs::create_dir(root.join("tests")).expect("mkdir");
+            symlink("../calculator.py", root.join("tests/relative.py")).expect("link");
+            symlink(root.join("calculator.py"), root.join("absolute.py")).expect("link");
+            symlink("data", root.join("fixtures")).expect("link");
+
+            let packed = pack_project(root).expect("zip");
+            assert_eq!(packed.left_out, vec![]);
+            assert_eq!(
+                entries(&packed.zip),
+                names(&[
+                    "absolute.py",
+                    "calculator.py",
+                    "data/cases.txt",
+                    "fixtures/cases.txt",
+                    "tests/relative.py"
+                ])
+            );
+            assert_eq!(contents(&packed.zip, "tests/relative.py"), "x = 1\n");
+            assert_eq!(contents(&packed.zip, "absolute.py"), "x = 1\n");
+            assert_eq!(contents(&packed.zip, "fixtures/cases.txt"), "1 2 3\n");
+        }
+
+        #[test]
+        fn links_out_of_the_project_are_left_out() {
+            let base = tempfile::tempdir().expect("temp dir");
+            write(base.path(), "home/.ssh/id_rsa", "PRIVATE KEY\n");
+            let root = &base.path().join("project");
+            write(root, "app.py", "x = 1\n");
+            symlink(base.path().join("home/.ssh/id_rsa"), root.join("notes.txt")).expect("link");
+            std::fs::create_dir(root.join("tests")).expect("mkdir");
+            // A relative link that climbs out, and one through a link inside.
+            symlink("../../home/.ssh/id_rsa", root.join("tests/data.txt")).expect("link");
+            symlink("../notes.txt", root.join("tests/again.txt")).expect("link");
+            symlink(base.path().join("home/.ssh"), root.join("keys")).expect("link");
+
+            let packed = pack_project(root).expect("zip");
+            assert_eq!(entries(&packed.zip), names(&["app.py"]));
+            assert_eq!(
+                refusals(&packed),
+                vec![
+                    ("keys", LinkRefusal::OutsideProject),
+                    ("notes.txt", LinkRefusal::OutsideProject),
+                    ("tests/again.txt", LinkRefusal::OutsideProject),
+                    ("tests/data.txt", LinkRefusal::OutsideProject),
+                ]
+            );
+            for left in &packed.left_out {
+                let line = left.to_string();
+                assert!(line.contains(&left.path), "{line}");
+                assert!(!line.contains("PRIVATE"), "{line}");
+            }
+        }
+
+        #[test]
+        fn link_loops_end() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let root = dir.path();
+            write(root, "app.py", "x = 1\n");
+            write(root, "pkg/mod.py", "y = 2\n");
+            symlink("b", root.join("a")).expect("link");
+            symlink("a", root.join("b")).expect("link");
+            symlink(".", root.join("itself")).expect("link");
+            symlink("..", root.join("pkg/up")).expect("link");
+            symlink("missing.py", root.join("dangling.py")).expect("link");
+
+            let packed = pack_project(root).expect("zip");
+            assert_eq!(entries(&packed.zip), names(&["app.py", "pkg/mod.py"]));
+            assert_eq!(
+                refusals(&packed),
+                vec![
+                    ("a", LinkRefusal::Unresolvable),
+                    ("b", LinkRefusal::Unresolvable),
+                    ("dangling.py", LinkRefusal::Unresolvable),
+                    ("itself", LinkRefusal::Loop),
+                    ("pkg/up", LinkRefusal::Loop),
+                ]
+            );
+        }
+    }
+
+    #[cfg(unix)]
     #[test]
     fn executable_bits_are_kept() {
         use std::os::unix::fs::PermissionsExt;
@@ -295,7 +515,7 @@ mod tests {
         )
         .expect("chmod");
 
-        let bytes = project_zip(dir.path()).expect("zip");
+        let bytes = pack_project(dir.path()).expect("zip").zip;
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).expect("valid zip");
         let file = archive.by_name("run.sh").expect("entry");
         assert_eq!(file.unix_mode().map(|m| m & 0o777), Some(0o755));
