@@ -8,9 +8,11 @@ pub mod api;
 pub mod api_key;
 pub mod config;
 pub mod job;
+pub mod python;
 pub mod time;
 pub mod user;
 
 pub use api_key::{generate_api_key, hash_api_key, looks_like_api_key, ApiKeyRecord, GeneratedKey};
 pub use job::{Job, JobId, JobStatus, LogChunk, TransitionError};
+pub use python::PythonVersion;
 pub use user::User;

@@ -8,6 +8,8 @@
 pub mod config;
 pub mod leader;
 pub mod log_pump;
+pub mod project_facts;
+pub mod pythons;
 pub mod reconciler;
 pub mod runtime;
 pub mod workspace;
