@@ -6,6 +6,7 @@
 //! controller acts at a time.
 
 pub mod config;
+pub mod environment;
 pub mod leader;
 pub mod log_pump;
 pub mod project_facts;
