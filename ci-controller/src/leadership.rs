@@ -97,3 +97,71 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ci_common::config::DatabaseLocation;
+
+    use super::*;
+    use crate::fake_runtime::{FakeRuntime, PATIENCE};
+
+    fn controller(store: &Store, holder: &str) -> Controller {
+        Controller {
+            store: store.clone(),
+            runtime: Arc::new(FakeRuntime::with_image("runner:fake")),
+            config: ControllerConfig {
+                reconcile_interval: Duration::from_millis(50),
+                ..ControllerConfig::default()
+            },
+            lease: LeaseConfig {
+                ttl: Duration::from_secs(30),
+                renew_every: Duration::from_millis(50),
+            },
+            holder: holder.to_string(),
+        }
+    }
+
+    async fn until(leadership: &mut watch::Receiver<Leadership>, wanted: Leadership) {
+        tokio::time::timeout(PATIENCE, leadership.wait_for(|l| *l == wanted))
+            .await
+            .expect("the leadership to change in time")
+            .expect("the controller to keep publishing");
+    }
+
+    #[tokio::test]
+    async fn one_leads_the_other_stands_by_and_takes_over_on_hand_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseLocation::SqliteFile(dir.path().join("jobs.db")))
+            .await
+            .unwrap();
+        let (first_tx, mut first) = watch::channel(Leadership::Standby);
+        let first_stop = CancellationToken::new();
+        let first_run = tokio::spawn(run(
+            controller(&store, "first"),
+            first_stop.clone(),
+            first_tx,
+        ));
+        until(&mut first, Leadership::Leader).await;
+
+        let (second_tx, mut second) = watch::channel(Leadership::Leader);
+        let second_stop = CancellationToken::new();
+        let second_run = tokio::spawn(run(
+            controller(&store, "second"),
+            second_stop.clone(),
+            second_tx,
+        ));
+        until(&mut second, Leadership::Standby).await;
+        assert_eq!(*first.borrow(), Leadership::Leader, "one at a time");
+
+        // Shutting down hands the lease over at once, long before it expires.
+        first_stop.cancel();
+        first_run.await.unwrap().unwrap();
+        assert_eq!(*first.borrow(), Leadership::Standby);
+        until(&mut second, Leadership::Leader).await;
+
+        second_stop.cancel();
+        second_run.await.unwrap().unwrap();
+    }
+}
