@@ -100,6 +100,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    // Whether this controller leads, as it changes: subscribe here
+    // (`leadership.subscribe()`) to report it, e.g. on a readiness endpoint.
     let (leadership, _) = watch::channel(Leadership::Standby);
     let controller = Controller {
         store,
