@@ -1,17 +1,22 @@
 //! The baselines: the same job done by hand through the Docker CLI, and the
 //! engine's own record of when containers started.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ci_controller::config::{ControllerConfig, JOB_SCRIPT};
+use ci_common::Job;
+use ci_controller::config::ControllerConfig;
+use ci_controller::container_spec::{job_container_spec, ContainerSpec, VolumeMount};
+use ci_controller::project_facts::ProjectFacts;
 use ci_controller::runtime::LABEL_JOB;
+use ci_controller::workspace::zip_to_tar;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::error::{BenchError, Result};
 
@@ -37,15 +42,18 @@ pub async fn docker(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// How the controller would create a job's container, spelled for the CLI: the
-/// same image, command, user, working folder, network, limits and cache volume.
+/// The job by hand: the very container the controller would create for a
+/// job of this system ([`job_container_spec`]), spelled for the Docker CLI
+/// (`docker create -i`, then `docker start -a -i` with the project's tar on
+/// standard input, as the controller streams it).
 #[derive(Debug, Clone)]
 pub struct ManualJob {
-    pub image: String,
+    /// The controller's configuration, as the system under test runs it.
+    pub config: ControllerConfig,
     /// Value of [`LABEL_BENCH`] (the system's container prefix).
     pub bench_label: String,
-    pub network: String,
-    pub cache_volume: Option<String>,
+    /// Whose job it is (names the pip cache volume, as for a real user).
+    pub user: Uuid,
 }
 
 /// What one hand-made run saw, timed from just before `docker create`.
@@ -72,117 +80,204 @@ impl ManualRun {
     }
 }
 
+/// A project with nothing in it, as a workspace tar (two zero blocks end a
+/// tar archive): the job script runs in an empty folder.
+pub fn empty_project() -> Vec<u8> {
+    vec![0; 1024]
+}
+
+/// The workspace tar the controller would stream for a project zip.
+pub fn project_tar(zip: &[u8]) -> Result<Vec<u8>> {
+    zip_to_tar(zip, ControllerConfig::default().unpack)
+        .map_err(|e| BenchError::Setup(format!("the project does not unpack: {e}")))
+}
+
 impl ManualJob {
-    fn create_args(&self) -> Vec<String> {
-        let defaults = ControllerConfig::default();
-        let mut args: Vec<String> = vec![
-            "create".into(),
-            "--label".into(),
-            format!("{LABEL_BENCH}={}", self.bench_label),
-            "--user".into(),
-            "1000:1000".into(),
-            "--workdir".into(),
-            "/workspace".into(),
-            "--network".into(),
-            self.network.clone(),
-            "--memory".into(),
-            defaults.memory_bytes.to_string(),
-            "--memory-swap".into(),
-            defaults.memory_bytes.to_string(),
-            "--pids-limit".into(),
-            defaults.pids_limit.to_string(),
-            "--cpu-shares".into(),
-            defaults.cpu_shares.to_string(),
-            "--cap-drop".into(),
-            "ALL".into(),
-            "--security-opt".into(),
-            "no-new-privileges".into(),
-        ];
-        if let Some(volume) = &self.cache_volume {
-            args.push("--mount".into());
-            args.push(format!(
-                "type=volume,src={volume},dst=/home/runner/.cache/pip"
-            ));
-        }
-        args.extend([
-            self.image.clone(),
-            "sh".into(),
-            "-c".into(),
-            JOB_SCRIPT.into(),
-        ]);
-        args
+    /// The controller's container for a fresh job with `project`, labelled for
+    /// the benchmark instead of the installation, so that the controller never
+    /// takes it for an orphan of its own and the cleanup finds it.
+    pub fn spec(&self, project: &[u8]) -> ContainerSpec {
+        let mut spec =
+            job_container_spec(&self.job(), &self.config, &ProjectFacts::of_tar(project));
+        spec.labels = BTreeMap::from([(LABEL_BENCH.to_string(), self.bench_label.clone())]);
+        spec
     }
 
-    /// `docker create` (+ `docker cp` of `project` into /workspace when given),
-    /// `docker start -a` with its output read (and copied to `sink` when given),
-    /// `docker rm`.
-    pub async fn run(&self, project: Option<&Path>, sink: Option<&Path>) -> Result<ManualRun> {
+    /// A fresh queued job of this user's.
+    fn job(&self) -> Job {
+        Job::queued(Uuid::new_v4(), self.user, String::new(), chrono::Utc::now())
+    }
+
+    /// `docker create` (the container of [`ManualJob::spec`]), `docker start
+    /// -a -i` with `project` (a workspace tar) on its standard input and its
+    /// output read (and copied to `sink` when given), `docker rm`.
+    pub async fn run(&self, project: &[u8], sink: Option<&Path>) -> Result<ManualRun> {
+        let args = create_args(&self.spec(project));
         let started_wall = SystemTime::now();
         let started = Instant::now();
-        let args = self.create_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = docker(&args).await?.trim().to_string();
-        let result = self
-            .fill_and_start(&id, project, sink, started, started_wall)
-            .await;
+        let result = start_with_input(&id, project, sink, started, started_wall).await;
         let removed = docker(&["rm", "-f", "-v", &id]).await;
         let mut run = result?;
         removed?;
         run.ended = Instant::now();
         Ok(run)
     }
+}
 
-    async fn fill_and_start(
-        &self,
-        id: &str,
-        project: Option<&Path>,
-        sink: Option<&Path>,
-        started: Instant,
-        started_wall: SystemTime,
-    ) -> Result<ManualRun> {
-        if let Some(dir) = project {
-            let source = format!("{}/.", dir.display());
-            docker(&["cp", &source, &format!("{id}:/workspace")]).await?;
-        }
-        let mut child = Command::new("docker")
-            .args(["start", "-a", id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(BenchError::io("running docker start"))?;
-        let mut file = match sink {
-            Some(path) => Some(
-                tokio::fs::File::create(path)
-                    .await
-                    .map_err(BenchError::io(format!("creating {}", path.display())))?,
-            ),
-            None => None,
-        };
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BenchError::Setup("docker start has no stdout".into()))?;
-        let output = read_timed(&mut stdout, file.as_mut()).await?;
-        let status = child
-            .wait()
-            .await
-            .map_err(BenchError::io("waiting for docker start"))?;
-        if let Some(f) = file.as_mut() {
-            f.flush().await.map_err(BenchError::io("writing output"))?;
-        }
-        Ok(ManualRun {
-            id: id.to_string(),
-            started,
-            started_wall,
-            first_line: output.first_line,
-            last_output: output.last_output,
-            ended: Instant::now(),
-            output: output.bytes,
-            exit_code: status.code(),
-        })
+/// `docker create` arguments for `spec`: what `DockerRuntime::create` asks
+/// the engine for, flag by flag. The spec is taken apart whole, so a field
+/// added to it does not compile until it is spelled here too.
+pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
+    let ContainerSpec {
+        name,
+        image,
+        cmd,
+        labels,
+        user,
+        working_dir,
+        network_mode,
+        memory_bytes,
+        memory_swap_bytes,
+        pids_limit,
+        cpu_shares,
+        cap_drop,
+        security_opt,
+        volumes,
+        read_only_rootfs,
+        tmpfs,
+        log_driver,
+        stdin_once,
+    } = spec;
+    let mut args: Vec<String> = vec!["create".into()];
+    let mut flag = |name: &str, value: String| {
+        args.push(name.to_string());
+        args.push(value);
+    };
+    if !name.is_empty() {
+        flag("--name", name.clone());
     }
+    for (key, value) in labels {
+        flag("--label", format!("{key}={value}"));
+    }
+    flag("--user", user.clone());
+    flag("--workdir", working_dir.clone());
+    // `none` also disables networking, as the API's `NetworkDisabled` does.
+    flag("--network", network_mode.clone());
+    let limits = [
+        ("--memory", memory_bytes),
+        ("--memory-swap", memory_swap_bytes),
+        ("--pids-limit", pids_limit),
+        ("--cpu-shares", cpu_shares),
+    ];
+    for (name, value) in limits {
+        if let Some(value) = value {
+            flag(name, value.to_string());
+        }
+    }
+    for cap in cap_drop {
+        flag("--cap-drop", cap.clone());
+    }
+    for opt in security_opt {
+        flag("--security-opt", opt.clone());
+    }
+    for VolumeMount {
+        name,
+        target,
+        labels,
+    } in volumes
+    {
+        let mut mount = String::from("type=volume");
+        if let Some(name) = name {
+            mount.push_str(&format!(",src={name}"));
+        }
+        mount.push_str(&format!(",dst={target}"));
+        for (key, value) in labels {
+            mount.push_str(&format!(",volume-label={key}={value}"));
+        }
+        flag("--mount", mount);
+    }
+    for (path, options) in tmpfs {
+        flag("--tmpfs", format!("{path}:{options}"));
+    }
+    if let Some(driver) = log_driver {
+        flag("--log-driver", driver.clone());
+    }
+    if *read_only_rootfs {
+        args.push("--read-only".into());
+    }
+    if *stdin_once {
+        // With `start -a -i`, the container's standard input ends when ours does.
+        args.push("--interactive".into());
+    }
+    args.push(image.clone());
+    args.extend(cmd.iter().cloned());
+    args
+}
+
+/// `docker start -a -i`: writes `input` to the container's standard input
+/// while its output is read, as the controller's runtime does.
+async fn start_with_input(
+    id: &str,
+    input: &[u8],
+    sink: Option<&Path>,
+    started: Instant,
+    started_wall: SystemTime,
+) -> Result<ManualRun> {
+    let mut child = Command::new("docker")
+        .args(["start", "-a", "-i", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(BenchError::io("running docker start"))?;
+    let mut file = match sink {
+        Some(path) => Some(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(BenchError::io(format!("creating {}", path.display())))?,
+        ),
+        None => None,
+    };
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| BenchError::Setup("docker start has no stdin".into()))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Setup("docker start has no stdout".into()))?;
+    let write = async {
+        stdin
+            .write_all(input)
+            .await
+            .map_err(BenchError::io("writing the project to docker start"))?;
+        // Closing it ends the container's standard input.
+        drop(stdin);
+        Ok::<_, BenchError>(())
+    };
+    let (written, output) = tokio::join!(write, read_timed(&mut stdout, file.as_mut()));
+    written?;
+    let output = output?;
+    let status = child
+        .wait()
+        .await
+        .map_err(BenchError::io("waiting for docker start"))?;
+    if let Some(f) = file.as_mut() {
+        f.flush().await.map_err(BenchError::io("writing output"))?;
+    }
+    Ok(ManualRun {
+        id: id.to_string(),
+        started,
+        started_wall,
+        first_line: output.first_line,
+        last_output: output.last_output,
+        ended: Instant::now(),
+        output: output.bytes,
+        exit_code: status.code(),
+    })
 }
 
 /// Output read from a pipe, with when its first line and its last bytes came.
@@ -391,19 +486,111 @@ mod tests {
         assert_eq!(id, "c0ffee");
     }
 
-    #[test]
-    fn hand_made_containers_match_the_controllers() {
-        let job = ManualJob {
+    fn manual_job() -> ManualJob {
+        let mut config = ControllerConfig {
             image: "img:latest".into(),
-            bench_label: "p-".into(),
-            network: "none".into(),
-            cache_volume: Some("p-ci-pip-cache".into()),
+            network_mode: "none".into(),
+            ..ControllerConfig::default()
         };
-        let args = job.create_args();
-        let joined = args.join(" ");
-        assert!(joined.contains("--user 1000:1000 --workdir /workspace --network none"));
-        assert!(joined.contains("--label ci.bench=p-"));
-        assert!(joined.contains("src=p-ci-pip-cache"));
-        assert_eq!(args.last().map(String::as_str), Some(JOB_SCRIPT));
+        config.set_container_prefix("p-");
+        ManualJob {
+            config,
+            bench_label: "p-".into(),
+            user: Uuid::new_v4(),
+        }
+    }
+
+    fn tar_of(files: &[&str]) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for name in files {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(b"x = 1\n").unwrap();
+        }
+        project_tar(&zip.finish().unwrap().into_inner()).unwrap()
+    }
+
+    #[test]
+    fn hand_made_containers_are_the_controllers_labelled_for_the_benchmark() {
+        let manual = manual_job();
+        for (files, has_requirements) in [
+            (&["test_a.py"][..], false),
+            (&["test_a.py", "requirements.txt"][..], true),
+        ] {
+            let spec = manual.spec(&tar_of(files));
+            assert_eq!(
+                spec.labels,
+                BTreeMap::from([("ci.bench".to_string(), "p-".to_string())]),
+                "never the installation's label: the controller would sweep it"
+            );
+            let mut controllers = job_container_spec(
+                &manual.job(),
+                &manual.config,
+                &ProjectFacts {
+                    has_requirements,
+                    requires_python: None,
+                },
+            );
+            // Only what names one job differs.
+            controllers.name.clone_from(&spec.name);
+            controllers.labels.clone_from(&spec.labels);
+            assert_eq!(spec, controllers, "{files:?}");
+        }
+    }
+
+    #[test]
+    fn a_spec_is_spelled_for_the_cli_flag_by_flag() {
+        let manual = manual_job();
+        let spec = manual.spec(&tar_of(&["test_a.py"]));
+        let args = create_args(&spec);
+        let mut expected: Vec<String> = [
+            "create",
+            "--name",
+            &spec.name,
+            "--label",
+            "ci.bench=p-",
+            "--user",
+            "1000:1000",
+            "--workdir",
+            "/workspace",
+            "--network",
+            "none",
+            "--memory",
+            "2147483648",
+            "--memory-swap",
+            "2147483648",
+            "--pids-limit",
+            "512",
+            "--cpu-shares",
+            "1024",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--mount",
+            "type=volume,dst=/workspace",
+            "--tmpfs",
+            "/tmp:mode=1777",
+            "--tmpfs",
+            "/home/runner:uid=1000,gid=1000,mode=0755",
+            "--log-driver",
+            "local",
+            "--read-only",
+            "--interactive",
+            "img:latest",
+        ]
+        .map(String::from)
+        .to_vec();
+        expected.extend(spec.cmd.iter().cloned());
+        assert_eq!(args, expected);
+
+        let installs = manual.spec(&tar_of(&["test_a.py", "requirements.txt"]));
+        let args = create_args(&installs).join(" ");
+        assert!(!args.contains("--read-only") && !args.contains("--tmpfs"));
+        assert!(args.contains(&format!(
+            "--mount type=volume,src=p-ci-pip-cache-{},dst=/home/runner/.cache/pip,volume-label=ci.installation=p-",
+            manual.user
+        )));
     }
 }

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use crate::docker::{self, ManualJob, LABEL_BENCH};
 use crate::error::{BenchError, Result};
 use crate::http::Api;
+use ci_controller::ControllerConfig;
 
 /// How to start one system.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct System {
     database: Database,
     bin_dir: PathBuf,
     image: String,
+    /// The user the by-hand jobs run as (their pip cache volume's owner).
+    manual_user: uuid::Uuid,
     done: bool,
 }
 
@@ -124,6 +127,7 @@ impl System {
             database,
             bin_dir: options.bin_dir.clone(),
             image: options.image.clone(),
+            manual_user: uuid::Uuid::new_v4(),
             done: false,
         };
         system.wait_healthy(Duration::from_secs(30)).await?;
@@ -211,13 +215,24 @@ impl System {
         cmd
     }
 
+    /// The controller's configuration as this system starts it (the same
+    /// prefix, network and image as the environment it is given).
+    pub fn controller_config(&self) -> ControllerConfig {
+        let mut config = ControllerConfig {
+            image: self.image.clone(),
+            network_mode: "none".into(),
+            ..ControllerConfig::default()
+        };
+        config.set_container_prefix(&self.prefix);
+        config
+    }
+
     /// The same job by hand, labelled so this system's cleanup finds it.
     pub fn manual_job(&self) -> ManualJob {
         ManualJob {
-            image: self.image.clone(),
+            config: self.controller_config(),
             bench_label: self.prefix.clone(),
-            network: "none".into(),
-            cache_volume: Some(format!("{}ci-pip-cache", self.prefix)),
+            user: self.manual_user,
         }
     }
 

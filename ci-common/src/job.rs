@@ -128,6 +128,34 @@ pub struct Job {
     pub last_seq: i64,
 }
 
+impl Job {
+    /// A job just submitted: queued, nothing observed about it yet.
+    pub fn queued(
+        id: JobId,
+        user_id: Uuid,
+        archive_digest: String,
+        created_at: DateTime<Utc>,
+    ) -> Job {
+        Job {
+            id,
+            user_id,
+            status: JobStatus::Queued,
+            success: None,
+            exit_code: None,
+            created_at,
+            started_at: None,
+            ended_at: None,
+            container_id: None,
+            archive_digest,
+            image: None,
+            cancel_requested: false,
+            failure_reason: None,
+            log_cursor: None,
+            last_seq: 0,
+        }
+    }
+}
+
 /// One stored piece of a job's output. Output is stored in batches, so one
 /// chunk usually holds many lines; `seq` numbers the chunks of a job from 1 and
 /// is the SSE event id.

@@ -82,6 +82,16 @@ impl ControllerConfig {
             .map(|stem| format!("{stem}-{user}"))
     }
 
+    /// Names this installation `prefix`: its containers, their label, and
+    /// its pip cache volumes, so that installations sharing an engine share
+    /// nothing else.
+    pub fn set_container_prefix(&mut self, prefix: &str) {
+        self.container_prefix = prefix.to_string();
+        if !prefix.is_empty() {
+            self.pip_cache_volume = Some(format!("{prefix}ci-pip-cache"));
+        }
+    }
+
     /// The installation label's value: the prefix, or `default` when there is none.
     pub fn installation(&self) -> String {
         if self.container_prefix.is_empty() {

@@ -1,18 +1,28 @@
 //! `ci-controller`: the singleton that runs queued jobs in Docker.
 //!
 //! The [`Reconciler`] compares the jobs in the database with the containers
-//! in Docker and takes the next step for each; the [`log_pump`] stores each
-//! container's output as it comes; the [`leader`] lease makes sure only one
-//! controller acts at a time.
+//! in Docker and takes the next step for each: [`decision`] says which,
+//! [`scheduler`] shares capacity fairly, [`container_spec`] says what the
+//! engine is asked for, and [`worker`]s carry the slow steps out under one
+//! error policy. The [`log_pump`] stores each container's output as it comes;
+//! [`leadership`] runs the reconciler only while this controller holds the
+//! [`leader`] lease.
 
 pub mod config;
+pub mod container_spec;
+pub mod decision;
 pub mod environment;
+#[cfg(test)]
+mod fake_runtime;
 pub mod leader;
+pub mod leadership;
 pub mod log_pump;
 pub mod project_facts;
 pub mod pythons;
 pub mod reconciler;
 pub mod runtime;
+pub mod scheduler;
+pub mod worker;
 pub mod workspace;
 
 pub use config::ControllerConfig;

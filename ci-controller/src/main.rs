@@ -1,4 +1,4 @@
-//! `ci-controller`: parse configuration, take the lease, reconcile.
+//! `ci-controller`: parse configuration, then lead (see `leadership`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,10 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ci_common::config::DatabaseArgs;
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
-use ci_controller::leader::{self, LeaseConfig, LEASE_NAME};
-use ci_controller::{DockerRuntime, Reconciler};
+use ci_controller::leader::LeaseConfig;
+use ci_controller::leadership::{self, Controller, Leadership};
+use ci_controller::DockerRuntime;
 use ci_persistence::Store;
 use clap::Parser;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The CI service's singleton reconciler: runs queued jobs in Docker.
@@ -68,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
 
     let mut config = ControllerConfig {
         image: args.python_base_image,
-        container_prefix: args.container_prefix,
         network_mode: args.job_network,
         reconcile_interval: parse_interval(args.interval.as_deref()),
         job_timeout: Duration::from_secs(args.job_timeout.max(1)),
@@ -81,9 +82,7 @@ async fn main() -> anyhow::Result<()> {
     config.pump.max_log_bytes = args.max_log_bytes;
     config.unpack.max_total_bytes = args.max_unpacked_bytes;
     config.unpack.max_entries = args.max_archive_entries;
-    if !config.container_prefix.is_empty() {
-        config.pip_cache_volume = Some(format!("{}ci-pip-cache", config.container_prefix));
-    }
+    config.set_container_prefix(&args.container_prefix);
 
     let location = args.db.location();
     let store = Store::open(&location)
@@ -99,45 +98,19 @@ async fn main() -> anyhow::Result<()> {
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
-    let lease = LeaseConfig::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    let runtime = Arc::new(runtime);
-
-    // One term of leadership per round: a controller that loses the lease (the
-    // database was out of reach for longer than the lease lasts, or another
-    // controller took it) stops acting, stands by and takes it again when it
-    // can; the new term adopts the running containers like a fresh start.
-    loop {
-        tokio::select! {
-            r = leader::acquire(&store, &holder, &lease) => r.context("cannot take the controller lease")?,
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        tracing::info!(
-            holder,
-            image = %config.image,
-            prefix = %config.container_prefix,
-            network = %config.network_mode,
-            max_concurrent_jobs = config.max_concurrent_jobs,
-            "this controller is the leader; reconciling"
-        );
-
-        let term = shutdown.child_token();
-        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
-        let mut run = tokio::spawn(reconciler.run(term.clone()));
-        tokio::select! {
-            lost = leader::keep(&store, &holder, &lease) => {
-                term.cancel();
-                let _ = run.await;
-                tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
-            }
-            _ = &mut run => break,
-        }
-    }
-    // Hand over at once instead of making a standby wait for the lease to expire.
-    if let Err(e) = store.release_lease(LEASE_NAME, &holder).await {
-        tracing::warn!(error = %e, "cannot release the lease");
-    }
+    // Whether this controller leads, as it changes: subscribe here
+    // (`leadership.subscribe()`) to report it, e.g. on a readiness endpoint.
+    let (leadership, _) = watch::channel(Leadership::Standby);
+    let controller = Controller {
+        store,
+        runtime: Arc::new(runtime),
+        config,
+        lease: LeaseConfig::default(),
+        holder,
+    };
+    leadership::run(controller, shutdown, leadership).await?;
     tracing::info!("ci-controller stopped");
     Ok(())
 }

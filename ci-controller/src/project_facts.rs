@@ -1,5 +1,6 @@
-//! What a project says about itself in its metadata files, read from the
-//! uploaded archive before the job starts: which Python it needs.
+//! What the controller knows about a project before its job starts: whether
+//! it installs requirements, and what its metadata files say (which Python it
+//! needs), read from the uploaded archive.
 //!
 //! The files are the user's and may be anything: each is read only up to a
 //! small size, and a file that does not parse is treated as saying nothing
@@ -13,6 +14,8 @@ pub const MAX_METADATA_BYTES: u64 = 1024 * 1024;
 /// The facts the controller acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProjectFacts {
+    /// The project has a `requirements.txt`, so the job runs `pip install`.
+    pub has_requirements: bool,
     /// `requires-python` of `pyproject.toml`'s `[project]`, else
     /// `python_requires` of `setup.cfg`'s `[options]`.
     pub requires_python: Option<String>,
@@ -24,7 +27,22 @@ impl ProjectFacts {
         let pyproject = read_small_entry(archive, "pyproject.toml");
         let setup_cfg = read_small_entry(archive, "setup.cfg");
         ProjectFacts {
+            has_requirements: archive
+                .index_for_name(crate::environment::REQUIREMENTS_FILE)
+                .and_then(|i| archive.by_index_raw(i).ok().map(|e| e.is_file()))
+                .unwrap_or(false),
             requires_python: requires_python(pyproject.as_deref(), setup_cfg.as_deref()),
+        }
+    }
+
+    /// The facts of a workspace tar (from `workspace::zip_to_tar`).
+    pub fn of_tar(tar: &[u8]) -> Self {
+        ProjectFacts {
+            has_requirements: crate::workspace::tar_has_file(
+                tar,
+                crate::environment::REQUIREMENTS_FILE,
+            ),
+            requires_python: None,
         }
     }
 }
@@ -134,10 +152,19 @@ mod tests {
             ("setup.cfg", b"[options]\npython_requires = ~=3.13.0\n"),
         ]);
         assert_eq!(
-            ProjectFacts::from_archive(&mut a)
-                .requires_python
-                .as_deref(),
-            Some("~=3.13.0")
+            ProjectFacts::from_archive(&mut a),
+            ProjectFacts {
+                has_requirements: false,
+                requires_python: Some("~=3.13.0".into()),
+            }
+        );
+        let mut b = archive(&[("requirements.txt", b"attrs\n"), ("sub/setup.cfg", b"")]);
+        assert_eq!(
+            ProjectFacts::from_archive(&mut b),
+            ProjectFacts {
+                has_requirements: true,
+                requires_python: None,
+            }
         );
     }
 

@@ -1,160 +1,37 @@
 //! The reconciler: compares what the database wants with what Docker has and
 //! takes, for each job, the one step that moves it closer.
 //!
-//! As in kube-runtime, deciding is separate from doing: [`decide`] is a pure
-//! function of a job and what was observed about it, and a pass applies its
-//! [`Action`]s. Slow steps (starting a container, following its output,
-//! stopping it) run as per-job workers, so one pass never waits on Docker for
-//! long and a new job starts while others run. Passes are level-triggered and
-//! idempotent: a pass after a crash, a lost wake-up or a takeover looks at the
-//! same facts and reaches the same decisions.
+//! A pass gathers the facts (the unfinished jobs, this installation's
+//! containers, what each worker is doing), asks [`decide`] for each job's
+//! step, lets the [`scheduler`](crate::scheduler) pick which queued jobs start
+//! within capacity, hands the slow steps to [`worker`](crate::worker)s, and
+//! sweeps orphaned containers. Passes are level-triggered and idempotent: a
+//! pass after a crash, a lost wake-up or a takeover looks at the same facts
+//! and reaches the same decisions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ci_common::{Job, JobId, JobStatus};
 use ci_persistence::{Channel, JobOutcome, Store, StoreError};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::{ControllerConfig, JOB_SCRIPT, UNPACK_FROM_STDIN};
-use crate::log_pump::{pump_logs, PumpEnd, PumpError};
-use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
-};
-use crate::workspace::{tar_has_file, zip_to_tar};
-
-/// What a job's worker is doing, as seen at the start of a pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerState {
-    /// No worker: nobody in this process is following the job.
-    Idle,
-    /// Starting the container and/or following its output.
-    Following,
-    /// The output ended: the container stopped and all of it is stored.
-    FollowingEnded,
-    /// Following failed (the engine or the database did not answer); what was
-    /// not stored is read again from the cursor by the next follower.
-    FollowingFailed,
-    /// Stopping the container and recording how the job ended.
-    Ending,
-}
-
-/// The one step a pass takes for a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Nothing to do until something changes.
-    Wait,
-    /// A queued job that may start when there is capacity.
-    Eligible,
-    /// Follow an existing container's output (after a restart or takeover).
-    Adopt { container_id: String },
-    /// The container exited and its output is stored: record the exit code.
-    Complete { container_id: String },
-    /// Stop the container, if there is one, and end the job this way.
-    End {
-        container_id: Option<String>,
-        outcome: JobOutcome,
-    },
-}
-
-/// Decides the next step for an unfinished job. Pure, so every rule can be
-/// tested without Docker or a database.
-pub fn decide(
-    job: &Job,
-    container: Option<&ContainerInfo>,
-    worker: &WorkerState,
-    now: DateTime<Utc>,
-    timeout: Duration,
-) -> Action {
-    let container_id = container.map(|c| c.id.clone());
-    match job.status {
-        JobStatus::Queued => match worker {
-            WorkerState::Following | WorkerState::Ending => Action::Wait,
-            _ if job.cancel_requested => Action::End {
-                container_id,
-                outcome: JobOutcome::cancelled(),
-            },
-            _ => Action::Eligible,
-        },
-        JobStatus::Running => {
-            if *worker == WorkerState::Ending {
-                return Action::Wait;
-            }
-            if job.cancel_requested {
-                return Action::End {
-                    container_id,
-                    outcome: JobOutcome::cancelled(),
-                };
-            }
-            let started = job.started_at.unwrap_or(job.created_at);
-            if now
-                .signed_duration_since(started)
-                .to_std()
-                .unwrap_or_default()
-                > timeout
-            {
-                return Action::End {
-                    container_id,
-                    outcome: JobOutcome::failed(format!(
-                        "Job timed out after {} seconds",
-                        timeout.as_secs()
-                    )),
-                };
-            }
-            let Some(container) = container else {
-                // A worker may still be between creating the container and
-                // Docker listing it; only an idle job has truly lost it.
-                if *worker == WorkerState::Following {
-                    return Action::Wait;
-                }
-                return Action::End {
-                    container_id: None,
-                    outcome: JobOutcome::failed(
-                        "The job's container disappeared (removed, or the Docker engine restarted); the job cannot finish",
-                    ),
-                };
-            };
-            match worker {
-                WorkerState::Following => Action::Wait,
-                WorkerState::FollowingEnded if !container.running => Action::Complete {
-                    container_id: container.id.clone(),
-                },
-                _ => Action::Adopt {
-                    container_id: container.id.clone(),
-                },
-            }
-        }
-        JobStatus::Completed | JobStatus::Cancelled => Action::Wait,
-    }
-}
-
-enum Worker {
-    Following(JoinHandle<Result<PumpEnd, PumpError>>),
-    Ending(JoinHandle<()>),
-}
-
-/// Everything a worker needs, shared.
-#[derive(Clone)]
-struct Context {
-    store: Store,
-    runtime: Arc<dyn ContainerRuntime>,
-    config: Arc<ControllerConfig>,
-    wake: mpsc::UnboundedSender<JobId>,
-}
+use crate::config::ControllerConfig;
+use crate::decision::{decide, Action, Observed, WorkerState};
+use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeError};
+use crate::scheduler::{self, Candidate, Turns};
+use crate::worker::{self, Context, Worker, WorkerKind};
 
 pub struct Reconciler {
     ctx: Context,
     workers: HashMap<JobId, Worker>,
     wake_rx: mpsc::UnboundedReceiver<JobId>,
-    /// When each user last had a job started: between users with equally few
-    /// jobs running, the one served longest ago goes first (round robin).
-    last_started: HashMap<Uuid, tokio::time::Instant>,
+    /// Who was served when, so that capacity is shared in turns.
+    turns: Turns,
 }
 
 /// Why a pass could not finish; the next pass tries again.
@@ -178,7 +55,7 @@ impl Reconciler {
             },
             workers: HashMap::new(),
             wake_rx,
-            last_started: HashMap::new(),
+            turns: Turns::default(),
         }
     }
 
@@ -195,8 +72,8 @@ impl Reconciler {
             match self.pass().await {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    // Error policy: log, back off a little, and let the next pass
-                    // (a level-triggered one) retry from the facts.
+                    // A pass that fails changes nothing: log, back off a
+                    // little, and let the next pass retry from the facts.
                     failures += 1;
                     tracing::warn!(error = %e, failures, "reconcile pass failed");
                     let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)));
@@ -216,10 +93,7 @@ impl Reconciler {
             while self.wake_rx.try_recv().is_ok() {}
         }
         for (_, worker) in self.workers.drain() {
-            match worker {
-                Worker::Following(h) => h.abort(),
-                Worker::Ending(h) => h.abort(),
-            }
+            worker.handle.abort();
         }
     }
 
@@ -232,42 +106,7 @@ impl Reconciler {
             .list(&self.ctx.config.installation())
             .await?;
         let now = Utc::now();
-
-        // Workers that have finished since the last pass.
-        let mut states: HashMap<JobId, WorkerState> = HashMap::new();
-        let mut finished = Vec::new();
-        for (id, worker) in &self.workers {
-            let state = match worker {
-                Worker::Following(h) if h.is_finished() => WorkerState::FollowingEnded,
-                Worker::Following(_) => WorkerState::Following,
-                Worker::Ending(h) if h.is_finished() => {
-                    finished.push(*id);
-                    WorkerState::Idle
-                }
-                Worker::Ending(_) => WorkerState::Ending,
-            };
-            states.insert(*id, state);
-        }
-        for id in finished {
-            self.workers.remove(&id);
-        }
-        for (id, state) in states.iter_mut() {
-            if *state != WorkerState::FollowingEnded {
-                continue;
-            }
-            if let Some(Worker::Following(h)) = self.workers.remove(id) {
-                let failure = match h.await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(e) = failure {
-                    tracing::warn!(job_id = %id, error = %e, "following the job's output failed; it will be resumed");
-                    *state = WorkerState::FollowingFailed;
-                }
-            }
-        }
-
+        let states = self.collect_workers().await;
         let by_job: HashMap<JobId, &ContainerInfo> = containers
             .iter()
             .filter_map(|c| c.job_id.map(|j| (j, c)))
@@ -275,59 +114,91 @@ impl Reconciler {
 
         let mut eligible = Vec::new();
         let mut busy = 0usize;
-        let mut per_user: HashMap<Uuid, usize> = HashMap::new();
+        let mut running_per_user: HashMap<Uuid, usize> = HashMap::new();
         for job in &jobs {
-            let worker = states.get(&job.id).cloned().unwrap_or(WorkerState::Idle);
+            let worker = states.get(&job.id).copied().unwrap_or(WorkerState::Idle);
             if job.status == JobStatus::Running || worker == WorkerState::Following {
                 busy += 1;
-                *per_user.entry(job.user_id).or_default() += 1;
+                *running_per_user.entry(job.user_id).or_default() += 1;
             }
-            let action = decide(
-                job,
-                by_job.get(&job.id).copied(),
-                &worker,
-                now,
-                self.ctx.config.job_timeout,
-            );
-            match action {
+            let container = by_job.get(&job.id).copied();
+            let observed = Observed::of(job, container, worker, now, self.ctx.config.job_timeout);
+            let container_id = container.map(|c| c.id.clone());
+            match decide(&observed) {
                 Action::Wait => {}
-                Action::Eligible => eligible.push(job),
-                Action::Adopt { container_id } => self.adopt(job, container_id),
-                Action::Complete { container_id } => self.complete(job, container_id),
-                Action::End {
-                    container_id,
-                    outcome,
-                } => self.end(job, container_id, outcome),
+                Action::Start => eligible.push(Candidate::from(job)),
+                Action::Adopt => {
+                    if let Some(id) = container_id {
+                        self.adopt(job.id, id);
+                    }
+                }
+                Action::Complete => {
+                    if let Some(id) = container_id {
+                        self.complete(job.id, id);
+                    }
+                }
+                Action::End(reason) => {
+                    let outcome = reason.outcome(self.ctx.config.job_timeout);
+                    self.end(job.id, container_id, outcome);
+                }
             }
         }
 
-        // Start queued jobs while there is capacity, fairly: each slot goes to
-        // the oldest job of the user with the fewest jobs running, and between
-        // such users, to the one whose last job started longest ago.
-        let mut free = self.ctx.config.max_concurrent_jobs.saturating_sub(busy);
-        while free > 0 && !eligible.is_empty() {
-            let (index, _) = eligible
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, j)| {
-                    (
-                        per_user.get(&j.user_id).copied().unwrap_or(0),
-                        self.last_started.get(&j.user_id).copied(),
-                        j.created_at,
-                    )
-                })
-                .expect("eligible is not empty");
-            let job = eligible.remove(index);
-            *per_user.entry(job.user_id).or_default() += 1;
-            self.last_started
-                .insert(job.user_id, tokio::time::Instant::now());
-            free -= 1;
-            self.start(job, by_job.get(&job.id).map(|c| c.id.clone()));
+        let free = self.ctx.config.max_concurrent_jobs.saturating_sub(busy);
+        let starts = scheduler::pick(&eligible, &running_per_user, &mut self.turns, free);
+        let by_id: HashMap<JobId, &Job> = jobs.iter().map(|j| (j.id, j)).collect();
+        for id in starts {
+            if let Some(job) = by_id.get(&id) {
+                self.start(job, by_job.get(&id).map(|c| c.id.clone()));
+            }
         }
 
-        // Containers of this installation whose job is not unfinished here.
-        let live: std::collections::HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
-        for container in &containers {
+        self.sweep_orphans(&jobs, &containers).await;
+        Ok(())
+    }
+
+    /// What each worker is doing; finished workers are collected, and a
+    /// follower that failed is reported as such.
+    async fn collect_workers(&mut self) -> HashMap<JobId, WorkerState> {
+        let mut states = HashMap::new();
+        let finished: Vec<JobId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.handle.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for (id, worker) in &self.workers {
+            let state = match worker.kind {
+                WorkerKind::Following => WorkerState::Following,
+                WorkerKind::Ending => WorkerState::Ending,
+            };
+            states.insert(*id, state);
+        }
+        for id in finished {
+            let Some(worker) = self.workers.remove(&id) else {
+                continue;
+            };
+            let state = match (worker.kind, worker.handle.await) {
+                (WorkerKind::Ending, _) => WorkerState::Idle,
+                (WorkerKind::Following, Ok(Ok(_))) => WorkerState::FollowingEnded,
+                (WorkerKind::Following, Ok(Err(e))) => {
+                    tracing::warn!(job_id = %id, error = %e, "following the job's output failed; it will be resumed");
+                    WorkerState::FollowingFailed
+                }
+                (WorkerKind::Following, Err(e)) => {
+                    tracing::warn!(job_id = %id, error = %e, "following the job's output failed; it will be resumed");
+                    WorkerState::FollowingFailed
+                }
+            };
+            states.insert(id, state);
+        }
+        states
+    }
+
+    /// Removes containers of this installation whose job is not unfinished here.
+    async fn sweep_orphans(&self, jobs: &[Job], containers: &[ContainerInfo]) {
+        let live: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
+        for container in containers {
             let owned = container
                 .job_id
                 .is_some_and(|j| live.contains(&j) || self.workers.contains_key(&j));
@@ -338,487 +209,396 @@ impl Reconciler {
                 }
             }
         }
-        Ok(())
     }
 
     fn start(&mut self, job: &Job, stale_container: Option<String>) {
-        let ctx = self.ctx.clone();
-        let job = job.clone();
-        let job_id = job.id;
-        let span = tracing::info_span!("job", %job_id);
-        let handle = tokio::spawn(
-            async move {
-                let id = job.id;
-                let result = start_and_follow(&ctx, &job, stale_container).await;
-                let _ = ctx.wake.send(id);
-                result
-            }
-            .instrument(span),
-        );
-        self.workers.insert(job_id, Worker::Following(handle));
+        let step = worker::start_and_follow(self.ctx.clone(), job.clone(), stale_container);
+        let w = worker::spawn(&self.ctx, job.id, WorkerKind::Following, step);
+        self.workers.insert(job.id, w);
     }
 
-    fn adopt(&mut self, job: &Job, container_id: String) {
-        tracing::info!(job_id = %job.id, container = %container_id, "following the job's container");
-        let ctx = self.ctx.clone();
-        let job_id = job.id;
-        let span = tracing::info_span!("job", %job_id);
-        let handle = tokio::spawn(
-            async move {
-                // The cursor is read now, not from the pass's snapshot: a
-                // follower that just failed may have stored more since.
-                let result = match ctx.store.get_job(job_id).await {
-                    Ok(Some(job)) => {
-                        pump_logs(
-                            ctx.store.clone(),
-                            ctx.runtime.clone(),
-                            job_id,
-                            container_id,
-                            job.log_cursor,
-                            ctx.config.pump,
-                        )
-                        .await
-                    }
-                    Ok(None) => Ok(PumpEnd::JobEnded),
-                    Err(e) => Err(PumpError::Store(e)),
-                };
-                if result.is_err() {
-                    // Do not spin against a broken engine; the next pass retries.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                let _ = ctx.wake.send(job_id);
-                result
-            }
-            .instrument(span),
-        );
-        self.workers.insert(job_id, Worker::Following(handle));
+    fn adopt(&mut self, job_id: JobId, container_id: String) {
+        let step = worker::follow(self.ctx.clone(), job_id, container_id);
+        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Following, step);
+        self.workers.insert(job_id, w);
     }
 
-    fn complete(&mut self, job: &Job, container_id: String) {
-        let ctx = self.ctx.clone();
-        let job_id = job.id;
-        let span = tracing::info_span!("job", %job_id);
-        let handle = tokio::spawn(
-            async move {
-                let outcome = match ctx.runtime.inspect(&container_id).await {
-                    Ok(Some(state)) => exit_outcome(&state, &ctx.config),
-                    Ok(None) => JobOutcome::failed(
-                        "The job's container disappeared before its exit code was read",
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot inspect the container; will retry");
-                        let _ = ctx.wake.send(job_id);
-                        return;
-                    }
-                };
-                finish(&ctx, job_id, &outcome).await;
-                remove_container(&ctx, &container_id).await;
-                let _ = ctx.wake.send(job_id);
-            }
-            .instrument(span),
-        );
-        self.workers.insert(job_id, Worker::Ending(handle));
+    fn complete(&mut self, job_id: JobId, container_id: String) {
+        let step = worker::complete(self.ctx.clone(), job_id, container_id);
+        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
+        self.workers.insert(job_id, w);
     }
 
-    fn end(&mut self, job: &Job, container_id: Option<String>, outcome: JobOutcome) {
-        let ctx = self.ctx.clone();
-        let job_id = job.id;
+    fn end(&mut self, job_id: JobId, container_id: Option<String>, outcome: JobOutcome) {
         let following = match self.workers.remove(&job_id) {
-            Some(Worker::Following(h)) => Some(h),
-            Some(Worker::Ending(h)) => {
-                self.workers.insert(job_id, Worker::Ending(h));
+            Some(w) if w.kind == WorkerKind::Ending => {
+                // Already being ended; once is enough.
+                self.workers.insert(job_id, w);
                 return;
             }
+            Some(w) => Some(w.handle),
             None => None,
         };
-        let span = tracing::info_span!("job", %job_id);
-        let handle = tokio::spawn(
-            async move {
-                tracing::info!(status = %outcome.status, reason = ?outcome.reason, "ending job");
-                if let Some(id) = &container_id {
-                    if let Err(e) = ctx.runtime.stop(id, ctx.config.stop_grace).await {
-                        tracing::warn!(error = %e, "cannot stop the container");
-                    }
-                }
-                // Keep what the job printed before it was stopped.
-                if let Some(mut pump) = following {
-                    if tokio::time::timeout(Duration::from_secs(10), &mut pump)
-                        .await
-                        .is_err()
-                    {
-                        pump.abort();
-                    }
-                }
-                finish(&ctx, job_id, &outcome).await;
-                if let Some(id) = &container_id {
-                    remove_container(&ctx, id).await;
-                }
-                let _ = ctx.wake.send(job_id);
-            }
-            .instrument(span),
-        );
-        self.workers.insert(job_id, Worker::Ending(handle));
+        let step = worker::end(self.ctx.clone(), job_id, container_id, outcome, following);
+        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
+        self.workers.insert(job_id, w);
     }
 }
 
-/// How an exited container's state translates into a job outcome. A job
-/// killed from outside (by the kernel for memory, or by a signal, as when the
-/// Docker engine shuts down) gets a reason, so the user knows why.
-fn exit_outcome(state: &crate::runtime::ContainerState, config: &ControllerConfig) -> JobOutcome {
-    let code = state.exit_code.unwrap_or(-1);
-    let mut outcome = JobOutcome::exited(code);
-    if state.oom_killed {
-        outcome.reason = Some(format!(
-            "The job was killed: it used more than its memory limit of {} MiB",
-            config.memory_bytes / (1024 * 1024)
-        ));
-    } else if code == 137 || code == 143 {
-        outcome.reason = Some(format!(
-            "The job's container was stopped from outside (signal {}), for example by a restart of the Docker engine; the tests did not finish",
-            code - 128
-        ));
-    }
-    outcome
-}
-
-async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) {
-    match ctx.store.finish_job(job_id, outcome).await {
-        Ok(job) => {
-            tracing::info!(status = %job.status, success = ?job.success, exit_code = ?job.exit_code, "job ended")
-        }
-        Err(StoreError::IllegalTransition(t)) => tracing::debug!(%t, "job had already ended"),
-        Err(e) => tracing::warn!(error = %e, "cannot record the job's end; will retry"),
-    }
-}
-
-async fn remove_container(ctx: &Context, id: &str) {
-    if let Err(e) = ctx.runtime.remove(id).await {
-        tracing::warn!(container = id, error = %e, "cannot remove container; the orphan sweep will");
-    }
-}
-
-/// Creates, fills and starts a queued job's container, marks the job running,
-/// then follows its output. A job that cannot start ends here, failed, with the
-/// reason as its last output.
-async fn start_and_follow(
-    ctx: &Context,
-    job: &Job,
-    stale_container: Option<String>,
-) -> Result<PumpEnd, PumpError> {
-    // A container left by a controller that died while starting this job.
-    if let Some(stale) = stale_container {
-        remove_container(ctx, &stale).await;
-    }
-    let container_id = match create_container(ctx, job).await {
-        Ok(id) => id,
-        Err(reason) => {
-            tracing::warn!(%reason, "job cannot run");
-            finish(ctx, job.id, &JobOutcome::failed(reason)).await;
-            return Ok(PumpEnd::JobEnded);
-        }
-    };
-    let image = ctx.config.image.clone();
-    match ctx.store.mark_running(job.id, &container_id, &image).await {
-        Ok(_) => tracing::info!(container = %container_id, "job running"),
-        Err(e) => {
-            // Cancelled and ended while we were starting it, or the database is
-            // unreachable: the next pass sorts it out from the facts.
-            tracing::warn!(error = %e, "cannot mark the job running");
-            return Ok(PumpEnd::JobEnded);
-        }
-    }
-    pump_logs(
-        ctx.store.clone(),
-        ctx.runtime.clone(),
-        job.id,
-        container_id,
-        None,
-        ctx.config.pump,
-    )
-    .await
-}
-
-/// The runner image's unprivileged user, who owns the workspace.
-const JOB_UID: u64 = crate::workspace::WORKSPACE_UID;
-/// That user's home folder in the runner image.
-const JOB_HOME: &str = "/home/runner";
-
-/// Everything up to a started container; the error is the reason shown to the user.
-async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
-    let config = &ctx.config;
-    let archive = ctx
-        .store
-        .get_archive(&job.archive_digest)
-        .await
-        .map_err(|e| format!("Cannot read the project archive: {e}"))?
-        .ok_or_else(|| "The project archive is missing from the database".to_string())?;
-    let unpack = config.unpack;
-    let tar = tokio::task::spawn_blocking(move || zip_to_tar(&archive, unpack))
-        .await
-        .map_err(|e| format!("Unpacking the project failed: {e}"))?
-        .map_err(|e| format!("Cannot run the job: {e}"))?;
-
-    // `pip install` writes into the image's venv; a job that installs
-    // nothing runs on a read-only root.
-    let read_only_rootfs = config.read_only_rootfs && !tar_has_file(&tar, "requirements.txt");
-    let mut labels = HashMap::new();
-    labels.insert(LABEL_JOB.to_string(), job.id.to_string());
-    labels.insert(LABEL_INSTALLATION.to_string(), config.installation());
-    let spec = ContainerSpec {
-        name: format!("{}ci-job-{}", config.container_prefix, job.id),
-        image: config.image.clone(),
-        cmd: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("{UNPACK_FROM_STDIN}{JOB_SCRIPT}"),
-        ],
-        labels,
-        user: format!("{JOB_UID}:{JOB_UID}"),
-        working_dir: "/workspace".into(),
-        network_mode: config.network_mode.clone(),
-        memory_bytes: Some(config.memory_bytes),
-        pids_limit: Some(config.pids_limit),
-        cpu_shares: Some(config.cpu_shares),
-        cache_volume: config
-            .pip_cache_volume_for(job.user_id)
-            .filter(|_| !read_only_rootfs)
-            .map(|v| (v, format!("{JOB_HOME}/.cache/pip"))),
-        read_only_rootfs,
-        tmpfs: if read_only_rootfs {
-            vec![
-                ("/tmp".to_string(), "mode=1777".to_string()),
-                (
-                    JOB_HOME.to_string(),
-                    format!("uid={JOB_UID},gid={JOB_UID},mode=0755"),
-                ),
-            ]
-        } else {
-            Vec::new()
-        },
-    };
-    let id = ctx.runtime.create(&spec).await.map_err(|e| match e {
-        RuntimeError::ImageMissing(image) => format!(
-            "Cannot run the job: image {image} not found on the Docker engine (build it with scripts/runner-image.sh)"
-        ),
-        e => format!("Cannot create the job's container: {e}"),
-    })?;
-    // The job is marked running only once the whole project is in: a
-    // controller that dies before leaves a queued job, which is started anew.
-    let result = ctx
-        .runtime
-        .start_with_input(&id, tar)
-        .await
-        .map_err(|e| format!("Cannot start the job's container: {e}"));
-    if let Err(reason) = result {
-        remove_container(ctx, &id).await;
-        return Err(reason);
-    }
-    Ok(id)
-}
-
+/// The reconciler's rules pass by pass, against the in-memory engine and a
+/// real SQLite file: no Docker engine needed.
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use ci_common::config::DatabaseLocation;
+    use ci_persistence::NewJob;
+    use tokio::task::JoinHandle;
+
     use super::*;
-    use chrono::Duration as ChronoDuration;
+    use crate::container_spec::ContainerSpec;
+    use crate::fake_runtime::{FakeRuntime, PATIENCE};
+    use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB};
+    use crate::workspace::tar_has_file;
 
-    fn job(status: JobStatus) -> Job {
-        let now = Utc::now();
-        Job {
-            id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            status,
-            success: None,
-            exit_code: None,
-            created_at: now,
-            started_at: (status == JobStatus::Running).then_some(now),
-            ended_at: None,
-            container_id: None,
-            archive_digest: "d".into(),
-            image: None,
-            cancel_requested: false,
-            failure_reason: None,
-            log_cursor: None,
-            last_seq: 0,
+    const IMAGE: &str = "runner:fake";
+
+    struct Harness {
+        store: Store,
+        engine: FakeRuntime,
+        config: ControllerConfig,
+        user: Uuid,
+        controller: Option<(CancellationToken, JoinHandle<()>)>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn start(tune: impl FnOnce(&mut ControllerConfig)) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&DatabaseLocation::SqliteFile(dir.path().join("jobs.db")))
+                .await
+                .unwrap();
+            let mut config = ControllerConfig {
+                image: IMAGE.into(),
+                container_prefix: "fake-".into(),
+                network_mode: "none".into(),
+                reconcile_interval: Duration::from_millis(50),
+                max_concurrent_jobs: 4,
+                ..ControllerConfig::default()
+            };
+            tune(&mut config);
+            let user = store.create_user("T", "t@example.com").await.unwrap().id;
+            let mut h = Harness {
+                store,
+                engine: FakeRuntime::with_image(IMAGE),
+                config,
+                user,
+                controller: None,
+                _dir: dir,
+            };
+            h.start_controller();
+            h
+        }
+
+        fn start_controller(&mut self) {
+            let token = CancellationToken::new();
+            let reconciler = Reconciler::new(
+                self.store.clone(),
+                Arc::new(self.engine.clone()),
+                self.config.clone(),
+            );
+            let run = tokio::spawn(reconciler.run(token.clone()));
+            self.controller = Some((token, run));
+        }
+
+        /// Stops the controller as a killed one would stop: mid-work,
+        /// leaving its containers running.
+        async fn stop_controller(&mut self) {
+            if let Some((token, run)) = self.controller.take() {
+                token.cancel();
+                run.await.unwrap();
+            }
+        }
+
+        async fn submit_as(&self, user: Uuid, files: &[(&str, &str)]) -> JobId {
+            let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            for (name, text) in files {
+                zip.start_file(*name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                zip.write_all(text.as_bytes()).unwrap();
+            }
+            let zip = zip.finish().unwrap().into_inner();
+            let digest = self.store.put_archive(&zip).await.unwrap();
+            let id = Uuid::new_v4();
+            self.store
+                .create_job(&NewJob {
+                    id,
+                    user_id: user,
+                    archive_digest: digest,
+                })
+                .await
+                .unwrap();
+            id
+        }
+
+        async fn submit(&self) -> JobId {
+            self.submit_as(self.user, &[("test_ok.py", "def test_ok():\n    pass\n")])
+                .await
+        }
+
+        /// Waits for the job to satisfy `cond`, woken by the store's changes.
+        async fn job_until(&self, id: JobId, what: &str, cond: impl Fn(&Job) -> bool) -> Job {
+            let mut changes = self.store.changes().subscribe(Channel::Jobs);
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                changes.borrow_and_update();
+                let job = self.store.get_job(id).await.unwrap().unwrap();
+                if cond(&job) {
+                    return job;
+                }
+                if tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+                {
+                    panic!("timed out waiting for {what}: {job:?}");
+                }
+            }
+        }
+
+        async fn ended(&self, id: JobId) -> Job {
+            self.job_until(id, "the job to end", |j| j.status.is_terminal())
+                .await
+        }
+
+        async fn output(&self, id: JobId) -> String {
+            self.store
+                .read_log(id, 0, 1_000_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.text)
+                .collect()
+        }
+
+        async fn output_until(&self, id: JobId, text: &str) {
+            let mut changes = self.store.changes().subscribe(Channel::Events);
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                changes.borrow_and_update();
+                if self.output(id).await.contains(text) {
+                    return;
+                }
+                if tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+                {
+                    panic!("timed out waiting for {text:?} in the output");
+                }
+            }
+        }
+
+        /// The container of `job` once it runs with its project in.
+        async fn running_container(&self, job: JobId) -> String {
+            self.engine
+                .until("the job's container to run", |e| {
+                    e.container_of(job)
+                        .filter(|c| c.running && c.input.is_some())
+                        .map(|c| c.id)
+                })
+                .await
+        }
+
+        async fn container_gone(&self, id: &str) {
+            self.engine
+                .until("the container to be removed", |e| {
+                    e.container(id).is_none().then_some(())
+                })
+                .await;
         }
     }
 
-    fn container(running: bool) -> ContainerInfo {
-        ContainerInfo {
-            id: "c1".into(),
-            job_id: None,
-            running,
+    fn spec_of(installation: &str, job: JobId) -> ContainerSpec {
+        ContainerSpec {
+            image: IMAGE.into(),
+            labels: [
+                (LABEL_JOB.to_string(), job.to_string()),
+                (LABEL_INSTALLATION.to_string(), installation.to_string()),
+            ]
+            .into(),
+            ..ContainerSpec::default()
         }
     }
 
-    const TIMEOUT: Duration = Duration::from_secs(60);
-
-    #[test]
-    fn queued_jobs_wait_for_capacity_or_end_when_cancelled() {
-        let mut j = job(JobStatus::Queued);
-        assert_eq!(
-            decide(&j, None, &WorkerState::Idle, Utc::now(), TIMEOUT),
-            Action::Eligible
-        );
-        assert_eq!(
-            decide(&j, None, &WorkerState::Following, Utc::now(), TIMEOUT),
-            Action::Wait
-        );
-        j.cancel_requested = true;
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(false)),
-                &WorkerState::Idle,
-                Utc::now(),
-                TIMEOUT
-            ),
-            Action::End {
-                container_id: Some("c1".into()),
-                outcome: JobOutcome::cancelled()
-            }
-        );
-        // A start in flight finishes first; the next pass stops it.
-        assert_eq!(
-            decide(&j, None, &WorkerState::Following, Utc::now(), TIMEOUT),
-            Action::Wait
-        );
-    }
-
-    #[test]
-    fn running_jobs_are_adopted_followed_and_completed() {
-        let j = job(JobStatus::Running);
-        let now = Utc::now();
-        assert_eq!(
-            decide(&j, Some(&container(true)), &WorkerState::Idle, now, TIMEOUT),
-            Action::Adopt {
-                container_id: "c1".into()
-            }
-        );
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(true)),
-                &WorkerState::Following,
-                now,
-                TIMEOUT
-            ),
-            Action::Wait
-        );
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(false)),
-                &WorkerState::FollowingEnded,
-                now,
-                TIMEOUT
-            ),
-            Action::Complete {
-                container_id: "c1".into()
-            }
-        );
-        // The output stream broke but the container runs on: follow it again.
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(true)),
-                &WorkerState::FollowingEnded,
-                now,
-                TIMEOUT
-            ),
-            Action::Adopt {
-                container_id: "c1".into()
-            }
-        );
-        // A follower that failed is replaced; the job does not complete on
-        // output that may be missing.
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(false)),
-                &WorkerState::FollowingFailed,
-                now,
-                TIMEOUT
-            ),
-            Action::Adopt {
-                container_id: "c1".into()
-            }
-        );
-        // An exited container nobody followed yet is adopted first, so its
-        // remaining output is stored before the job completes.
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(false)),
-                &WorkerState::Idle,
-                now,
-                TIMEOUT
-            ),
-            Action::Adopt {
-                container_id: "c1".into()
-            }
-        );
-    }
-
-    #[test]
-    fn running_jobs_without_a_container_fail() {
-        let j = job(JobStatus::Running);
-        match decide(&j, None, &WorkerState::Idle, Utc::now(), TIMEOUT) {
-            Action::End {
-                container_id: None,
-                outcome,
-            } => {
-                assert_eq!(outcome.success, Some(false));
-                assert!(outcome.reason.unwrap().contains("disappeared"));
-            }
-            other => panic!("{other:?}"),
+    #[tokio::test]
+    async fn a_job_gets_its_project_on_stdin_and_ends_with_its_exit_code() {
+        let h = Harness::start(|_| {}).await;
+        let (passing, failing) = (h.submit().await, h.submit().await);
+        for (job, code) in [(passing, 0), (failing, 1)] {
+            let id = h.running_container(job).await;
+            let input = h.engine.container(&id).and_then(|c| c.input).unwrap();
+            assert!(
+                tar_has_file(&input, "test_ok.py"),
+                "the project is the input"
+            );
+            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+                .await;
+            h.engine.print(&id, "collected 1 item\n");
+            h.engine.exit(&id, code);
+            let ended = h.ended(job).await;
+            assert_eq!(ended.status, JobStatus::Completed);
+            assert_eq!(ended.exit_code, Some(code));
+            assert_eq!(ended.success, Some(code == 0));
+            assert_eq!(h.output(job).await, "collected 1 item\n");
+            h.container_gone(&id).await;
         }
     }
 
-    #[test]
-    fn cancellation_and_timeout_end_running_jobs() {
-        let mut j = job(JobStatus::Running);
-        j.started_at = Some(Utc::now() - ChronoDuration::seconds(61));
-        match decide(
-            &j,
-            Some(&container(true)),
-            &WorkerState::Following,
-            Utc::now(),
-            TIMEOUT,
-        ) {
-            Action::End {
-                container_id: Some(_),
-                outcome,
-            } => {
-                assert_eq!(
-                    outcome.reason.as_deref(),
-                    Some("Job timed out after 60 seconds")
-                );
+    #[tokio::test]
+    async fn a_job_that_cannot_run_ends_with_the_reason() {
+        let h = Harness::start(|c| c.image = "missing:latest".into()).await;
+        let job = h.submit().await;
+        let ended = h.ended(job).await;
+        assert_eq!(ended.success, Some(false));
+        let reason = ended.failure_reason.unwrap_or_default();
+        assert!(
+            reason.contains("image missing:latest not found"),
+            "{reason}"
+        );
+        assert!(
+            h.output(job).await.contains(&reason),
+            "the reason is the last line"
+        );
+        assert_eq!(h.engine.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_controller_adopts_a_running_container_and_resumes_after_the_stored_output() {
+        let mut h = Harness::start(|_| {}).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.engine.print(&id, "one\n");
+        h.output_until(job, "one\n").await;
+        h.stop_controller().await;
+        assert!(
+            h.engine.container(&id).is_some_and(|c| c.running),
+            "left running"
+        );
+
+        h.engine.print(&id, "two\n");
+        h.start_controller();
+        h.output_until(job, "two\n").await;
+        h.engine.exit(&id, 0);
+        let ended = h.ended(job).await;
+        assert_eq!(ended.success, Some(true));
+        assert_eq!(
+            h.output(job).await,
+            "one\ntwo\n",
+            "nothing lost, nothing twice"
+        );
+        assert_eq!(h.engine.created(), 1, "adopted, not started again");
+    }
+
+    #[tokio::test]
+    async fn an_exited_container_found_on_start_up_is_drained_then_completed() {
+        let mut h = Harness::start(|_| {}).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+            .await;
+        h.stop_controller().await;
+        h.engine.print(&id, "printed while no controller ran\n");
+        h.engine.exit(&id, 1);
+        h.start_controller();
+        let ended = h.ended(job).await;
+        assert_eq!(ended.exit_code, Some(1));
+        assert_eq!(h.output(job).await, "printed while no controller ran\n");
+    }
+
+    #[tokio::test]
+    async fn orphans_are_removed_and_other_installations_left_alone() {
+        let h = Harness::start(|_| {}).await;
+        let theirs = h.engine.plant(spec_of("other-", Uuid::new_v4()), true);
+        let orphan = h.engine.plant(spec_of("fake-", Uuid::new_v4()), false);
+        h.container_gone(&orphan).await;
+        // The pass that removed the orphan saw the other one too.
+        assert!(h.engine.container(&theirs).is_some_and(|c| c.running));
+    }
+
+    #[tokio::test]
+    async fn cancellation_stops_the_container_and_keeps_its_output() {
+        let h = Harness::start(|_| {}).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.engine.print(&id, "before the cancel\n");
+        h.output_until(job, "before the cancel").await;
+        h.store.request_cancel(job).await.unwrap();
+        let ended = h.ended(job).await;
+        assert_eq!(ended.status, JobStatus::Cancelled);
+        assert_eq!(h.output(job).await, "before the cancel\n");
+        h.container_gone(&id).await;
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_cancelled_never_starts() {
+        let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
+        let first = h.submit().await;
+        let first_container = h.running_container(first).await;
+        let second = h.submit().await;
+        h.store.request_cancel(second).await.unwrap();
+        assert_eq!(h.ended(second).await.status, JobStatus::Cancelled);
+        h.engine.exit(&first_container, 0);
+        h.ended(first).await;
+        assert_eq!(h.engine.created(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_over_its_time_limit_is_stopped_and_fails() {
+        let h = Harness::start(|c| c.job_timeout = Duration::ZERO).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        let ended = h.ended(job).await;
+        assert_eq!(ended.status, JobStatus::Completed);
+        assert_eq!(ended.success, Some(false));
+        assert_eq!(
+            ended.failure_reason.as_deref(),
+            Some("Job timed out after 0 seconds")
+        );
+        h.container_gone(&id).await;
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_container_vanishes_fails_with_the_reason() {
+        let h = Harness::start(|_| {}).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+            .await;
+        h.engine.print(&id, "started\n");
+        h.output_until(job, "started").await;
+        h.engine.vanish(&id);
+        let ended = h.ended(job).await;
+        assert_eq!(ended.success, Some(false));
+        let reason = ended.failure_reason.unwrap_or_default();
+        assert!(reason.contains("disappeared"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn jobs_beyond_capacity_wait_queued_and_users_take_turns() {
+        let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
+        let other = h.store.create_user("U", "u@example.com").await.unwrap().id;
+        let files = [("test_ok.py", "def test_ok():\n    pass\n")];
+        let mine = [h.submit().await, h.submit().await];
+        let theirs = h.submit_as(other, &files).await;
+        // My first job runs; the other user's goes before my second.
+        for job in [mine[0], theirs, mine[1]] {
+            let id = h.running_container(job).await;
+            for waiting in mine.iter().chain([&theirs]).filter(|j| **j != job) {
+                let state = h.store.get_job(*waiting).await.unwrap().unwrap().status;
+                assert_ne!(state, JobStatus::Running, "one job at a time");
             }
-            other => panic!("{other:?}"),
+            h.engine.exit(&id, 0);
+            h.ended(job).await;
         }
-        j.cancel_requested = true;
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(true)),
-                &WorkerState::Following,
-                Utc::now(),
-                TIMEOUT
-            ),
-            Action::End {
-                container_id: Some("c1".into()),
-                outcome: JobOutcome::cancelled()
-            }
-        );
-        assert_eq!(
-            decide(
-                &j,
-                Some(&container(true)),
-                &WorkerState::Ending,
-                Utc::now(),
-                TIMEOUT
-            ),
-            Action::Wait
-        );
+        assert_eq!(h.engine.max_running(), 1);
     }
 }

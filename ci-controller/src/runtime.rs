@@ -23,28 +23,7 @@ pub const LABEL_JOB: &str = "ci.job-id";
 /// so installations sharing one engine never touch each other's containers.
 pub const LABEL_INSTALLATION: &str = "ci.installation";
 
-/// Everything needed to create one job's container.
-#[derive(Debug, Clone)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub image: String,
-    pub cmd: Vec<String>,
-    pub labels: HashMap<String, String>,
-    pub user: String,
-    pub working_dir: String,
-    pub network_mode: String,
-    pub memory_bytes: Option<i64>,
-    pub pids_limit: Option<i64>,
-    pub cpu_shares: Option<i64>,
-    /// A named volume mounted at this path, shared by one user's jobs (pip's cache).
-    pub cache_volume: Option<(String, String)>,
-    /// Run on a read-only root file system. The working directory then
-    /// becomes a volume of the container's own (the project is copied into it
-    /// before the start) and `tmpfs` lists the other writable places.
-    pub read_only_rootfs: bool,
-    /// Scratch file systems in memory: (path, mount options).
-    pub tmpfs: Vec<(String, String)>,
-}
+pub use crate::container_spec::{ContainerSpec, VolumeMount};
 
 /// A container of this installation, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,36 +109,27 @@ impl DockerRuntime {
     }
 }
 
-/// The volumes of a job's container: pip's shared cache, and on a read-only
-/// root an anonymous volume for the workspace, removed with the container.
-fn mounts(spec: &ContainerSpec) -> Vec<Mount> {
-    let mut mounts = Vec::new();
-    if let Some((volume, target)) = &spec.cache_volume {
-        // Labelled like the containers when the engine creates it, so an
-        // installation can find (and sweep) its own volumes.
-        let labels = spec
-            .labels
-            .get_key_value(LABEL_INSTALLATION)
-            .map(|(k, v)| HashMap::from([(k.clone(), v.clone())]));
-        mounts.push(Mount {
-            typ: Some(MountTypeEnum::VOLUME),
-            source: Some(volume.clone()),
-            target: Some(target.clone()),
-            volume_options: Some(MountVolumeOptions {
-                labels,
+/// A spec's volumes as the engine's mounts.
+fn mounts(volumes: &[VolumeMount]) -> Vec<Mount> {
+    volumes
+        .iter()
+        .map(
+            |VolumeMount {
+                 name,
+                 target,
+                 labels,
+             }| Mount {
+                typ: Some(MountTypeEnum::VOLUME),
+                source: name.clone(),
+                target: Some(target.clone()),
+                volume_options: (!labels.is_empty()).then(|| MountVolumeOptions {
+                    labels: Some(labels.clone().into_iter().collect()),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
-    if spec.read_only_rootfs {
-        mounts.push(Mount {
-            typ: Some(MountTypeEnum::VOLUME),
-            target: Some(spec.working_dir.clone()),
-            ..Default::default()
-        });
-    }
-    mounts
+            },
+        )
+        .collect()
 }
 
 #[async_trait]
@@ -173,51 +143,69 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        // Whole, so that a field added to the spec cannot be forgotten here.
+        let ContainerSpec {
+            name,
+            image,
+            cmd,
+            labels,
+            user,
+            working_dir,
+            network_mode,
+            memory_bytes,
+            memory_swap_bytes,
+            pids_limit,
+            cpu_shares,
+            cap_drop,
+            security_opt,
+            volumes,
+            read_only_rootfs,
+            tmpfs,
+            log_driver,
+            stdin_once,
+        } = spec;
         let host_config = HostConfig {
-            network_mode: Some(spec.network_mode.clone()),
-            memory: spec.memory_bytes,
-            // No swap beyond the memory limit: a memory hog is killed, not slowed.
-            memory_swap: spec.memory_bytes,
-            pids_limit: spec.pids_limit,
-            cpu_shares: spec.cpu_shares,
-            cap_drop: Some(vec!["ALL".to_string()]),
-            security_opt: Some(vec!["no-new-privileges".to_string()]),
-            mounts: Some(mounts(spec)),
-            readonly_rootfs: Some(spec.read_only_rootfs),
-            // The engine's `local` log format (length-prefixed protobuf) costs it
-            // less to write and to read back for the log pump than JSON lines.
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("local".to_string()),
+            network_mode: Some(network_mode.clone()),
+            memory: *memory_bytes,
+            memory_swap: *memory_swap_bytes,
+            pids_limit: *pids_limit,
+            cpu_shares: *cpu_shares,
+            cap_drop: (!cap_drop.is_empty()).then(|| cap_drop.clone()),
+            security_opt: (!security_opt.is_empty()).then(|| security_opt.clone()),
+            mounts: Some(mounts(volumes)),
+            readonly_rootfs: Some(*read_only_rootfs),
+            log_config: log_driver.as_ref().map(|driver| HostConfigLogConfig {
+                typ: Some(driver.clone()),
                 config: None,
             }),
-            tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.iter().cloned().collect()),
+            tmpfs: (!tmpfs.is_empty()).then(|| tmpfs.iter().cloned().collect()),
             ..Default::default()
         };
         let config = Config {
-            image: Some(spec.image.clone()),
-            cmd: Some(spec.cmd.clone()),
-            labels: Some(spec.labels.clone()),
-            user: Some(spec.user.clone()),
-            working_dir: Some(spec.working_dir.clone()),
+            image: Some(image.clone()),
+            cmd: Some(cmd.clone()),
+            labels: Some(labels.clone().into_iter().collect()),
+            user: Some(user.clone()),
+            working_dir: Some(working_dir.clone()),
             tty: Some(false),
             // The job reads its workspace from standard input (see
             // `start_with_input`): one stream, no copy into the file system.
-            open_stdin: Some(true),
-            stdin_once: Some(true),
-            attach_stdin: Some(true),
+            open_stdin: Some(*stdin_once),
+            stdin_once: Some(*stdin_once),
+            attach_stdin: Some(*stdin_once),
             attach_stdout: Some(false),
             attach_stderr: Some(false),
-            network_disabled: Some(spec.network_mode == "none"),
+            network_disabled: Some(network_mode == "none"),
             host_config: Some(host_config),
             ..Default::default()
         };
         let options = CreateContainerOptions {
-            name: spec.name.as_str(),
+            name: name.as_str(),
             platform: None,
         };
         match self.docker.create_container(Some(options), config).await {
             Ok(created) => Ok(created.id),
-            Err(e) if is_status(&e, 404) => Err(RuntimeError::ImageMissing(spec.image.clone())),
+            Err(e) if is_status(&e, 404) => Err(RuntimeError::ImageMissing(image.clone())),
             Err(e) => Err(e.into()),
         }
     }

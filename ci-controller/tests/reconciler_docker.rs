@@ -295,25 +295,19 @@ async fn jobs_beyond_capacity_wait_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_removed_and_other_installations_left_alone() {
     let h = Harness::start(|_| {}).await;
-    let spec = |installation: &str, name: String| {
-        let mut labels = std::collections::HashMap::new();
-        labels.insert(LABEL_JOB.to_string(), Uuid::new_v4().to_string());
-        labels.insert(LABEL_INSTALLATION.to_string(), installation.to_string());
-        ContainerSpec {
-            name,
-            image: ControllerConfig::default().image,
-            cmd: vec!["sleep".into(), "300".into()],
-            labels,
-            user: "1000:1000".into(),
-            working_dir: "/workspace".into(),
-            network_mode: "none".into(),
-            memory_bytes: None,
-            pids_limit: None,
-            cpu_shares: None,
-            cache_volume: None,
-            read_only_rootfs: false,
-            tmpfs: Vec::new(),
-        }
+    let spec = |installation: &str, name: String| ContainerSpec {
+        name,
+        image: ControllerConfig::default().image,
+        cmd: vec!["sleep".into(), "300".into()],
+        labels: [
+            (LABEL_JOB.to_string(), Uuid::new_v4().to_string()),
+            (LABEL_INSTALLATION.to_string(), installation.to_string()),
+        ]
+        .into(),
+        user: "1000:1000".into(),
+        working_dir: "/workspace".into(),
+        network_mode: "none".into(),
+        ..ContainerSpec::default()
     };
     let other = format!("{}other", h.prefix);
     let mine = h

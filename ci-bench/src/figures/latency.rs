@@ -2,8 +2,9 @@
 //! queued job (the `/submit-async` answer arrives) to the container's start
 //! (the engine's `docker events` time, matched by the job-id label), and to the
 //! first output line reaching a client that opened the job's stream right after
-//! submitting. Baseline, interleaved: a bare `docker create` + `docker start -a`
-//! of the same image and command through the CLI, timed from before the create.
+//! submitting. Baseline, interleaved: the controller's own container spec by
+//! hand through the CLI (`docker create -i` + `docker start -a -i`) with an
+//! empty project on its standard input, timed from before the create.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,7 +12,7 @@ use ci_common::api::StreamEvent;
 use ci_controller::runtime::LABEL_INSTALLATION;
 
 use super::{ms, progress, Context};
-use crate::docker::{StartEvents, LABEL_BENCH};
+use crate::docker::{empty_project, StartEvents, LABEL_BENCH};
 use crate::error::{BenchError, Result};
 use crate::http::EventStream;
 use crate::report::{Figure, Target};
@@ -51,9 +52,9 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
         to_start.push(signed_ms(started, queued_wall));
         to_first.push(ms(first - queued));
 
-        let bare = manual.run(None, None).await?;
+        let bare = manual.run(&empty_project(), None).await?;
         let line = bare.first_line.ok_or_else(|| {
-            BenchError::protocol("docker start -a", "the bare container printed nothing")
+            BenchError::protocol("docker start -a -i", "the bare container printed nothing")
         })?;
         bare_first.push(ms(line - bare.started));
         let bare_started = bare_events.started(&bare.id, EVENT_WAIT).await?;

@@ -1,7 +1,8 @@
 //! Figure 5: a job with a lot of output. `ci submit test --async`, then
 //! `ci wait <id> --all` reading the job's 100 000 lines, timed until it has
-//! printed the last of them; against the same container by hand with its
-//! output piped to a file. The printed test lines must be byte-identical.
+//! printed the last of them; against the same container by hand (the
+//! controller's spec, the project on standard input) with its output piped
+//! to a file. The printed test lines must be byte-identical.
 
 use std::process::Stdio;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use super::overhead::last_lines;
 use super::{ms, progress, Context};
 use crate::cpu::{find_process, CpuMeter};
-use crate::docker::read_timed;
+use crate::docker::{project_tar, read_timed};
 use crate::error::{BenchError, Result};
 use crate::fixtures::BIG_LINE_PREFIX;
 use crate::report::{Figure, Target};
@@ -23,6 +24,7 @@ pub const TARGET_RATIO: f64 = 1.5;
 pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     let project = &ctx.fixtures.big_output;
     let manual = system.manual_job();
+    let tar = project_tar(&project.zip)?;
     let lines = ctx.plan.log_lines;
     let (mut ci, mut hand) = (Vec::new(), Vec::new());
     // CPU of server, controller and engine while the system runs the job, and
@@ -45,7 +47,7 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
         };
         let hand_side = async {
             let meter = CpuMeter::start(&pids);
-            let run = manual.run(Some(&project.dir), Some(&sink)).await?;
+            let run = manual.run(&tar, Some(&sink)).await?;
             Ok::<_, BenchError>((run, meter.elapsed_ms(&pids)))
         };
         let (((c, ci_out), used), (by_hand, used_by_hand)) = if run % 2 == 0 {
@@ -61,7 +63,7 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
         cpu_engine_hand.push(used_by_hand[2]);
         if by_hand.exit_code != Some(0) {
             return Err(BenchError::Command {
-                command: "docker start -a (big output by hand)".into(),
+                command: "docker start -a -i (big output by hand)".into(),
                 detail: format!("exit {:?}", by_hand.exit_code),
             });
         }

@@ -1,13 +1,14 @@
 //! Figure 1: what the service costs on top of running the job by hand.
-//! `ci submit test` on the passing project, against `docker create`, `docker cp`,
-//! `docker start -a` and `docker rm` of the same container, in interleaved pairs
-//! (the order alternates, so neither side always runs second).
+//! `ci submit test` on the passing project, against `docker create`, `docker
+//! start -a -i` with the project on standard input and `docker rm` of the same
+//! container, in interleaved pairs (the order alternates, so neither side
+//! always runs second).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{ms, progress, Context};
-use crate::docker::ManualJob;
+use crate::docker::{project_tar, ManualJob};
 use crate::error::{BenchError, Result};
 use crate::report::{Figure, Target};
 use crate::stats::median;
@@ -17,19 +18,20 @@ pub const TARGET_RATIO: f64 = 1.15;
 
 pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     let dir = &ctx.fixtures.passing.dir;
+    let tar = project_tar(&ctx.fixtures.passing.zip)?;
     let manual = system.manual_job();
     // One untimed pair: both paths warm (client binary, image layers, volume).
     ci_submit(system, key, dir).await?;
-    by_hand(&manual, dir).await?;
+    by_hand(&manual, &tar).await?;
 
     let pairs = ctx.plan.overhead_pairs;
     let (mut ci, mut hand, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..pairs {
         let (c, h) = if i % 2 == 0 {
             let c = ci_submit(system, key, dir).await?;
-            (c, by_hand(&manual, dir).await?)
+            (c, by_hand(&manual, &tar).await?)
         } else {
-            let h = by_hand(&manual, dir).await?;
+            let h = by_hand(&manual, &tar).await?;
             (ci_submit(system, key, dir).await?, h)
         };
         progress(format!(
@@ -80,13 +82,14 @@ pub async fn ci_submit(system: &System, key: &str, dir: &Path) -> Result<Duratio
     Ok(took)
 }
 
-/// Wall time of the same job by hand, which must pass too.
-pub async fn by_hand(manual: &ManualJob, dir: &Path) -> Result<Duration> {
-    let run = manual.run(Some(dir), None).await?;
+/// Wall time of the same job by hand (`project` is its workspace tar), which
+/// must pass too.
+pub async fn by_hand(manual: &ManualJob, project: &[u8]) -> Result<Duration> {
+    let run = manual.run(project, None).await?;
     let output = String::from_utf8_lossy(&run.output);
     if run.exit_code != Some(0) || !output.contains(" passed") {
         return Err(BenchError::Command {
-            command: "docker start -a (the job by hand)".into(),
+            command: "docker start -a -i (the job by hand)".into(),
             detail: format!("exit {:?}; output: {}", run.exit_code, last_lines(&output)),
         });
     }

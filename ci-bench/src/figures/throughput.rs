@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::overhead::by_hand;
 use super::{ms, progress, Context};
+use crate::docker::project_tar;
 use crate::error::{BenchError, Result};
 use crate::report::{Figure, Target};
 use crate::system::System;
@@ -85,17 +86,17 @@ async fn through_system(system: &System, key: &str, ctx: &Context<'_>) -> Result
 async fn by_hand_at_once(system: &System, ctx: &Context<'_>) -> Result<f64> {
     let n = ctx.plan.throughput_jobs;
     let manual = Arc::new(system.manual_job());
-    let dir = Arc::new(ctx.fixtures.passing.dir.clone());
+    let tar = Arc::new(project_tar(&ctx.fixtures.passing.zip)?);
     let slots = Arc::new(Semaphore::new(ctx.cpus.max(1)));
     let started = Instant::now();
     let runs = (0..n).map(|_| {
-        let (manual, dir, slots) = (manual.clone(), dir.clone(), slots.clone());
+        let (manual, tar, slots) = (manual.clone(), tar.clone(), slots.clone());
         async move {
             let _slot = slots
                 .acquire_owned()
                 .await
                 .map_err(|_| BenchError::Setup("semaphore closed".into()))?;
-            by_hand(&manual, &dir).await
+            by_hand(&manual, &tar).await
         }
     });
     try_join_all(runs).await?;

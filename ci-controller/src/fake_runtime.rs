@@ -1,0 +1,360 @@
+//! A container runtime in memory, so that the reconciler's rules (adoption,
+//! the orphan sweep, cancellation, time limits, lost containers, capacity)
+//! are tested pass by pass without a Docker engine, as kube-rs's
+//! `controller-rs` tests its reconciler against a fake API.
+//!
+//! A test plays the job's part: it reads what the controller asked for
+//! ([`FakeRuntime::container_of`]), prints ([`FakeRuntime::print`]) and exits
+//! ([`FakeRuntime::exit`]), or plays the engine's (containers that vanish,
+//! containers left from before).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use ci_common::JobId;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::runtime::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, LogLine, Result, RuntimeError,
+    LABEL_INSTALLATION, LABEL_JOB,
+};
+
+/// One container, as the fake engine keeps it.
+#[derive(Debug, Clone)]
+pub struct FakeContainer {
+    pub id: String,
+    pub spec: ContainerSpec,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// What was written to its standard input.
+    pub input: Option<Vec<u8>>,
+    pub output: Vec<LogLine>,
+}
+
+#[derive(Default)]
+struct Engine {
+    images: HashSet<String>,
+    containers: BTreeMap<String, FakeContainer>,
+    next_id: u64,
+    /// The most containers that ran at once.
+    max_running: usize,
+    /// Containers created through the runtime, ever.
+    created: usize,
+}
+
+impl Engine {
+    /// A new container, created, not started.
+    fn add(&mut self, spec: ContainerSpec) -> String {
+        self.next_id += 1;
+        let id = format!("fake-{}", self.next_id);
+        self.containers.insert(
+            id.clone(),
+            FakeContainer {
+                id: id.clone(),
+                spec,
+                running: false,
+                exit_code: None,
+                input: None,
+                output: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn running(&self) -> usize {
+        self.containers.values().filter(|c| c.running).count()
+    }
+}
+
+/// An engine in memory. Cloning shares it.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    engine: Arc<Mutex<Engine>>,
+    /// Bumped on every change, so followers and tests wait for changes
+    /// instead of polling.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+/// How long a test waits for the controller to act before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+impl FakeRuntime {
+    /// An engine that has `image` and no containers.
+    pub fn with_image(image: &str) -> Self {
+        let engine = Engine {
+            images: HashSet::from([image.to_string()]),
+            ..Engine::default()
+        };
+        FakeRuntime {
+            engine: Arc::new(Mutex::new(engine)),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the engine and tells everyone waiting.
+    fn change<T>(&self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        let out = {
+            let mut engine = self.engine();
+            let out = f(&mut engine);
+            engine.max_running = engine.max_running.max(engine.running());
+            out
+        };
+        self.changed.send_modify(|v| *v += 1);
+        out
+    }
+
+    /// Waits until `cond` holds of the engine, failing the test after [`PATIENCE`].
+    pub async fn until<T>(&self, what: &str, cond: impl Fn(&FakeRuntime) -> Option<T>) -> T {
+        let mut changes = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            changes.borrow_and_update();
+            if let Some(found) = cond(self) {
+                return found;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// The container the controller made for `job`, if any.
+    pub fn container_of(&self, job: JobId) -> Option<FakeContainer> {
+        let job = job.to_string();
+        self.engine()
+            .containers
+            .values()
+            .find(|c| c.spec.labels.get(LABEL_JOB) == Some(&job))
+            .cloned()
+    }
+
+    pub fn container(&self, id: &str) -> Option<FakeContainer> {
+        self.engine().containers.get(id).cloned()
+    }
+
+    pub fn max_running(&self) -> usize {
+        self.engine().max_running
+    }
+
+    pub fn created(&self) -> usize {
+        self.engine().created
+    }
+
+    /// A container that is there without this controller having made it
+    /// (left by an earlier one, or by another installation).
+    pub fn plant(&self, spec: ContainerSpec, running: bool) -> String {
+        self.change(|e| {
+            let id = e.add(spec);
+            if let Some(c) = e.containers.get_mut(&id) {
+                c.running = running;
+                c.exit_code = (!running).then_some(0);
+            }
+            id
+        })
+    }
+
+    /// The container prints `text` (as one log frame).
+    pub fn print(&self, id: &str, text: &str) {
+        self.change(|e| {
+            if let Some(c) = e.containers.get_mut(id) {
+                c.output.push(LogLine {
+                    timestamp: next_timestamp(c.output.last()),
+                    bytes: Bytes::from(text.to_string()),
+                });
+            }
+        });
+    }
+
+    /// The container's process exits with `code`.
+    pub fn exit(&self, id: &str, code: i64) {
+        self.change(|e| {
+            if let Some(c) = e.containers.get_mut(id) {
+                c.running = false;
+                c.exit_code = Some(code);
+            }
+        });
+    }
+
+    /// The container is gone, as after an engine restart or a `docker rm`.
+    pub fn vanish(&self, id: &str) {
+        self.change(|e| e.containers.remove(id));
+    }
+}
+
+/// Docker-style RFC 3339 nanosecond timestamps, strictly after the last line's.
+fn next_timestamp(last: Option<&LogLine>) -> String {
+    let mut now = Utc::now();
+    if let Some(last) = last.and_then(|l| chrono::DateTime::parse_from_rfc3339(&l.timestamp).ok()) {
+        let after = last.with_timezone(&Utc) + chrono::Duration::nanoseconds(1);
+        now = now.max(after);
+    }
+    now.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        Ok(self.engine().images.contains(image))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        self.change(|e| {
+            if !e.images.contains(&spec.image) {
+                return Err(RuntimeError::ImageMissing(spec.image.clone()));
+            }
+            e.created += 1;
+            let id = e.add(spec.clone());
+            Ok(id)
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.change(|e| match e.containers.get_mut(id) {
+            Some(c) => {
+                c.running = true;
+                Ok(())
+            }
+            None => Err(RuntimeError::NotFound(id.to_string())),
+        })
+    }
+
+    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()> {
+        self.change(|e| match e.containers.get_mut(id) {
+            Some(c) => {
+                c.running = true;
+                c.input = Some(input);
+                Ok(())
+            }
+            None => Err(RuntimeError::NotFound(id.to_string())),
+        })
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerState>> {
+        Ok(self.engine().containers.get(id).map(|c| ContainerState {
+            running: c.running,
+            exit_code: c.exit_code,
+            oom_killed: false,
+        }))
+    }
+
+    fn logs(&self, id: &str, since_secs: Option<i64>) -> BoxStream<'static, Result<LogLine>> {
+        struct Follow {
+            runtime: FakeRuntime,
+            id: String,
+            next: usize,
+            changes: watch::Receiver<u64>,
+            over: bool,
+        }
+        let follow = Follow {
+            runtime: self.clone(),
+            id: id.to_string(),
+            next: 0,
+            changes: self.changed.subscribe(),
+            over: false,
+        };
+        futures::stream::unfold(follow, move |mut f| async move {
+            if f.over {
+                return None;
+            }
+            enum Step {
+                Line(LogLine),
+                Gone,
+                Exited,
+                Wait,
+            }
+            loop {
+                f.changes.borrow_and_update();
+                let step = {
+                    let engine = f.runtime.engine();
+                    match engine.containers.get(&f.id) {
+                        None => Step::Gone,
+                        Some(c) => {
+                            // Like Docker: from the whole second `since_secs` on.
+                            while let Some(line) = c.output.get(f.next) {
+                                let secs = chrono::DateTime::parse_from_rfc3339(&line.timestamp)
+                                    .map(|t| t.timestamp())
+                                    .unwrap_or(0);
+                                if since_secs.is_some_and(|since| secs < since) {
+                                    f.next += 1;
+                                } else {
+                                    break;
+                                }
+                            }
+                            match c.output.get(f.next) {
+                                Some(line) => Step::Line(line.clone()),
+                                None if c.running => Step::Wait,
+                                None => Step::Exited,
+                            }
+                        }
+                    }
+                };
+                match step {
+                    Step::Line(line) => {
+                        f.next += 1;
+                        return Some((Ok(line), f));
+                    }
+                    // Docker answers 404 for a container that is not there;
+                    // one followed to its removal just ends.
+                    Step::Gone if f.next == 0 => {
+                        f.over = true;
+                        let gone = RuntimeError::NotFound(f.id.clone());
+                        return Some((Err(gone), f));
+                    }
+                    Step::Gone | Step::Exited => return None,
+                    Step::Wait => {
+                        if f.changes.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+        self.change(|e| {
+            if let Some(c) = e.containers.get_mut(id) {
+                if c.running {
+                    c.running = false;
+                    c.exit_code = Some(137);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.change(|e| e.containers.remove(id));
+        Ok(())
+    }
+
+    async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {
+        Ok(self
+            .engine()
+            .containers
+            .values()
+            .filter(|c| {
+                c.spec.labels.get(LABEL_INSTALLATION).map(String::as_str) == Some(installation)
+            })
+            .map(|c| ContainerInfo {
+                id: c.id.clone(),
+                job_id: c.spec.labels.get(LABEL_JOB).and_then(|j| j.parse().ok()),
+                running: c.running,
+            })
+            .collect())
+    }
+}

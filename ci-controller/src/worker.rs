@@ -1,0 +1,416 @@
+//! The workers: the slow steps a pass hands off (starting a container,
+//! following its output, recording how it ended, stopping it), each a task of
+//! its own, so one pass never waits on Docker for long.
+//!
+//! Every worker is spawned the same way ([`spawn`]): in the job's span, its
+//! error handed to the one [`error_policy`] (what is retried, after how long,
+//! what ends the job), and a wake-up for the reconciler when it is done, so
+//! the next pass acts on what it left. As in kube-runtime, the happy path
+//! (the steps below) does not decide about errors; it returns them typed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ci_common::{Job, JobId};
+use ci_persistence::{JobOutcome, Store, StoreError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::ControllerConfig;
+use crate::container_spec::job_container_spec;
+use crate::log_pump::{pump_logs, PumpEnd, PumpError};
+use crate::project_facts::ProjectFacts;
+use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
+use crate::workspace::zip_to_tar;
+
+/// How long a worker whose step failed for a passing reason (the engine or
+/// the database did not answer) waits before the next pass retries: not
+/// spinning against a broken engine, and still well within a job's patience.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long an ended job's follower gets to store what the job printed
+/// before it was stopped.
+const DRAIN_AFTER_STOP: Duration = Duration::from_secs(10);
+
+/// Everything a worker needs, shared.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub store: Store,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub config: Arc<ControllerConfig>,
+    /// Wakes the reconciler for another pass.
+    pub wake: mpsc::UnboundedSender<JobId>,
+}
+
+/// How a worker's step ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// The output ended: the container stopped and all of it is stored.
+    Drained,
+    /// The job ended before its output did: cancelled, or it could not start.
+    JobEnded,
+    /// The job's end is recorded (and its container removed).
+    Recorded,
+}
+
+impl From<PumpEnd> for Done {
+    fn from(end: PumpEnd) -> Self {
+        match end {
+            PumpEnd::Drained => Done::Drained,
+            PumpEnd::JobEnded => Done::JobEnded,
+        }
+    }
+}
+
+/// Why a worker's step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The job cannot run (its archive, its image, its container); the
+    /// message is the reason shown to the user.
+    #[error("{0}")]
+    CannotRun(String),
+    #[error("cannot mark the job running: {0}")]
+    MarkRunning(#[source] StoreError),
+    #[error("cannot read the job: {0}")]
+    ReadJob(#[source] StoreError),
+    #[error("following the job's output failed: {0}")]
+    Follow(#[from] PumpError),
+    #[error("cannot inspect the container: {0}")]
+    Inspect(#[source] RuntimeError),
+    #[error("cannot record the job's end: {0}")]
+    Finish(#[source] StoreError),
+}
+
+/// What is done about a failed step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// Leave the job as it is; a pass after `after` looks at the facts again
+    /// and takes the step anew (resuming output from the stored cursor).
+    Retry { after: Duration },
+    /// The job ends this way (its reason becomes its last output line).
+    EndJob(JobOutcome),
+}
+
+/// The one error policy of every job.
+pub fn error_policy(error: &WorkerError) -> Policy {
+    match error {
+        // Nothing the job's owner can get from trying again.
+        WorkerError::CannotRun(reason) => Policy::EndJob(JobOutcome::failed(reason.clone())),
+        // Cancelled (and maybe ended) while it was starting: the job changed,
+        // not the world broke; the next pass acts on the change at once.
+        WorkerError::MarkRunning(StoreError::IllegalTransition(_)) => Policy::Retry {
+            after: Duration::ZERO,
+        },
+        WorkerError::MarkRunning(_)
+        | WorkerError::ReadJob(_)
+        | WorkerError::Follow(_)
+        | WorkerError::Inspect(_)
+        | WorkerError::Finish(_) => Policy::Retry { after: RETRY_AFTER },
+    }
+}
+
+/// What a worker does, as the reconciler sees it at the start of a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerKind {
+    /// Starting the container and/or following its output.
+    Following,
+    /// Stopping the container and recording how the job ended.
+    Ending,
+}
+
+pub(crate) type WorkerResult = Result<Done, WorkerError>;
+
+/// A running (or finished, not yet collected) worker.
+pub(crate) struct Worker {
+    pub kind: WorkerKind,
+    pub handle: JoinHandle<WorkerResult>,
+}
+
+/// Runs `step` for `job_id` as a worker: in the job's span, under the error
+/// policy, waking the reconciler when done.
+pub(crate) fn spawn<F>(ctx: &Context, job_id: JobId, kind: WorkerKind, step: F) -> Worker
+where
+    F: Future<Output = WorkerResult> + Send + 'static,
+{
+    let ctx = ctx.clone();
+    let span = tracing::info_span!("job", %job_id);
+    let handle = tokio::spawn(
+        async move {
+            let result = match step.await {
+                Ok(done) => Ok(done),
+                Err(error) => apply_policy(&ctx, job_id, error).await,
+            };
+            let _ = ctx.wake.send(job_id);
+            result
+        }
+        .instrument(span),
+    );
+    Worker { kind, handle }
+}
+
+async fn apply_policy(ctx: &Context, job_id: JobId, error: WorkerError) -> WorkerResult {
+    match error_policy(&error) {
+        Policy::EndJob(outcome) => {
+            tracing::warn!(reason = %error, "job cannot run");
+            finish(ctx, job_id, &outcome).await?;
+            Ok(Done::JobEnded)
+        }
+        Policy::Retry { after } => {
+            tracing::warn!(%error, retry_after = ?after, "job step failed; will retry");
+            tokio::time::sleep(after).await;
+            Err(error)
+        }
+    }
+}
+
+/// Creates, fills and starts a queued job's container, marks the job running,
+/// then follows its output.
+pub(crate) async fn start_and_follow(
+    ctx: Context,
+    job: Job,
+    stale_container: Option<String>,
+) -> WorkerResult {
+    // A container left by a controller that died while starting this job.
+    if let Some(stale) = stale_container {
+        remove_container(&ctx, &stale).await;
+    }
+    let container_id = launch(&ctx, &job).await?;
+    ctx.store
+        .mark_running(job.id, &container_id, &ctx.config.image)
+        .await
+        .map_err(WorkerError::MarkRunning)?;
+    tracing::info!(container = %container_id, "job running");
+    Ok(pump_logs(
+        ctx.store.clone(),
+        ctx.runtime.clone(),
+        job.id,
+        container_id,
+        None,
+        ctx.config.pump,
+    )
+    .await?
+    .into())
+}
+
+/// Follows an existing container's output from the job's stored cursor.
+pub(crate) async fn follow(ctx: Context, job_id: JobId, container_id: String) -> WorkerResult {
+    tracing::info!(container = %container_id, "following the job's container");
+    // The cursor is read now, not from the pass's snapshot: a follower that
+    // just failed may have stored more since.
+    let Some(job) = ctx
+        .store
+        .get_job(job_id)
+        .await
+        .map_err(WorkerError::ReadJob)?
+    else {
+        return Ok(Done::JobEnded);
+    };
+    Ok(pump_logs(
+        ctx.store.clone(),
+        ctx.runtime.clone(),
+        job_id,
+        container_id,
+        job.log_cursor,
+        ctx.config.pump,
+    )
+    .await?
+    .into())
+}
+
+/// Records how an exited container's job ended, then removes the container.
+pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) -> WorkerResult {
+    let outcome = match ctx
+        .runtime
+        .inspect(&container_id)
+        .await
+        .map_err(WorkerError::Inspect)?
+    {
+        Some(state) => exit_outcome(&state, &ctx.config),
+        None => JobOutcome::failed("The job's container disappeared before its exit code was read"),
+    };
+    finish(&ctx, job_id, &outcome).await?;
+    remove_container(&ctx, &container_id).await;
+    Ok(Done::Recorded)
+}
+
+/// Stops the job's container, if there is one, keeps what it printed until
+/// then, and ends the job with `outcome`.
+pub(crate) async fn end(
+    ctx: Context,
+    job_id: JobId,
+    container_id: Option<String>,
+    outcome: JobOutcome,
+    following: Option<JoinHandle<WorkerResult>>,
+) -> WorkerResult {
+    tracing::info!(status = %outcome.status, reason = ?outcome.reason, "ending job");
+    if let Some(id) = &container_id {
+        if let Err(e) = ctx.runtime.stop(id, ctx.config.stop_grace).await {
+            tracing::warn!(error = %e, "cannot stop the container");
+        }
+    }
+    if let Some(mut pump) = following {
+        if tokio::time::timeout(DRAIN_AFTER_STOP, &mut pump)
+            .await
+            .is_err()
+        {
+            pump.abort();
+        }
+    }
+    finish(&ctx, job_id, &outcome).await?;
+    if let Some(id) = &container_id {
+        remove_container(&ctx, id).await;
+    }
+    Ok(Done::Recorded)
+}
+
+/// How an exited container's state translates into a job outcome. A job
+/// killed from outside (by the kernel for memory, or by a signal, as when the
+/// Docker engine shuts down) gets a reason, so the user knows why.
+fn exit_outcome(state: &ContainerState, config: &ControllerConfig) -> JobOutcome {
+    let code = state.exit_code.unwrap_or(-1);
+    let mut outcome = JobOutcome::exited(code);
+    if state.oom_killed {
+        outcome.reason = Some(format!(
+            "The job was killed: it used more than its memory limit of {} MiB",
+            config.memory_bytes / (1024 * 1024)
+        ));
+    } else if code == 137 || code == 143 {
+        outcome.reason = Some(format!(
+            "The job's container was stopped from outside (signal {}), for example by a restart of the Docker engine; the tests did not finish",
+            code - 128
+        ));
+    }
+    outcome
+}
+
+/// Records the job's end; a job that had already ended is fine.
+async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<(), WorkerError> {
+    match ctx.store.finish_job(job_id, outcome).await {
+        Ok(job) => {
+            tracing::info!(status = %job.status, success = ?job.success, exit_code = ?job.exit_code, "job ended");
+            Ok(())
+        }
+        Err(StoreError::IllegalTransition(t)) => {
+            tracing::debug!(%t, "job had already ended");
+            Ok(())
+        }
+        Err(e) => Err(WorkerError::Finish(e)),
+    }
+}
+
+/// Removes a container, best-effort: what is left, the orphan sweep removes.
+pub(crate) async fn remove_container(ctx: &Context, id: &str) {
+    if let Err(e) = ctx.runtime.remove(id).await {
+        tracing::warn!(container = id, error = %e, "cannot remove container; the orphan sweep will");
+    }
+}
+
+/// Everything up to a started container with the whole project in it.
+async fn launch(ctx: &Context, job: &Job) -> Result<String, WorkerError> {
+    let config = &ctx.config;
+    let archive = ctx
+        .store
+        .get_archive(&job.archive_digest)
+        .await
+        .map_err(|e| WorkerError::CannotRun(format!("Cannot read the project archive: {e}")))?
+        .ok_or_else(|| {
+            WorkerError::CannotRun("The project archive is missing from the database".into())
+        })?;
+    let unpack = config.unpack;
+    let tar = tokio::task::spawn_blocking(move || zip_to_tar(&archive, unpack))
+        .await
+        .map_err(|e| WorkerError::CannotRun(format!("Unpacking the project failed: {e}")))?
+        .map_err(|e| WorkerError::CannotRun(format!("Cannot run the job: {e}")))?;
+
+    let spec = job_container_spec(job, config, &ProjectFacts::of_tar(&tar));
+    let id = ctx.runtime.create(&spec).await.map_err(|e| {
+        WorkerError::CannotRun(match e {
+            RuntimeError::ImageMissing(image) => format!(
+                "Cannot run the job: image {image} not found on the Docker engine (build it with scripts/runner-image.sh)"
+            ),
+            e => format!("Cannot create the job's container: {e}"),
+        })
+    })?;
+    // The job is marked running only once the whole project is in: a
+    // controller that dies before leaves a queued job, which is started anew.
+    // The one place the project is handed to the runtime.
+    if let Err(e) = ctx.runtime.start_with_input(&id, tar).await {
+        remove_container(ctx, &id).await;
+        return Err(WorkerError::CannotRun(format!(
+            "Cannot start the job's container: {e}"
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ci_common::JobStatus;
+    use ci_common::TransitionError;
+
+    #[test]
+    fn what_cannot_run_ends_the_job_and_the_rest_is_retried() {
+        let unreachable = || StoreError::NotFound("the database".into());
+        let cases = [
+            (
+                WorkerError::CannotRun("image x not found".into()),
+                Policy::EndJob(JobOutcome::failed("image x not found")),
+            ),
+            (
+                WorkerError::MarkRunning(StoreError::IllegalTransition(TransitionError {
+                    from: JobStatus::Cancelled,
+                    to: JobStatus::Running,
+                })),
+                Policy::Retry {
+                    after: Duration::ZERO,
+                },
+            ),
+            (
+                WorkerError::MarkRunning(unreachable()),
+                Policy::Retry { after: RETRY_AFTER },
+            ),
+            (
+                WorkerError::ReadJob(unreachable()),
+                Policy::Retry { after: RETRY_AFTER },
+            ),
+            (
+                WorkerError::Follow(PumpError::Store(unreachable())),
+                Policy::Retry { after: RETRY_AFTER },
+            ),
+            (
+                WorkerError::Inspect(RuntimeError::NotFound("c".into())),
+                Policy::Retry { after: RETRY_AFTER },
+            ),
+            (
+                WorkerError::Finish(unreachable()),
+                Policy::Retry { after: RETRY_AFTER },
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error_policy(&error), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn containers_killed_from_outside_say_why() {
+        let config = ControllerConfig::default();
+        let state = |exit_code, oom_killed| ContainerState {
+            running: false,
+            exit_code: Some(exit_code),
+            oom_killed,
+        };
+        let passed = exit_outcome(&state(0, false), &config);
+        assert_eq!((passed.success, passed.reason), (Some(true), None));
+        let failed = exit_outcome(&state(1, false), &config);
+        assert_eq!((failed.exit_code, failed.reason), (Some(1), None));
+        let oom = exit_outcome(&state(137, true), &config);
+        assert!(oom
+            .reason
+            .is_some_and(|r| r.contains("memory limit of 2048 MiB")));
+        let killed = exit_outcome(&state(143, false), &config);
+        assert!(killed.reason.is_some_and(|r| r.contains("signal 15")));
+    }
+}
