@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::python::PythonVersion;
+
 /// A job's identity: a random UUID, shown to users in its hyphenated form.
 pub type JobId = Uuid;
 
@@ -126,6 +128,24 @@ pub struct Job {
     pub log_cursor: Option<String>,
     /// Sequence number of the last stored output chunk (0 when none).
     pub last_seq: i64,
+    /// How the user asked for the job to run.
+    pub options: JobOptions,
+    /// The Python the job ran, once its image was chosen.
+    pub python: Option<PythonVersion>,
+}
+
+/// How the user asked for a job to run, beside the project itself. All of it
+/// is optional: the reference client sends none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// `--python X.Y`: this Python exactly.
+    pub python: Option<PythonVersion>,
+    /// The project the job belongs to (its name), for history.
+    pub project: Option<String>,
+    /// `--fresh-env`: build the dependency environment anew.
+    pub fresh_env: bool,
+    /// Arguments for pytest, passed as argv (never through a shell).
+    pub pytest_args: Vec<String>,
 }
 
 impl Job {
@@ -152,6 +172,8 @@ impl Job {
             failure_reason: None,
             log_cursor: None,
             last_seq: 0,
+            options: JobOptions::default(),
+            python: None,
         }
     }
 }

@@ -252,6 +252,7 @@ mod tests {
     use std::io::Write;
 
     use ci_common::config::DatabaseLocation;
+    use ci_common::JobOptions;
     use ci_persistence::NewJob;
     use tokio::task::JoinHandle;
 
@@ -335,6 +336,7 @@ mod tests {
                     id,
                     user_id: user,
                     archive_digest: digest,
+                    options: JobOptions::default(),
                 })
                 .await
                 .unwrap();

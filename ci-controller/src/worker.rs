@@ -178,7 +178,7 @@ pub(crate) async fn start_and_follow(
     }
     let container_id = launch(&ctx, &job).await?;
     ctx.store
-        .mark_running(job.id, &container_id, &ctx.config.image)
+        .mark_running(job.id, &container_id, &ctx.config.image, None)
         .await
         .map_err(WorkerError::MarkRunning)?;
     tracing::info!(container = %container_id, "job running");

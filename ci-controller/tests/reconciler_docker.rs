@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ci_common::config::DatabaseLocation;
-use ci_common::{Job, JobStatus};
+use ci_common::{Job, JobOptions, JobStatus};
 use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
 use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
 use ci_persistence::{NewJob, Store};
@@ -90,6 +90,7 @@ impl Harness {
                 id,
                 user_id: self.user,
                 archive_digest: digest,
+                options: JobOptions::default(),
             })
             .await
             .unwrap();
@@ -456,6 +457,7 @@ async fn capacity_is_shared_fairly_between_users() {
             id: modest,
             user_id: other_user,
             archive_digest: digest,
+            options: JobOptions::default(),
         })
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use ci_common::api::JobSummary;
-use ci_common::{generate_api_key, JobStatus};
+use ci_common::{generate_api_key, JobOptions, JobStatus};
 use uuid::Uuid;
 
 use crate::{Channel, JobOutcome, NewJob, Store, StoreError};
@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             a_key_and_a_job_are_read_together,
             archives_are_content_addressed,
             jobs_follow_their_life_cycle,
+            job_options_and_the_python_run_are_kept,
             illegal_transitions_are_refused,
             failure_reason_is_the_last_output,
             cancellation_is_recorded_once,
@@ -67,6 +68,7 @@ async fn job(store: &Store, user_id: Uuid) -> Uuid {
             id,
             user_id,
             archive_digest: digest,
+            options: JobOptions::default(),
         })
         .await
         .unwrap();
@@ -77,6 +79,48 @@ async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), f)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+pub async fn job_options_and_the_python_run_are_kept(s: Store, other: Store) {
+    let user_id = user(&s).await;
+    let digest = s.put_archive(b"PK\x05\x06 options").await.unwrap();
+    let options = JobOptions {
+        python: Some("3.13".parse().unwrap()),
+        project: Some("démo-project".into()),
+        fresh_env: true,
+        pytest_args: vec!["-k".into(), "not slow and 'quoted'".into(), "-x".into()],
+    };
+    let id = Uuid::new_v4();
+    let created = s
+        .create_job(&NewJob {
+            id,
+            user_id,
+            archive_digest: digest.clone(),
+            options: options.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.options.clone(), created.python),
+        (options.clone(), None)
+    );
+    // Read back by another process, and through the controller's listing.
+    let read = other.get_job(id).await.unwrap().unwrap();
+    assert_eq!(read.options, options);
+    let unfinished = other.list_unfinished_jobs().await.unwrap();
+    assert_eq!(unfinished[0].options, options);
+    let running = other
+        .mark_running(id, "c", "img", Some("3.13".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(
+        running.python.map(|p| p.to_string()).as_deref(),
+        Some("3.13")
+    );
+    // The reference client's jobs ask for nothing.
+    let plain = job(&s, user_id).await;
+    let plain = s.get_job(plain).await.unwrap().unwrap();
+    assert_eq!((plain.options, plain.python), (JobOptions::default(), None));
 }
 
 pub async fn users_are_created_found_and_unique(s: Store, _: Store) {
@@ -287,7 +331,10 @@ pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {
         .collect();
     assert_eq!(unfinished, vec![first, second, stranger], "oldest first");
 
-    let running = s.mark_running(first, "c0ffee", "img:1").await.unwrap();
+    let running = s
+        .mark_running(first, "c0ffee", "img:1", None)
+        .await
+        .unwrap();
     assert_eq!(running.status, JobStatus::Running);
     assert_eq!(running.container_id.as_deref(), Some("c0ffee"));
     assert!(running.started_at.is_some());
@@ -314,7 +361,7 @@ pub async fn illegal_transitions_are_refused(s: Store, _: Store) {
     let id = job(&s, user(&s).await).await;
     s.finish_job(id, &JobOutcome::cancelled()).await.unwrap();
     for result in [
-        s.mark_running(id, "c", "i").await,
+        s.mark_running(id, "c", "i", None).await,
         s.finish_job(id, &JobOutcome::exited(0)).await,
         s.finish_job(id, &JobOutcome::cancelled()).await,
     ] {
@@ -323,7 +370,7 @@ pub async fn illegal_transitions_are_refused(s: Store, _: Store) {
             "{result:?}"
         );
     }
-    let missing = s.mark_running(Uuid::new_v4(), "c", "i").await;
+    let missing = s.mark_running(Uuid::new_v4(), "c", "i", None).await;
     assert!(
         matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
@@ -458,6 +505,7 @@ pub async fn concurrent_job_creation_from_two_processes(s: Store, other: Store) 
                     id: Uuid::new_v4(),
                     user_id: uid,
                     archive_digest: digest,
+                    options: JobOptions::default(),
                 })
                 .await
         }));

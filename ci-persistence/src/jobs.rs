@@ -3,7 +3,7 @@
 
 use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
-use ci_common::{Job, JobId, JobStatus, TransitionError};
+use ci_common::{Job, JobId, JobOptions, JobStatus, PythonVersion, TransitionError};
 use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
@@ -18,6 +18,7 @@ pub struct NewJob {
     pub id: JobId,
     pub user_id: Uuid,
     pub archive_digest: String,
+    pub options: JobOptions,
 }
 
 /// How a job ended.
@@ -86,12 +87,21 @@ impl Store {
         let now = now();
         let mut tx = self.writer.begin().await?;
         sqlx::query(
-            "INSERT INTO jobs (id, user_id, status, created_at, archive_digest) VALUES ($1, $2, 'queued', $3, $4)",
+            "INSERT INTO jobs (id, user_id, status, created_at, archive_digest, \
+             python_requested, project, fresh_env, pytest_args) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
         )
         .bind(new.id.to_string())
         .bind(new.user_id.to_string())
         .bind(to_micros(now))
         .bind(&new.archive_digest)
+        .bind(new.options.python.map(|p| p.to_string()))
+        .bind(new.options.project.as_deref())
+        .bind(i64::from(new.options.fresh_env))
+        .bind(
+            serde_json::to_string(&new.options.pytest_args)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )
         .execute(&mut *tx)
         .await?;
         bump(&mut tx, Channel::Jobs).await?;
@@ -153,11 +163,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
-    /// Records that the job's container started.
-    pub async fn mark_running(&self, id: JobId, container_id: &str, image: &str) -> Result<Job> {
+    /// Records that the job's container started, in `image`, with `python`.
+    pub async fn mark_running(
+        &self,
+        id: JobId,
+        container_id: &str,
+        image: &str,
+        python: Option<PythonVersion>,
+    ) -> Result<Job> {
         let sql = format!(
-            "UPDATE jobs SET status = 'running', started_at = $1, container_id = $2, image = $3 \
-             WHERE id = $4 AND status IN ({})",
+            "UPDATE jobs SET status = 'running', started_at = $1, container_id = $2, image = $3, \
+             python = $4 WHERE id = $5 AND status IN ({})",
             statuses_leading_to(JobStatus::Running)
         );
         let mut tx = self.writer.begin().await?;
@@ -165,6 +181,7 @@ impl Store {
             .bind(to_micros(now()))
             .bind(container_id)
             .bind(image)
+            .bind(python.map(|p| p.to_string()))
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?

@@ -3,7 +3,7 @@
 
 use ci_common::api::JobSummary;
 use ci_common::time::from_micros;
-use ci_common::{ApiKeyRecord, Job, JobStatus, User};
+use ci_common::{ApiKeyRecord, Job, JobOptions, JobStatus, PythonVersion, User};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -15,7 +15,8 @@ pub(crate) const KEY_COLUMNS: &str =
     "id, user_id, name, key_prefix, created_at, last_used_at, is_active";
 pub(crate) const JOB_COLUMNS: &str =
     "id, user_id, status, success, exit_code, created_at, started_at, ended_at, \
-     container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq";
+     container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq, \
+     python_requested, project, fresh_env, pytest_args, python";
 
 /// What a [`JobSummary`] needs of a job.
 pub(crate) const SUMMARY_COLUMNS: &str =
@@ -116,5 +117,25 @@ pub(crate) fn job(row: &AnyRow) -> Result<Job> {
         failure_reason: row.try_get("failure_reason")?,
         log_cursor: row.try_get("log_cursor")?,
         last_seq: row.try_get("last_seq")?,
+        options: JobOptions {
+            python: python(row, "python_requested")?,
+            project: row.try_get("project")?,
+            fresh_env: flag(row, "fresh_env")?,
+            pytest_args: {
+                let raw: String = row.try_get("pytest_args")?;
+                serde_json::from_str(&raw)
+                    .map_err(|e| StoreError::Corrupt(format!("pytest_args {raw:?}: {e}")))?
+            },
+        },
+        python: python(row, "python")?,
     })
+}
+
+fn python(row: &AnyRow, col: &str) -> Result<Option<PythonVersion>> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|raw| {
+            raw.parse()
+                .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+        })
+        .transpose()
 }

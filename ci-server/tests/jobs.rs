@@ -242,13 +242,20 @@ async fn jobs_lists_the_callers_jobs_newest_first() {
     let third = app.submit_async().await;
 
     // first: completed successfully; second: running; third: queued.
-    app.store.mark_running(first, "c1", "img").await.unwrap();
+    app.store
+        .mark_running(first, "c1", "img", None)
+        .await
+        .unwrap();
     let done = app
         .store
         .finish_job(first, &JobOutcome::exited(0))
         .await
         .unwrap();
-    let running = app.store.mark_running(second, "c2", "img").await.unwrap();
+    let running = app
+        .store
+        .mark_running(second, "c2", "img", None)
+        .await
+        .unwrap();
 
     let response = app.get("/jobs").send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -418,7 +425,10 @@ async fn cancelling_asks_for_cancellation_and_returns_the_summary() {
     let (_, other_key, _) = app.new_user().await;
     let queued = app.submit_async().await;
     let running = app.submit_async().await;
-    app.store.mark_running(running, "c", "img").await.unwrap();
+    app.store
+        .mark_running(running, "c", "img", None)
+        .await
+        .unwrap();
     let theirs = app.submit_async_as(&other_key).await;
 
     let response = app

@@ -85,7 +85,7 @@ async fn the_reference_style_python_client_works_unchanged() {
         match name.as_str() {
             "submitted" => {
                 let job: JobId = step["job_id"].as_str().unwrap().parse().unwrap();
-                app.store.mark_running(job, "c", "i").await.unwrap();
+                app.store.mark_running(job, "c", "i", None).await.unwrap();
                 let chunks = ["collected 1 item\n".to_string()];
                 app.store.append_log(job, &chunks, None).await.unwrap();
                 let chunks = ["test_sample.py::test_ok PASSED\n".to_string()];
@@ -97,7 +97,7 @@ async fn the_reference_style_python_client_works_unchanged() {
             }
             "submitted_async" => {
                 let job: JobId = step["job_id"].as_str().unwrap().parse().unwrap();
-                app.store.mark_running(job, "c", "i").await.unwrap();
+                app.store.mark_running(job, "c", "i", None).await.unwrap();
                 let chunks = ["1 failed\n".to_string()];
                 app.store.append_log(job, &chunks, None).await.unwrap();
                 app.store

@@ -37,7 +37,7 @@ async fn expect_complete(stream: &mut SseStream, success: bool) -> Received {
 async fn running_job_with_output(app: &TestApp, n: i64) -> JobId {
     let job = app.submit_async().await;
     app.store
-        .mark_running(job, "container", "image")
+        .mark_running(job, "container", "image", None)
         .await
         .unwrap();
     for i in 1..=n {
@@ -115,7 +115,7 @@ async fn a_queued_job_streams_from_its_first_output() {
     let job = app.submit_async().await;
     let mut stream = app.stream(job, "", None).await;
     let mut replay = app.stream(job, "?from_beginning=true", None).await;
-    app.store.mark_running(job, "c", "i").await.unwrap();
+    app.store.mark_running(job, "c", "i", None).await.unwrap();
     append(&app.store, job, &["first\n"]).await;
     app.store
         .finish_job(job, &JobOutcome::exited(0))
@@ -220,7 +220,7 @@ async fn resuming_a_running_job_follows_it() {
 async fn a_long_backlog_is_sent_in_order_without_gaps() {
     let app = spawn_app().await;
     let job = app.submit_async().await;
-    app.store.mark_running(job, "c", "i").await.unwrap();
+    app.store.mark_running(job, "c", "i", None).await.unwrap();
     let chunks: Vec<String> = (1..=1234).map(|i| format!("{i}\n")).collect();
     app.store.append_log(job, &chunks, None).await.unwrap();
     app.store
@@ -403,7 +403,10 @@ async fn submit_stream_names_the_job_then_streams_it() {
         .expect("job exists");
     assert_eq!(job.user_id, app.user.id);
 
-    app.store.mark_running(job_id, "c", "i").await.unwrap();
+    app.store
+        .mark_running(job_id, "c", "i", None)
+        .await
+        .unwrap();
     append(&app.store, job_id, &["collected 1 item\n"]).await;
     assert_eq!(stream.expect_event().await, log(1, "collected 1 item\n"));
     append(
@@ -432,7 +435,7 @@ async fn submit_streams_the_job_without_naming_it() {
     assert_eq!(jobs.len(), 1);
     let job = jobs[0].job_id;
 
-    app.store.mark_running(job, "c", "i").await.unwrap();
+    app.store.mark_running(job, "c", "i", None).await.unwrap();
     append(&app.store, job, &["1 failed\n"]).await;
     // The first event is the job's output, not a job_id event.
     assert_eq!(stream.expect_event().await, log(1, "1 failed\n"));

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ci_common::config::DatabaseLocation;
-use ci_common::Job;
+use ci_common::{Job, JobOptions};
 use ci_controller::runtime::LABEL_INSTALLATION;
 use ci_persistence::{NewJob, Store};
 use uuid::Uuid;
@@ -123,6 +123,7 @@ impl Setup {
                 id,
                 user_id: self.user,
                 archive_digest: digest,
+                options: JobOptions::default(),
             })
             .await
             .unwrap();

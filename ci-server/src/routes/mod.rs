@@ -8,7 +8,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
-use ci_common::{Job, JobId, User};
+use ci_common::{Job, JobId, JobOptions, User};
 use ci_persistence::NewJob;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -49,6 +49,7 @@ async fn queue_job(
             id: Uuid::new_v4(),
             user_id: user.id,
             archive_digest,
+            options: JobOptions::default(),
         })
         .await?;
     tracing::info!(job_id = %job.id, user = %user.email, bytes = zip.len(), "job queued");

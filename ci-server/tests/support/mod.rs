@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ci_common::api::StreamEvent;
 use ci_common::config::DatabaseLocation;
-use ci_common::{generate_api_key, ApiKeyRecord, JobId, User};
+use ci_common::{generate_api_key, ApiKeyRecord, JobId, JobOptions, User};
 use ci_persistence::{NewJob, Store, StoreOptions};
 use ci_server::{serve, App, ServerConfig};
 use futures::{Stream, StreamExt};
@@ -244,6 +244,7 @@ impl TestApp {
                 id,
                 user_id,
                 archive_digest: digest,
+                options: JobOptions::default(),
             })
             .await
             .expect("create job");
