@@ -97,8 +97,12 @@ impl ManualJob {
     /// the benchmark instead of the installation, so that the controller never
     /// takes it for an orphan of its own and the cleanup finds it.
     pub fn spec(&self, project: &[u8]) -> ContainerSpec {
-        let mut spec =
-            job_container_spec(&self.job(), &self.config, &ProjectFacts::of_tar(project));
+        let mut spec = job_container_spec(
+            &self.job(),
+            &self.config,
+            &ProjectFacts::of_tar(project),
+            &self.config.image,
+        );
         spec.labels = BTreeMap::from([(LABEL_BENCH.to_string(), self.bench_label.clone())]);
         spec
     }
@@ -531,6 +535,7 @@ mod tests {
                     has_requirements,
                     requires_python: None,
                 },
+                &manual.config.image,
             );
             // Only what names one job differs.
             controllers.name.clone_from(&spec.name);

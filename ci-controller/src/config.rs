@@ -16,17 +16,27 @@ pub const UNPACK_FROM_STDIN: &str = "tar -x -C /workspace -f - 2>&1 \
 exec </dev/null\n";
 
 /// What a job does once its project is in `/workspace`: install the
-/// requirements when there are any, then run pytest. stderr joins stdout so
-/// the output keeps its order.
+/// requirements when there are any, then run pytest with the job's pytest
+/// arguments (the script's own, `"$@"`). A project whose environment has no
+/// pytest of its own runs the image's (`/opt/ci-pytest`, see
+/// `runner-image/Dockerfile`), put on the path only then and only for the
+/// tests, so pip never mistakes it for one the project installed. stderr joins stdout so the output keeps its order.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
 if [ -f requirements.txt ]; then\n\
   pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
 fi\n\
-exec python -m pytest -v\n";
+[ -d \"$(echo \"$VIRTUAL_ENV\"/lib/python3*/site-packages/pytest)\" ] \
+|| export PYTHONPATH=/opt/ci-pytest${PYTHONPATH:+:$PYTHONPATH}\n\
+exec python -m pytest -v \"$@\"\n";
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// The base image: jobs that ask for no Python (or whose Python has no
+    /// runner image of its own) run in it.
     pub image: String,
+    /// The Python of jobs that ask for none (`CI_PYTHON_DEFAULT`); `None`:
+    /// the base image's own.
+    pub python_default: Option<ci_common::PythonVersion>,
     /// Names this installation's containers (prefix of their names and value of
     /// their installation label), so installations can share an engine.
     pub container_prefix: String,
@@ -53,6 +63,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             image: DEFAULT_IMAGE.to_string(),
+            python_default: None,
             container_prefix: String::new(),
             network_mode: "bridge".to_string(),
             reconcile_interval: Duration::from_secs(2),

@@ -73,13 +73,14 @@ pub struct VolumeMount {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The container of `job`: the job script as the unprivileged user, with all
+/// The container of `job`, from `image`: the job script as the unprivileged user, with all
 /// capabilities dropped, no new privileges, limits, the installation's
 /// labels, and the project arriving on standard input.
 pub fn job_container_spec(
     job: &Job,
     config: &ControllerConfig,
     project: &ProjectFacts,
+    image: &str,
 ) -> ContainerSpec {
     // `pip install` writes into the image's venv; a job that installs nothing
     // runs on a read-only root.
@@ -118,12 +119,19 @@ pub fn job_container_spec(
     };
     ContainerSpec {
         name: format!("{}ci-job-{}", config.container_prefix, job.id),
-        image: config.image.clone(),
-        cmd: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("{UNPACK_FROM_STDIN}{JOB_SCRIPT}"),
-        ],
+        image: image.to_string(),
+        // The pytest arguments are the script's own (`"$@"`), never text for
+        // a shell to read.
+        cmd: [
+            "sh",
+            "-c",
+            &format!("{UNPACK_FROM_STDIN}{JOB_SCRIPT}"),
+            "ci-job",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .chain(job.options.pytest_args.iter().cloned())
+        .collect(),
         labels,
         user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: WORKSPACE_DIR.into(),
@@ -178,7 +186,7 @@ mod tests {
     #[test]
     fn a_job_runs_confined_as_the_unprivileged_user() {
         let (job, config) = (job(), config());
-        let spec = job_container_spec(&job, &config, INSTALLS);
+        let spec = job_container_spec(&job, &config, INSTALLS, "runner:test");
         assert_eq!(spec.name, format!("p-ci-job-{}", job.id));
         assert_eq!(spec.image, "runner:test");
         assert_eq!(spec.user, "1000:1000");
@@ -203,16 +211,29 @@ mod tests {
 
     #[test]
     fn the_command_unpacks_the_project_from_stdin_then_runs_the_job() {
-        let spec = job_container_spec(&job(), &config(), INSTALLS);
+        let spec = job_container_spec(&job(), &config(), INSTALLS, "runner:test");
         assert_eq!(spec.cmd[..2], ["sh", "-c"]);
         assert!(spec.cmd[2].starts_with(UNPACK_FROM_STDIN));
         assert!(spec.cmd[2].ends_with(JOB_SCRIPT));
+        assert_eq!(spec.cmd[3..], ["ci-job"]);
+    }
+
+    #[test]
+    fn pytest_arguments_are_argv_never_shell_text() {
+        let mut job = job();
+        job.options.pytest_args = vec!["-k".into(), "a and not b; rm -rf /".into(), "-x".into()];
+        let spec = job_container_spec(&job, &config(), INSTALLS, "runner:test");
+        assert_eq!(
+            spec.cmd[3..],
+            ["ci-job", "-k", "a and not b; rm -rf /", "-x"]
+        );
+        assert!(spec.cmd[2].ends_with("exec python -m pytest -v \"$@\"\n"));
     }
 
     #[test]
     fn a_job_that_installs_gets_a_writable_root_and_its_users_pip_cache() {
         let (job, config) = (job(), config());
-        let spec = job_container_spec(&job, &config, INSTALLS);
+        let spec = job_container_spec(&job, &config, INSTALLS, "runner:test");
         assert!(!spec.read_only_rootfs);
         assert!(spec.tmpfs.is_empty());
         assert_eq!(
@@ -227,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_job_that_installs_nothing_runs_on_a_read_only_root() {
-        let spec = job_container_spec(&job(), &config(), INSTALLS_NOTHING);
+        let spec = job_container_spec(&job(), &config(), INSTALLS_NOTHING, "runner:test");
         assert!(spec.read_only_rootfs);
         assert_eq!(
             spec.volumes,
@@ -256,7 +277,7 @@ mod tests {
             read_only_rootfs: false,
             ..config()
         };
-        let spec = job_container_spec(&job(), &config, INSTALLS_NOTHING);
+        let spec = job_container_spec(&job(), &config, INSTALLS_NOTHING, "runner:test");
         assert!(!spec.read_only_rootfs);
         assert!(spec.tmpfs.is_empty());
         assert_eq!(spec.volumes.len(), 1, "the pip cache only");

@@ -21,8 +21,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, LogLine, Result, RuntimeError,
-    LABEL_INSTALLATION, LABEL_JOB,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ImageInfo, LogLine, Result,
+    RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
 };
 
 /// One container, as the fake engine keeps it.
@@ -40,6 +40,8 @@ pub struct FakeContainer {
 #[derive(Default)]
 struct Engine {
     images: HashSet<String>,
+    /// Images as `list_images` shows them (runner images with labels).
+    listed_images: Vec<ImageInfo>,
     containers: BTreeMap<String, FakeContainer>,
     next_id: u64,
     /// The most containers that ran at once.
@@ -95,6 +97,16 @@ impl FakeRuntime {
             engine: Arc::new(Mutex::new(engine)),
             changed: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Adds an image that `list_images` shows, as `scripts/runner-image.sh`
+    /// would build it.
+    pub fn add_image(&self, info: ImageInfo) {
+        self.change(|e| {
+            e.images.extend(info.tags.iter().cloned());
+            e.images.insert(info.id.clone());
+            e.listed_images.push(info);
+        });
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -340,6 +352,16 @@ impl ContainerRuntime for FakeRuntime {
     async fn remove(&self, id: &str) -> Result<()> {
         self.change(|e| e.containers.remove(id));
         Ok(())
+    }
+
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>> {
+        Ok(self
+            .engine()
+            .listed_images
+            .iter()
+            .filter(|i| i.labels.contains_key(label))
+            .cloned()
+            .collect())
     }
 
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {

@@ -29,6 +29,11 @@ struct Args {
     #[arg(long, env = "CI_PYTHON_BASE_IMAGE", default_value = DEFAULT_IMAGE)]
     python_base_image: String,
 
+    /// Python for jobs that ask for none and whose project states no
+    /// requires-python (major.minor). Default: the base image's.
+    #[arg(long, env = "CI_PYTHON_DEFAULT", value_name = "X.Y")]
+    python_default: Option<ci_common::PythonVersion>,
+
     /// Full resync period in seconds (wake-ups start new jobs at once).
     #[arg(long = "interval", env = "CI_RECONCILE_INTERVAL")]
     interval: Option<String>,
@@ -70,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut config = ControllerConfig {
         image: args.python_base_image,
+        python_default: args.python_default,
         network_mode: args.job_network,
         reconcile_interval: parse_interval(args.interval.as_deref()),
         job_timeout: Duration::from_secs(args.job_timeout.max(1)),

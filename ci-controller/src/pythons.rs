@@ -12,6 +12,8 @@ use std::str::FromStr;
 use ci_common::PythonVersion;
 use pep440_rs::{Version, VersionSpecifiers};
 
+use crate::runtime::ImageInfo;
+
 /// Label with the `major.minor` Python of a runner image.
 pub const LABEL_PYTHON: &str = "ci.python";
 /// Label with the image's full Python version (`3.13.5`), when known; it
@@ -182,6 +184,53 @@ impl PythonCatalog {
     }
 }
 
+/// What the installation offers at one moment: the catalog, the base image
+/// (`CI_PYTHON_BASE_IMAGE`) and the default Python.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonOffer {
+    catalog: PythonCatalog,
+    base_image: String,
+    /// The base image's own Python, when it is a labelled runner image.
+    base_python: Option<PythonVersion>,
+    default: Option<PythonVersion>,
+}
+
+impl PythonOffer {
+    /// The offer of the images the engine lists. The default Python is the
+    /// configured one (`CI_PYTHON_DEFAULT`), else the base image's.
+    pub fn new(
+        images: &[ImageInfo],
+        base_image: &str,
+        configured_default: Option<PythonVersion>,
+    ) -> Self {
+        let catalog = PythonCatalog::from_labelled(
+            images
+                .iter()
+                .map(|i| (i.reference().to_string(), i.labels.clone())),
+        );
+        let base_python = images
+            .iter()
+            .find(|i| i.id == base_image || i.tags.iter().any(|t| t == base_image))
+            .and_then(|i| i.labels.get(LABEL_PYTHON))
+            .and_then(|raw| raw.parse().ok());
+        PythonOffer {
+            catalog,
+            base_image: base_image.to_string(),
+            base_python,
+            default: configured_default.or(base_python),
+        }
+    }
+
+    /// The image a job runs in and its Python (unknown for an unlabelled
+    /// base image).
+    pub fn resolve(&self, wish: &PythonWish) -> Result<(String, Option<PythonVersion>), NoPython> {
+        Ok(match self.catalog.choose(wish, self.default)? {
+            PythonChoice::Image(image) => (image.image, Some(image.python)),
+            PythonChoice::BaseImage => (self.base_image.clone(), self.base_python),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +345,44 @@ mod tests {
         assert_eq!(
             catalog.get(v("3.13")).map(|i| i.version.to_string()),
             Some("3.13.0".to_string())
+        );
+    }
+
+    fn image(id: &str, tag: &str, python: &str) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            tags: vec![tag.into()],
+            labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
+        }
+    }
+
+    #[test]
+    fn the_default_is_configured_else_the_base_images_python() {
+        let images = [
+            image("sha256:a", "runner:3.11", "3.11"),
+            image("sha256:b", "runner:3.13", "3.13"),
+        ];
+        let nothing = PythonWish::default();
+        let offer = PythonOffer::new(&images, "runner:3.11", None);
+        assert_eq!(
+            offer.resolve(&nothing),
+            Ok(("runner:3.11".into(), Some(v("3.11"))))
+        );
+        let offer = PythonOffer::new(&images, "runner:3.11", Some(v("3.13")));
+        assert_eq!(
+            offer.resolve(&nothing),
+            Ok(("runner:3.13".into(), Some(v("3.13"))))
+        );
+        // A custom, unlabelled base image runs what asks for nothing.
+        let offer = PythonOffer::new(&images, "custom:1", None);
+        assert_eq!(offer.resolve(&nothing), Ok(("custom:1".into(), None)));
+        let asked = PythonWish {
+            requested: Some(v("3.13")),
+            requires_python: None,
+        };
+        assert_eq!(
+            offer.resolve(&asked),
+            Ok(("runner:3.13".into(), Some(v("3.13"))))
         );
     }
 }

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::ControllerConfig;
 use crate::decision::{decide, Action, Observed, WorkerState};
+use crate::pythons::{PythonOffer, LABEL_PYTHON};
 use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeError};
 use crate::scheduler::{self, Candidate, Turns};
 use crate::worker::{self, Context, Worker, WorkerKind};
@@ -146,10 +147,20 @@ impl Reconciler {
 
         let free = self.ctx.config.max_concurrent_jobs.saturating_sub(busy);
         let starts = scheduler::pick(&eligible, &running_per_user, &mut self.turns, free);
-        let by_id: HashMap<JobId, &Job> = jobs.iter().map(|j| (j.id, j)).collect();
-        for id in starts {
-            if let Some(job) = by_id.get(&id) {
-                self.start(job, by_job.get(&id).map(|c| c.id.clone()));
+        if !starts.is_empty() {
+            // The runner images are looked up afresh whenever jobs start, so
+            // an image built meanwhile is on offer without a restart.
+            let images = self.ctx.runtime.list_images(LABEL_PYTHON).await?;
+            let pythons = Arc::new(PythonOffer::new(
+                &images,
+                &self.ctx.config.image,
+                self.ctx.config.python_default,
+            ));
+            let by_id: HashMap<JobId, &Job> = jobs.iter().map(|j| (j.id, j)).collect();
+            for id in starts {
+                if let Some(job) = by_id.get(&id) {
+                    self.start(job, by_job.get(&id).map(|c| c.id.clone()), pythons.clone());
+                }
             }
         }
 
@@ -211,8 +222,9 @@ impl Reconciler {
         }
     }
 
-    fn start(&mut self, job: &Job, stale_container: Option<String>) {
-        let step = worker::start_and_follow(self.ctx.clone(), job.clone(), stale_container);
+    fn start(&mut self, job: &Job, stale_container: Option<String>, pythons: Arc<PythonOffer>) {
+        let step =
+            worker::start_and_follow(self.ctx.clone(), job.clone(), stale_container, pythons);
         let w = worker::spawn(&self.ctx, job.id, WorkerKind::Following, step);
         self.workers.insert(job.id, w);
     }
@@ -259,7 +271,7 @@ mod tests {
     use super::*;
     use crate::container_spec::ContainerSpec;
     use crate::fake_runtime::{FakeRuntime, PATIENCE};
-    use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB};
+    use crate::runtime::{ImageInfo, LABEL_INSTALLATION, LABEL_JOB};
     use crate::workspace::tar_has_file;
 
     const IMAGE: &str = "runner:fake";
@@ -322,6 +334,15 @@ mod tests {
         }
 
         async fn submit_as(&self, user: Uuid, files: &[(&str, &str)]) -> JobId {
+            self.submit_with(user, files, JobOptions::default()).await
+        }
+
+        async fn submit_with(
+            &self,
+            user: Uuid,
+            files: &[(&str, &str)],
+            options: JobOptions,
+        ) -> JobId {
             let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
             for (name, text) in files {
                 zip.start_file(*name, zip::write::SimpleFileOptions::default())
@@ -336,7 +357,7 @@ mod tests {
                     id,
                     user_id: user,
                     archive_digest: digest,
-                    options: JobOptions::default(),
+                    options,
                 })
                 .await
                 .unwrap();
@@ -453,6 +474,69 @@ mod tests {
             assert_eq!(h.output(job).await, "collected 1 item\n");
             h.container_gone(&id).await;
         }
+    }
+
+    #[tokio::test]
+    async fn jobs_run_on_the_python_they_ask_for() {
+        let h = Harness::start(|_| {}).await;
+        for python in ["3.11", "3.13"] {
+            h.engine.add_image(ImageInfo {
+                id: format!("sha256:{python}"),
+                tags: vec![format!("runner:{python}")],
+                labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
+            });
+        }
+        let test = ("test_ok.py", "def test_ok():\n    pass\n");
+        let by_spec = h
+            .submit_as(
+                h.user,
+                &[
+                    test,
+                    ("pyproject.toml", "[project]\nrequires-python = '>=3.12'\n"),
+                ],
+            )
+            .await;
+        let by_flag = h
+            .submit_with(
+                h.user,
+                &[test],
+                JobOptions {
+                    python: Some("3.11".parse().unwrap()),
+                    ..JobOptions::default()
+                },
+            )
+            .await;
+        let unasked = h.submit().await;
+        let unsatisfiable = h
+            .submit_as(
+                h.user,
+                &[test, ("setup.cfg", "[options]\npython_requires = >=3.14\n")],
+            )
+            .await;
+
+        for (job, image, python) in [
+            (by_spec, "runner:3.13", Some("3.13")),
+            (by_flag, "runner:3.11", Some("3.11")),
+            // The base image is unlabelled here: its Python is unknown.
+            (unasked, IMAGE, None),
+        ] {
+            let container = h.running_container(job).await;
+            assert_eq!(h.engine.container(&container).unwrap().spec.image, image);
+            let running = h
+                .job_until(job, "running", |j| j.status == JobStatus::Running)
+                .await;
+            assert_eq!(running.image.as_deref(), Some(image));
+            assert_eq!(running.python.map(|p| p.to_string()).as_deref(), python);
+        }
+        let ended = h.ended(unsatisfiable).await;
+        assert_eq!(ended.success, Some(false));
+        assert!(h.engine.container_of(unsatisfiable).is_none());
+        let reason = ended.failure_reason.unwrap_or_default();
+        assert!(
+            reason.contains("requires-python \">=3.14\"")
+                && reason.contains("it offers: 3.11, 3.13"),
+            "{reason}"
+        );
     }
 
     #[tokio::test]

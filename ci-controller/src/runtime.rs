@@ -9,6 +9,7 @@ use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, ListContainersOptions, LogOutput,
     LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
+use bollard::image::ListImagesOptions;
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use bollard::Docker;
 use bytes::Bytes;
@@ -31,6 +32,23 @@ pub struct ContainerInfo {
     pub id: String,
     pub job_id: Option<JobId>,
     pub running: bool,
+}
+
+/// An image on the engine, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageInfo {
+    pub id: String,
+    /// Its `name:tag`s, if any.
+    pub tags: Vec<String>,
+    pub labels: HashMap<String, String>,
+}
+
+impl ImageInfo {
+    /// What a container is created from: the first tag, which says what it
+    /// is in the job's record, else the id.
+    pub fn reference(&self) -> &str {
+        self.tags.first().map_or(&self.id, String::as_str)
+    }
 }
 
 /// What a container's state says about how it ended.
@@ -86,6 +104,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<()>;
     /// The containers labelled with this installation.
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>>;
+    /// The images that carry `label` (whatever its value): the runner images.
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>>;
 }
 
 /// The Docker engine, reached through `DOCKER_HOST` or the local socket.
@@ -293,6 +313,26 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>> {
+        let options = ListImagesOptions::<String> {
+            filters: HashMap::from([("label".to_string(), vec![label.to_string()])]),
+            ..Default::default()
+        };
+        let images = self.docker.list_images(Some(options)).await?;
+        Ok(images
+            .into_iter()
+            .map(|image| ImageInfo {
+                id: image.id,
+                tags: image
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                labels: image.labels,
+            })
+            .collect())
     }
 
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {

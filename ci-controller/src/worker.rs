@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_common::{Job, JobId};
+use ci_common::{Job, JobId, PythonVersion};
 use ci_persistence::{JobOutcome, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +22,7 @@ use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::project_facts::ProjectFacts;
+use crate::pythons::{PythonOffer, PythonWish};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
 use crate::workspace::zip_to_tar;
 
@@ -171,22 +172,28 @@ pub(crate) async fn start_and_follow(
     ctx: Context,
     job: Job,
     stale_container: Option<String>,
+    pythons: Arc<PythonOffer>,
 ) -> WorkerResult {
     // A container left by a controller that died while starting this job.
     if let Some(stale) = stale_container {
         remove_container(&ctx, &stale).await;
     }
-    let container_id = launch(&ctx, &job).await?;
+    let launched = launch(&ctx, &job, &pythons).await?;
     ctx.store
-        .mark_running(job.id, &container_id, &ctx.config.image, None)
+        .mark_running(
+            job.id,
+            &launched.container_id,
+            &launched.image,
+            launched.python,
+        )
         .await
         .map_err(WorkerError::MarkRunning)?;
-    tracing::info!(container = %container_id, "job running");
+    tracing::info!(container = %launched.container_id, image = %launched.image, "job running");
     Ok(pump_logs(
         ctx.store.clone(),
         ctx.runtime.clone(),
         job.id,
-        container_id,
+        launched.container_id,
         None,
         ctx.config.pump,
     )
@@ -307,8 +314,17 @@ pub(crate) async fn remove_container(ctx: &Context, id: &str) {
     }
 }
 
-/// Everything up to a started container with the whole project in it.
-async fn launch(ctx: &Context, job: &Job) -> Result<String, WorkerError> {
+/// A started container with the whole project in it.
+struct Launched {
+    container_id: String,
+    image: String,
+    python: Option<PythonVersion>,
+}
+
+/// Everything up to a started container with the whole project in it: the
+/// Python the job asked for (by flag or its project's `requires-python`)
+/// decides the image.
+async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launched, WorkerError> {
     let config = &ctx.config;
     let archive = ctx
         .store
@@ -319,12 +335,29 @@ async fn launch(ctx: &Context, job: &Job) -> Result<String, WorkerError> {
             WorkerError::CannotRun("The project archive is missing from the database".into())
         })?;
     let unpack = config.unpack;
-    let tar = tokio::task::spawn_blocking(move || zip_to_tar(&archive, unpack))
-        .await
-        .map_err(|e| WorkerError::CannotRun(format!("Unpacking the project failed: {e}")))?
+    let (requires_python, tar) = tokio::task::spawn_blocking(move || {
+        // A zip that cannot be read says nothing; unpacking says why.
+        let requires_python = zip::ZipArchive::new(std::io::Cursor::new(&archive[..]))
+            .ok()
+            .and_then(|mut zip| ProjectFacts::from_archive(&mut zip).requires_python);
+        (requires_python, zip_to_tar(&archive, unpack))
+    })
+    .await
+    .map_err(|e| WorkerError::CannotRun(format!("Unpacking the project failed: {e}")))?;
+    let tar = tar.map_err(|e| WorkerError::CannotRun(format!("Cannot run the job: {e}")))?;
+    let wish = PythonWish {
+        requested: job.options.python,
+        requires_python: requires_python.clone(),
+    };
+    let (image, python) = pythons
+        .resolve(&wish)
         .map_err(|e| WorkerError::CannotRun(format!("Cannot run the job: {e}")))?;
+    let facts = ProjectFacts {
+        requires_python,
+        ..ProjectFacts::of_tar(&tar)
+    };
 
-    let spec = job_container_spec(job, config, &ProjectFacts::of_tar(&tar));
+    let spec = job_container_spec(job, config, &facts, &image);
     let id = ctx.runtime.create(&spec).await.map_err(|e| {
         WorkerError::CannotRun(match e {
             RuntimeError::ImageMissing(image) => format!(
@@ -342,7 +375,11 @@ async fn launch(ctx: &Context, job: &Job) -> Result<String, WorkerError> {
             "Cannot start the job's container: {e}"
         )));
     }
-    Ok(id)
+    Ok(Launched {
+        container_id: id,
+        image,
+        python,
+    })
 }
 
 #[cfg(test)]
