@@ -1,8 +1,9 @@
-//! The six figures. Each takes its baseline in the same run, interleaved with
+//! The seven figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
 pub mod api;
+pub mod fanout;
 pub mod latency;
 pub mod logs;
 pub mod memory;
@@ -30,6 +31,10 @@ pub struct Plan {
     pub sse_streams: usize,
     pub controller_jobs: usize,
     pub controller_job_secs: u64,
+    /// Idle streams on the quiet job of the fan-out figure.
+    pub fanout_streams: usize,
+    /// How long each of the fan-out figure's CPU windows lasts.
+    pub fanout_window: Duration,
 }
 
 impl Plan {
@@ -51,6 +56,8 @@ impl Plan {
             sse_streams: 1000,
             controller_jobs: 20,
             controller_job_secs: 20,
+            fanout_streams: 300,
+            fanout_window: Duration::from_secs(10),
         }
     }
 
@@ -73,6 +80,8 @@ impl Plan {
             sse_streams: 100,
             controller_jobs: 4,
             controller_job_secs: 6,
+            fanout_streams: 100,
+            fanout_window: Duration::from_secs(3),
         }
     }
 }
@@ -86,6 +95,8 @@ pub struct Fixtures {
     pub long_sleeper: Project,
     /// Runs long enough for all of the memory figure's jobs to run at once.
     pub sleeper: Project,
+    /// Prints steadily far longer than any figure waits.
+    pub printer: Project,
 }
 
 /// What every figure gets.
