@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures seven figures, each against a baseline
+//! made with `ci-admin`) and measures eight figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The seven figures, by the name `--only` takes.
+/// The eight figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -65,6 +65,7 @@ pub enum FigureKind {
     Logs,
     Memory,
     Fanout,
+    Watcher,
 }
 
 impl Options {
@@ -164,6 +165,10 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
             figures,
             figures::fanout::measure(&system_options, &ctx).await?,
         );
+    }
+    if options.wants(FigureKind::Watcher) {
+        progress("figure 8: SQLite change watcher");
+        add(figures, figures::watcher::measure(&ctx).await?);
     }
     Ok(())
 }

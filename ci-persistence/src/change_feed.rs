@@ -11,8 +11,8 @@
 //!   nobody polls and no shared row is written per output batch;
 //! - on SQLite (one file, several processes), a watcher asks `PRAGMA
 //!   data_version` (an in-memory check that changes when any other connection
-//!   commits), polling fast right after a change and backing off while nothing
-//!   changes; when it moved, it reads the `jobs` signal (bumped by a trigger)
+//!   commits), polling fast for a while after a change and backing off while
+//!   nothing changes; when it moved, it reads the `jobs` signal (bumped by a trigger)
 //!   and the last sequence and status of the jobs that have subscribers here,
 //!   and wakes only those whose row moved.
 //!
@@ -27,6 +27,7 @@ use ci_common::JobId;
 use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::store::Backend;
@@ -330,12 +331,21 @@ const JOBS_PER_LOOKUP: usize = 500;
 /// number and its status.
 type JobMark = (i64, String);
 
+/// How long the SQLite watcher keeps polling fastest after a change or a
+/// nudge: another process often answers soon (the controller starts the job
+/// this server queued, a job's container starts printing a few hundred
+/// milliseconds after it was created), and those answers should not wait for
+/// a backed-off look.
+const STAY_FAST_FOR: Duration = Duration::from_secs(1);
+
 /// Watches for commits of other processes until the feed is dropped.
 ///
-/// The pace: after a change (or a nudge through `look_soon`) the next look
-/// comes after `pace.fastest`; every quiet look doubles the wait, up to
-/// `pace.slowest`. An idle process thus looks a few times a second instead
-/// of hundreds, and a busy one still sees each change within milliseconds.
+/// The pace: for [`STAY_FAST_FOR`] after a change (or a nudge through
+/// `look_soon`: a write or a new job subscription of this process) the looks
+/// come every `pace.fastest`; after that every quiet look doubles the wait,
+/// up to `pace.slowest`. An idle process thus looks tens of times a second
+/// instead of hundreds, and a busy one still sees each change within
+/// milliseconds.
 async fn watch_sqlite(
     mut conn: AnyConnection,
     feed: Weak<ChangeFeed>,
@@ -346,10 +356,11 @@ async fn watch_sqlite(
     let mut jobs_version: Option<i64> = None;
     let mut seen: HashMap<JobId, JobMark> = HashMap::new();
     let mut wait = pace.fastest;
+    let mut fast_until = Instant::now() + STAY_FAST_FOR;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = look_soon.notified() => wait = pace.fastest,
+            _ = look_soon.notified() => fast_until = Instant::now() + STAY_FAST_FOR,
         }
         let Some(feed) = feed.upgrade() else { return };
         match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
@@ -357,12 +368,17 @@ async fn watch_sqlite(
             .await
         {
             Ok(v) if data_version == Some(v) => {
-                wait = (wait * 2).min(pace.slowest);
+                wait = if Instant::now() < fast_until {
+                    pace.fastest
+                } else {
+                    (wait * 2).min(pace.slowest)
+                };
                 continue;
             }
             Ok(v) => {
                 data_version = Some(v);
                 wait = pace.fastest;
+                fast_until = Instant::now() + STAY_FAST_FOR;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "change watcher: cannot read data_version");

@@ -52,6 +52,13 @@ async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     let streams = ctx.plan.fanout_streams;
     let window = ctx.plan.fanout_window;
 
+    // For the record: the server with nothing to do (on SQLite, its change
+    // watcher's polling is all there is).
+    let nothing = cpu_over(server, window).await?;
+    progress(format!(
+        "fanout: idle ci-server {nothing:.0} ms CPU in {window:?}"
+    ));
+
     let quiet = api.submit_async(&ctx.fixtures.long_sleeper.zip).await?;
     let mut idle = Vec::with_capacity(streams);
     while idle.len() < streams {
@@ -103,6 +110,7 @@ async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     )
     .baseline(a + b, "ms")
     .target(Target::AtMost(TARGET_RATIO))
+    .extra("idle_server_ms", format!("{nothing:.0}"))
     .extra("idle_ms", format!("{a:.0}"))
     .extra("printing_ms", format!("{b:.0}"))
     .extra("both_ms", format!("{c:.0}"))

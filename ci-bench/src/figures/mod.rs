@@ -1,4 +1,4 @@
-//! The seven figures. Each takes its baseline in the same run, interleaved with
+//! The eight figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -9,6 +9,7 @@ pub mod logs;
 pub mod memory;
 pub mod overhead;
 pub mod throughput;
+pub mod watcher;
 
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub struct Plan {
     pub fanout_streams: usize,
     /// How long each of the fan-out figure's CPU windows lasts.
     pub fanout_window: Duration,
+    /// Writes timed by the watcher figure, each right after a change and after quiet.
+    pub watcher_samples: usize,
+    /// The quiet spell before each of the watcher figure's slow samples.
+    pub watcher_quiet: Duration,
 }
 
 impl Plan {
@@ -58,6 +63,8 @@ impl Plan {
             controller_job_secs: 20,
             fanout_streams: 300,
             fanout_window: Duration::from_secs(10),
+            watcher_samples: 8,
+            watcher_quiet: Duration::from_secs(2),
         }
     }
 
@@ -82,6 +89,8 @@ impl Plan {
             controller_job_secs: 6,
             fanout_streams: 100,
             fanout_window: Duration::from_secs(3),
+            watcher_samples: 3,
+            watcher_quiet: Duration::from_millis(1500),
         }
     }
 }
