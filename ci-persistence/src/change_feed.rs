@@ -331,19 +331,25 @@ const JOBS_PER_LOOKUP: usize = 500;
 /// number and its status.
 type JobMark = (i64, String);
 
-/// How long the SQLite watcher keeps polling fastest after a change or a
-/// nudge: another process often answers soon (the controller starts the job
-/// this server queued, a job's container starts printing a few hundred
-/// milliseconds after it was created), and those answers should not wait for
-/// a backed-off look.
-const STAY_FAST_FOR: Duration = Duration::from_secs(1);
+/// How long the SQLite watcher keeps polling fastest after a nudge (a write
+/// or a new job subscription of this process): another process often answers
+/// soon (the controller starts the job this server queued, and its container
+/// prints a few hundred milliseconds later), and that answer should not wait
+/// for a backed-off look.
+const FAST_AFTER_NUDGE: Duration = Duration::from_secs(1);
+
+/// How long it keeps polling fastest after another process's change: long
+/// enough to follow a job that prints steadily (the controller flushes output
+/// every 20 ms) at full speed, short enough that the controller's lease
+/// renewal, a write every second, does not keep an idle process polling fast.
+const FAST_AFTER_CHANGE: Duration = Duration::from_millis(100);
 
 /// Watches for commits of other processes until the feed is dropped.
 ///
-/// The pace: for [`STAY_FAST_FOR`] after a change (or a nudge through
-/// `look_soon`: a write or a new job subscription of this process) the looks
-/// come every `pace.fastest`; after that every quiet look doubles the wait,
-/// up to `pace.slowest`. An idle process thus looks tens of times a second
+/// The pace: for [`FAST_AFTER_NUDGE`] after a nudge through `look_soon`, and
+/// for [`FAST_AFTER_CHANGE`] after a change, the looks come every
+/// `pace.fastest`; after that every quiet look doubles the wait, up to
+/// `pace.slowest`. An idle process thus looks tens of times a second
 /// instead of hundreds, and a busy one still sees each change within
 /// milliseconds.
 async fn watch_sqlite(
@@ -356,11 +362,14 @@ async fn watch_sqlite(
     let mut jobs_version: Option<i64> = None;
     let mut seen: HashMap<JobId, JobMark> = HashMap::new();
     let mut wait = pace.fastest;
-    let mut fast_until = Instant::now() + STAY_FAST_FOR;
+    let mut fast_until = Instant::now() + FAST_AFTER_NUDGE;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = look_soon.notified() => fast_until = Instant::now() + STAY_FAST_FOR,
+            _ = look_soon.notified() => {
+                wait = pace.fastest;
+                fast_until = fast_until.max(Instant::now() + FAST_AFTER_NUDGE);
+            }
         }
         let Some(feed) = feed.upgrade() else { return };
         match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
@@ -378,7 +387,7 @@ async fn watch_sqlite(
             Ok(v) => {
                 data_version = Some(v);
                 wait = pace.fastest;
-                fast_until = Instant::now() + STAY_FAST_FOR;
+                fast_until = fast_until.max(Instant::now() + FAST_AFTER_CHANGE);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "change watcher: cannot read data_version");
