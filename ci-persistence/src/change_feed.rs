@@ -220,7 +220,7 @@ impl ChangeFeed {
     }
 
     /// Jobs with at least one [`JobWatch`] in this process.
-    pub fn watched_jobs(&self) -> Vec<JobId> {
+    pub(crate) fn watched_jobs(&self) -> Vec<JobId> {
         self.job_watches.subscribed()
     }
 }
