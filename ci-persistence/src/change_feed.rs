@@ -363,14 +363,21 @@ async fn watch_sqlite(
     let mut seen: HashMap<JobId, JobMark> = HashMap::new();
     let mut wait = pace.fastest;
     let mut fast_until = Instant::now() + FAST_AFTER_NUDGE;
+    let mut last_look = Instant::now();
     loop {
+        // A nudge shortens the wait to the fastest pace counted from the last
+        // look, not from now: this process's own writes nudge it, and a
+        // stream of them must neither postpone the next look nor add looks
+        // that would only find those writes.
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(last_look + wait) => {}
             _ = look_soon.notified() => {
                 wait = pace.fastest;
                 fast_until = fast_until.max(Instant::now() + FAST_AFTER_NUDGE);
+                continue;
             }
         }
+        last_look = Instant::now();
         let Some(feed) = feed.upgrade() else { return };
         match sqlx::query_scalar::<_, i64>("PRAGMA data_version")
             .fetch_one(&mut conn)
