@@ -65,6 +65,26 @@ pub fn sleeper(root: &Path, seconds: u64) -> Result<Project> {
     )
 }
 
+/// A job that prints a numbered line every `every_ms` milliseconds for
+/// `seconds`, each flushed at once: steady output for the streams to follow.
+pub fn printer(root: &Path, seconds: u64, every_ms: u64) -> Result<Project> {
+    let test = format!(
+        "import time\n\n\n\
+         def test_prints(capsys):\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print()\n\
+         \x20       for i in range({count}):\n\
+         \x20           print(f\"tick {{i:08d}}\", flush=True)\n\
+         \x20           time.sleep({every})\n",
+        count = seconds * 1000 / every_ms.max(1),
+        every = every_ms as f64 / 1000.0,
+    );
+    write_project(
+        &root.join(format!("printer-{seconds}-{every_ms}")),
+        &[("test_printer.py", test)],
+    )
+}
+
 fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<Project> {
     std::fs::create_dir_all(dir).map_err(BenchError::io(format!("creating {}", dir.display())))?;
     for (name, text) in files {
@@ -113,5 +133,8 @@ mod tests {
             .join("test_sample.py")
             .exists());
         assert!(sleeper(dir.path(), 2).unwrap().zip.len() > 20);
+        let printer = printer(dir.path(), 2, 20).unwrap();
+        let text = std::fs::read_to_string(printer.dir.join("test_printer.py")).unwrap();
+        assert!(text.contains("range(100)") && text.contains("time.sleep(0.02)"));
     }
 }

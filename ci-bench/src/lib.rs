@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures six figures, each against a baseline
+//! made with `ci-admin`) and measures eight figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The six figures, by the name `--only` takes.
+/// The eight figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -64,6 +64,8 @@ pub enum FigureKind {
     Api,
     Logs,
     Memory,
+    Fanout,
+    Watcher,
 }
 
 impl Options {
@@ -111,6 +113,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         big_output: fixtures::big_output(scratch.path(), plan.log_lines)?,
         long_sleeper: fixtures::sleeper(scratch.path(), 600)?,
         sleeper: fixtures::sleeper(scratch.path(), plan.controller_job_secs)?,
+        printer: fixtures::printer(scratch.path(), 600, PRINT_EVERY_MS)?,
     };
     let system_options = SystemOptions {
         bin_dir: options.bin_dir()?,
@@ -156,8 +159,23 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
             figures::memory::measure(&system_options, &ctx).await?,
         );
     }
+    if options.wants(FigureKind::Fanout) {
+        progress("figure 7: stream fan-out, on a fresh system");
+        add(
+            figures,
+            figures::fanout::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Watcher) {
+        progress("figure 8: SQLite change watcher");
+        add(figures, figures::watcher::measure(&ctx).await?);
+    }
     Ok(())
 }
+
+/// How often the fan-out figure's printing jobs print a line: about as often
+/// as the controller flushes output (every 20 ms), so each line is a wake-up.
+const PRINT_EVERY_MS: u64 = 20;
 
 async fn main_figures(
     options: &Options,

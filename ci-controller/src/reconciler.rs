@@ -404,10 +404,10 @@ mod tests {
         }
 
         async fn output_until(&self, id: JobId, text: &str) {
-            let mut changes = self.store.changes().subscribe(Channel::Events);
+            let mut changes = self.store.changes().subscribe_job(id);
             let deadline = tokio::time::Instant::now() + PATIENCE;
             loop {
-                changes.borrow_and_update();
+                changes.mark_seen();
                 if self.output(id).await.contains(text) {
                     return;
                 }

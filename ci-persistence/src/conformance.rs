@@ -38,6 +38,9 @@ macro_rules! conformance_suite {
             concurrent_job_creation_from_two_processes,
             lease_has_one_holder_at_a_time,
             changes_wake_other_processes,
+            a_job_watch_wakes_for_its_own_job_only,
+            a_job_watch_wakes_when_its_job_ends,
+            log_pages_are_bounded_in_rows_and_bytes,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -559,10 +562,8 @@ pub async fn changes_wake_other_processes(s: Store, other: Store) {
     let uid = user(&s).await;
     let mut jobs_here = s.changes().subscribe(Channel::Jobs);
     let mut jobs_there = other.changes().subscribe(Channel::Jobs);
-    let mut events_there = other.changes().subscribe(Channel::Events);
     jobs_here.borrow_and_update();
     jobs_there.borrow_and_update();
-    events_there.borrow_and_update();
     let id = job(&s, uid).await;
     within("a local wake-up", jobs_here.changed())
         .await
@@ -570,11 +571,159 @@ pub async fn changes_wake_other_processes(s: Store, other: Store) {
     within("a wake-up from another process", jobs_there.changed())
         .await
         .unwrap();
-    s.append_log(id, &["hello\n".into()], None).await.unwrap();
-    within(
-        "an output wake-up from another process",
-        events_there.changed(),
-    )
-    .await
-    .unwrap();
+    // The controller also wakes when a job is cancelled, started or ended
+    // by another process.
+    for step in ["cancel", "start", "end"] {
+        jobs_there.borrow_and_update();
+        match step {
+            "cancel" => drop(s.request_cancel(id).await.unwrap()),
+            "start" => drop(s.mark_running(id, "c", "i", None).await.unwrap()),
+            _ => drop(s.finish_job(id, &JobOutcome::cancelled()).await.unwrap()),
+        }
+        within(
+            &format!("a jobs wake-up from another process ({step})"),
+            jobs_there.changed(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Waits until `watch` wakes, failing the test after a while.
+async fn woken(what: &str, watch: &mut crate::JobWatch) {
+    within(what, watch.changed()).await;
+    watch.mark_seen();
+}
+
+pub async fn a_job_watch_wakes_for_its_own_job_only(s: Store, other: Store) {
+    let uid = user(&s).await;
+    let (a, b) = (job(&s, uid).await, job(&s, uid).await);
+    for id in [a, b] {
+        s.mark_running(id, "c", "i", None).await.unwrap();
+    }
+    // Watches in the writer's process and in another one.
+    let mut a_here = s.changes().subscribe_job(a);
+    let mut a_there = other.changes().subscribe_job(a);
+    let mut b_there = other.changes().subscribe_job(b);
+    for w in [&mut a_here, &mut a_there, &mut b_there] {
+        w.mark_seen();
+    }
+    // First output of each job: every watch has seen its job once.
+    s.append_log(a, &["a1\n".into()], None).await.unwrap();
+    s.append_log(b, &["b1\n".into()], None).await.unwrap();
+    woken("a's first output here", &mut a_here).await;
+    woken("a's first output there", &mut a_there).await;
+    woken("b's first output there", &mut b_there).await;
+
+    // Only b prints. Once b's watch in the other process has woken, that
+    // process has taken in b's change; a's watches stayed asleep. (A watcher
+    // that polls may wake a watch once when it first looks at its job, as the
+    // job may have moved just before: at most one wake is allowed for that,
+    // where waking for b's output would wake a's watches every round.)
+    let rounds = 6;
+    let (mut a_here_woke, mut a_there_woke) = (0, 0);
+    for _ in 0..rounds {
+        s.append_log(b, &["b\n".into()], None).await.unwrap();
+        woken("b's output there", &mut b_there).await;
+        for (w, count) in [
+            (&mut a_here, &mut a_here_woke),
+            (&mut a_there, &mut a_there_woke),
+        ] {
+            if w.has_changed() {
+                *count += 1;
+                w.mark_seen();
+            }
+        }
+    }
+    assert!(
+        a_there_woke <= 1,
+        "a watch of job a in another process woke {a_there_woke} times in {rounds} rounds of job b's output"
+    );
+    assert!(
+        a_here_woke <= 1,
+        "a watch of job a in the writer's process woke {a_here_woke} times in {rounds} rounds of job b's output"
+    );
+
+    // a prints: both of a's watches wake, and b's does not.
+    s.append_log(a, &["a2\n".into()], None).await.unwrap();
+    woken("a's output here", &mut a_here).await;
+    woken("a's output there", &mut a_there).await;
+    assert!(!b_there.has_changed(), "b's watch woke for job a's output");
+
+    // Written by the other process, read here.
+    other.append_log(a, &["a3\n".into()], None).await.unwrap();
+    woken("a's output from another process", &mut a_here).await;
+
+    // A watch dropped and made again still wakes.
+    drop(a_there);
+    let mut again = other.changes().subscribe_job(a);
+    again.mark_seen();
+    s.append_log(a, &["a4\n".into()], None).await.unwrap();
+    woken("a's output at a new watch", &mut again).await;
+    assert_eq!(again.job_id(), a);
+}
+
+pub async fn a_job_watch_wakes_when_its_job_ends(s: Store, other: Store) {
+    let uid = user(&s).await;
+    // Ending without output (a job that never ran) and with a reason.
+    for outcome in [JobOutcome::cancelled(), JobOutcome::failed("no container")] {
+        let id = job(&s, uid).await;
+        let mut here = s.changes().subscribe_job(id);
+        let mut there = other.changes().subscribe_job(id);
+        here.mark_seen();
+        there.mark_seen();
+        s.finish_job(id, &outcome).await.unwrap();
+        woken("the end, here", &mut here).await;
+        woken("the end, in another process", &mut there).await;
+    }
+}
+
+pub async fn log_pages_are_bounded_in_rows_and_bytes(s: Store, _other: Store) {
+    let uid = user(&s).await;
+    let id = job(&s, uid).await;
+    let kib = |n: usize, c: char| std::iter::repeat_n(c, n * 1024).collect::<String>();
+    // Ten chunks of 10 KiB: sequence numbers 1 … 10.
+    let chunks: Vec<String> = (0..10).map(|i| kib(10, (b'a' + i) as char)).collect();
+    s.append_log(id, &chunks, None).await.unwrap();
+
+    let page = s.read_log_page(id, 0, 500, 35 * 1024).await.unwrap();
+    let seqs: Vec<i64> = page.chunks.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "three 10 KiB chunks fit in 35 KiB");
+    assert_eq!(page.chunks[2].text, chunks[2]);
+    assert!(page.more);
+
+    let page = s.read_log_page(id, 0, 500, 100).await.unwrap();
+    assert_eq!(
+        page.chunks.len(),
+        1,
+        "a chunk larger than the bound still comes"
+    );
+    assert_eq!(page.chunks[0].text, chunks[0]);
+    assert!(page.more);
+
+    let page = s.read_log_page(id, 2, 4, 1 << 30).await.unwrap();
+    let seqs: Vec<i64> = page.chunks.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6], "at most max_rows");
+    assert!(page.more);
+
+    let page = s.read_log_page(id, 7, 500, 1 << 30).await.unwrap();
+    let seqs: Vec<i64> = page.chunks.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![8, 9, 10]);
+    assert!(!page.more, "the end of the output");
+    let page = s.read_log_page(id, 10, 500, 1 << 30).await.unwrap();
+    assert!(page.chunks.is_empty() && !page.more);
+
+    // Bytes, not characters: two chunks of 3 000 two-byte characters.
+    let wide = "é".repeat(3000);
+    s.append_log(id, &[wide.clone(), wide.clone()], None)
+        .await
+        .unwrap();
+    let page = s.read_log_page(id, 10, 500, 7000).await.unwrap();
+    assert_eq!(
+        page.chunks.len(),
+        1,
+        "6 000 + 6 000 bytes do not fit in 7 000"
+    );
+    assert_eq!(page.chunks[0].text, wide);
+    assert!(page.more);
 }

@@ -3,13 +3,20 @@
 use ci_common::{JobId, LogChunk};
 use sqlx::Row;
 
-use crate::change_feed::Channel;
 use crate::error::{Result, StoreError};
-use crate::jobs::bump;
 use crate::store::Store;
 
 /// Rows per INSERT statement, well under both databases' parameter limits.
 const ROWS_PER_INSERT: usize = 500;
+
+/// One page of a job's output, read by [`Store::read_log_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    pub chunks: Vec<LogChunk>,
+    /// More output was stored after the page when it was read: a bound cut
+    /// it short.
+    pub more: bool,
+}
 
 impl Store {
     /// Appends output chunks to a job that has not ended, numbering them after
@@ -71,9 +78,8 @@ impl Store {
             }
             insert.execute(&mut *tx).await?;
         }
-        bump(&mut tx, Channel::Events).await?;
         tx.commit().await?;
-        self.feed.notify(Channel::Events);
+        self.feed.notify_job(job_id);
         Ok(last)
     }
 
@@ -95,5 +101,46 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// A job's output after sequence number `after`, in order: at most
+    /// `max_rows` chunks, and only as many as fit in `max_bytes` of text
+    /// (always at least one, however large), so a reader holds a bounded amount of memory
+    /// however large the chunks are. The sizes are summed by the database
+    /// from the stored lengths (`octet_length` reads no text on either), and
+    /// only the text that fits is read.
+    pub async fn read_log_page(
+        &self,
+        job_id: JobId,
+        after: i64,
+        max_rows: i64,
+        max_bytes: i64,
+    ) -> Result<LogPage> {
+        let rows = sqlx::query(
+            "SELECT e.seq, e.text, p.window_rows FROM ( \
+                 SELECT seq, SUM(len) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto, \
+                        ROW_NUMBER() OVER (ORDER BY seq) AS n, COUNT(*) OVER () AS window_rows \
+                 FROM (SELECT seq, octet_length(text) AS len FROM job_events \
+                       WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS sizes \
+             ) AS p JOIN job_events e ON e.job_id = $1 AND e.seq = p.seq \
+             WHERE p.n = 1 OR p.upto <= $4 ORDER BY e.seq",
+        )
+        .bind(job_id.to_string())
+        .bind(after)
+        .bind(max_rows.max(1))
+        .bind(max_bytes.max(1))
+        .fetch_all(&self.reader)
+        .await?;
+        let mut window_rows = 0;
+        let mut chunks = Vec::with_capacity(rows.len());
+        for r in &rows {
+            window_rows = r.try_get::<i64, _>("window_rows")?;
+            chunks.push(LogChunk {
+                seq: r.try_get("seq")?,
+                text: r.try_get("text")?,
+            });
+        }
+        let more = (chunks.len() as i64) < window_rows || window_rows >= max_rows.max(1);
+        Ok(LogPage { chunks, more })
     }
 }

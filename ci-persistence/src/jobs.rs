@@ -4,7 +4,6 @@
 use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
 use ci_common::{Job, JobId, JobOptions, JobStatus, PythonVersion, TransitionError};
-use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
 use crate::change_feed::Channel;
@@ -73,19 +72,10 @@ fn statuses_leading_to(to: JobStatus) -> String {
         .join(", ")
 }
 
-pub(crate) async fn bump(tx: &mut Transaction<'_, Any>, channel: Channel) -> Result<()> {
-    sqlx::query("UPDATE signals SET version = version + 1 WHERE channel = $1")
-        .bind(channel.name())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 impl Store {
     /// Queues a job for an archive already stored.
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
         let now = now();
-        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO jobs (id, user_id, status, created_at, archive_digest, \
              python_requested, project, fresh_env, pytest_args) \
@@ -102,10 +92,8 @@ impl Store {
             serde_json::to_string(&new.options.pytest_args)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         )
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?;
-        bump(&mut tx, Channel::Jobs).await?;
-        tx.commit().await?;
         self.feed.notify(Channel::Jobs);
         self.get_job(new.id)
             .await?
@@ -143,18 +131,13 @@ impl Store {
 
     /// Asks for a job to be cancelled. An ended job is returned unchanged.
     pub async fn request_cancel(&self, id: JobId) -> Result<Job> {
-        let mut tx = self.writer.begin().await?;
         let changed = sqlx::query(
             "UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
         )
         .bind(id.to_string())
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
-        if changed > 0 {
-            bump(&mut tx, Channel::Jobs).await?;
-        }
-        tx.commit().await?;
         if changed > 0 {
             self.feed.notify(Channel::Jobs);
         }
@@ -176,22 +159,18 @@ impl Store {
              python = $4 WHERE id = $5 AND status IN ({})",
             statuses_leading_to(JobStatus::Running)
         );
-        let mut tx = self.writer.begin().await?;
         let changed = sqlx::query(&sql)
             .bind(to_micros(now()))
             .bind(container_id)
             .bind(image)
             .bind(python.map(|p| p.to_string()))
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         if changed == 0 {
-            tx.rollback().await?;
             return Err(self.refused_transition(id, JobStatus::Running).await);
         }
-        bump(&mut tx, Channel::Jobs).await?;
-        tx.commit().await?;
         self.feed.notify(Channel::Jobs);
         self.get_job(id)
             .await?
@@ -244,12 +223,10 @@ impl Store {
             .bind(line)
             .execute(&mut *tx)
             .await?;
-            bump(&mut tx, Channel::Events).await?;
         }
-        bump(&mut tx, Channel::Jobs).await?;
         tx.commit().await?;
         self.feed.notify(Channel::Jobs);
-        self.feed.notify(Channel::Events);
+        self.feed.notify_job(id);
         self.get_job(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))

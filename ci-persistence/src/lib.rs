@@ -18,8 +18,9 @@ mod rows;
 mod store;
 mod users;
 
-pub use change_feed::{ChangeFeed, Channel};
+pub use change_feed::{ChangeFeed, Channel, JobWatch};
 pub use error::StoreError;
+pub use events::LogPage;
 pub use jobs::{JobOutcome, NewJob};
 pub use store::{Backend, Store, StoreOptions};
 

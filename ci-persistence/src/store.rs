@@ -6,7 +6,7 @@ use ci_common::config::DatabaseLocation;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
-use crate::change_feed::ChangeFeed;
+use crate::change_feed::{ChangeFeed, PollPace};
 use crate::error::{Result, StoreError};
 
 /// Which database a [`Store`] talks to.
@@ -24,8 +24,15 @@ pub struct StoreOptions {
     /// How long a SQLite writer waits for another process's write lock.
     pub busy_timeout: Duration,
     /// How often other processes' changes are looked for where the database
-    /// cannot push them (SQLite).
+    /// cannot push them (SQLite), right after a change.
     pub change_poll_interval: Duration,
+    /// How long the SQLite watcher's wait between two looks may grow while
+    /// nothing changes: the worst latency of another process's first change
+    /// after a quiet spell (a write or a new job subscription of this
+    /// process makes it look fast again at once). 25 ms: a queued job, the
+    /// controller's first change after a quiet spell, starts at most that
+    /// much later, and an idle process looks 40 times a second, not 200.
+    pub change_poll_max_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +41,7 @@ impl Default for StoreOptions {
             max_connections: 16,
             busy_timeout: Duration::from_secs(30),
             change_poll_interval: Duration::from_millis(5),
+            change_poll_max_interval: Duration::from_millis(25),
         }
     }
 }
@@ -147,8 +155,13 @@ impl Store {
         };
 
         migrate(backend, &writer).await?;
-        let feed =
-            ChangeFeed::start(backend, &url, reader.clone(), options.change_poll_interval).await?;
+        let pace = PollPace {
+            fastest: options.change_poll_interval,
+            slowest: options
+                .change_poll_max_interval
+                .max(options.change_poll_interval),
+        };
+        let feed = ChangeFeed::start(backend, &url, reader.clone(), pace).await?;
         Ok(Store {
             reader,
             writer,

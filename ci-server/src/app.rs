@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::routes;
+use crate::sse::StreamReads;
 
 /// Settings of one replica.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct App {
     /// Cancelled on shutdown, so open event streams end and the server can stop;
     /// their clients reconnect to another replica or to this one restarted.
     pub shutdown: CancellationToken,
+    /// What the event streams have read, shared by all of them.
+    pub stream_reads: Arc<StreamReads>,
 }
 
 impl App {
@@ -52,6 +55,7 @@ impl App {
             store,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
+            stream_reads: Arc::default(),
         }
     }
 }

@@ -14,3 +14,4 @@ mod upload;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;
+pub use sse::{StreamReads, PAGE_BYTES};

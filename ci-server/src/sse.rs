@@ -3,19 +3,56 @@
 //! The stream sends every stored output chunk after a sequence number, each
 //! with its number as the SSE `id:`, and ends with the `complete` event once
 //! the job has ended and its last chunk is sent. It waits for more output on the
-//! store's change feed, so it costs nothing while a job is quiet.
+//! store's change feed, subscribed to its own job only, so it costs nothing
+//! while its job is quiet, whatever other jobs print.
+//!
+//! A backlog is read in pages bounded in bytes, and the next page is read only
+//! once the body has taken every event of the one before: the body is polled
+//! only as fast as the connection drains, so a client that stops reading holds
+//! at most about a page in the server, however long the log.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::response::sse::Event;
 use ci_common::api::StreamEvent;
 use ci_common::JobId;
-use ci_persistence::{Channel, Store};
+use ci_persistence::Store;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
-/// Chunks read per query; a long backlog is sent in pages of this size.
-const PAGE: i64 = 500;
+/// At most this many chunks per page.
+const PAGE_ROWS: i64 = 500;
+
+/// At most this much output text per page (a single larger chunk is still
+/// sent whole): what one stream holds at a time beside the socket's buffers.
+pub const PAGE_BYTES: i64 = 1024 * 1024;
+
+/// What this replica's streams have read from the database, for tests and
+/// metrics: a stream whose client does not read stops reading pages.
+#[derive(Debug, Default)]
+pub struct StreamReads {
+    pages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl StreamReads {
+    /// Pages of output read so far, by all streams.
+    pub fn pages(&self) -> u64 {
+        self.pages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of output text read so far, by all streams.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, page: &ci_persistence::LogPage) {
+        let bytes: usize = page.chunks.iter().map(|c| c.text.len()).sum();
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
 
 /// Where a stream starts. "From now on" is resolved by the handler from the
 /// job row it read before answering, so that whatever is stored after the
@@ -44,11 +81,11 @@ pub fn job_events(
     job_id: JobId,
     start: StartAt,
     resync: std::time::Duration,
+    reads: std::sync::Arc<StreamReads>,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
-        let mut events_changed = store.changes().subscribe(Channel::Events);
-        let mut jobs_changed = store.changes().subscribe(Channel::Jobs);
+        let mut changed = store.changes().subscribe_job(job_id);
         tracing::info!(%job_id, ?start, "stream: following the job's output");
         let mut after = match start {
             StartAt::After(seq) => seq,
@@ -60,24 +97,26 @@ pub fn job_events(
             }
         };
         loop {
-            // Mark the feed seen before reading, so a change that lands while we
-            // read wakes the next wait instead of being lost.
-            events_changed.borrow_and_update();
-            jobs_changed.borrow_and_update();
+            // Mark the job's changes seen before reading, so a change that
+            // lands while we read wakes the next wait instead of being lost.
+            changed.mark_seen();
 
-            let chunks = match store.read_log(job_id, after, PAGE).await {
-                Ok(chunks) => chunks,
+            let page = match store.read_log_page(job_id, after, PAGE_ROWS, PAGE_BYTES).await {
+                Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(%job_id, error = %e, "stream: cannot read output; ending so the client reconnects");
                     return;
                 }
             };
-            let full_page = chunks.len() as i64 == PAGE;
-            for chunk in chunks {
+            reads.count(&page);
+            let more = page.more;
+            // Each `yield` waits until the body asks for the next event, so the
+            // next page is read only once this one has been handed over.
+            for chunk in page.chunks {
                 after = chunk.seq;
                 yield Ok(sse_event(Some(chunk.seq), &StreamEvent::Log { data: chunk.text }));
             }
-            if full_page {
+            if more {
                 continue;
             }
             // A job's last chunk is committed with (or before) its end, so once it
@@ -99,8 +138,7 @@ pub fn job_events(
                 }
             }
             tokio::select! {
-                _ = events_changed.changed() => {}
-                _ = jobs_changed.changed() => {}
+                _ = changed.changed() => {}
                 _ = tokio::time::sleep(resync) => {}
                 _ = shutdown.cancelled() => return,
             }

@@ -488,3 +488,87 @@ async fn shutdown_ends_open_streams_and_serve_returns() {
     let job = app.store.get_job(job).await.unwrap().unwrap();
     assert_eq!(job.status, ci_common::JobStatus::Running);
 }
+
+/// A `GET /jobs/{id}/stream?from_beginning=true` on a socket with a small
+/// receive buffer, whose response is then not read.
+async fn stalled_stream(app: &TestApp, job: JobId) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = within("a connection", socket.connect(app.addr))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /jobs/{job}/stream?from_beginning=true HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.addr, app.key
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_whose_clients_do_not_read_stop_reading_the_log() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app().await;
+    let job = app.submit_async().await;
+    app.store.mark_running(job, "c", "i", None).await.unwrap();
+    // 48 MiB of output in chunks of 64 KiB, as the controller stores a
+    // fast-printing job's.
+    let chunk = format!("{}\n", "x".repeat(64 * 1024 - 1));
+    let chunks_total = 768;
+    for _ in 0..chunks_total / 64 {
+        app.store
+            .append_log(job, &vec![chunk.clone(); 64], None)
+            .await
+            .unwrap();
+    }
+    app.store
+        .finish_job(job, &JobOutcome::exited(0))
+        .await
+        .unwrap();
+    let log_bytes = (chunk.len() * chunks_total) as u64;
+
+    let streams = 8u64;
+    let mut stalled = Vec::new();
+    for _ in 0..streams {
+        stalled.push(stalled_stream(&app, job).await);
+    }
+    // Every stream has begun reading the log…
+    within("every stream's first page", async {
+        while app.stream_reads.pages() < streams {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // …and, with nobody reading, each stops after what fills the socket's
+    // buffers (a few MiB in the kernel, a few hundred KiB in hyper) and one
+    // page more (1 MiB): well under its 48 MiB. Reading the log ahead of the
+    // client (one page of 500 chunks was 32 MiB) would pass the bound at once.
+    let bound = streams * 16 * 1024 * 1024;
+    let watched_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < watched_until {
+        let read = app.stream_reads.bytes();
+        assert!(
+            read <= bound,
+            "{streams} streams nobody reads read {read} bytes of a {log_bytes}-byte log (bound {bound})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A client that reads on gets the whole log, in order, and the end.
+    let mut reader = stalled.pop().unwrap();
+    let mut body = Vec::new();
+    within("the whole log", reader.read_to_end(&mut body))
+        .await
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")))
+        .map(|id| id.trim().parse().unwrap())
+        .collect();
+    let mut expected: Vec<i64> = (1..=chunks_total as i64).collect();
+    expected.push(chunks_total as i64);
+    assert_eq!(ids, expected, "every chunk once, in order, then complete");
+    assert!(text.contains(r#""type":"complete""#));
+}

@@ -128,7 +128,7 @@ async fn hold_streams(
 }
 
 /// A stream on `job` that has delivered the job's first output.
-async fn first_output(system: &System, key: &str, job: Uuid) -> Result<EventStream> {
+pub(crate) async fn first_output(system: &System, key: &str, job: Uuid) -> Result<EventStream> {
     let mut stream = EventStream::open(system.addr, key, job).await?;
     let limit = Duration::from_secs(120);
     tokio::time::timeout(limit, async {

@@ -1,13 +1,15 @@
-//! The six figures. Each takes its baseline in the same run, interleaved with
+//! The eight figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
 pub mod api;
+pub mod fanout;
 pub mod latency;
 pub mod logs;
 pub mod memory;
 pub mod overhead;
 pub mod throughput;
+pub mod watcher;
 
 use std::time::Duration;
 
@@ -30,6 +32,14 @@ pub struct Plan {
     pub sse_streams: usize,
     pub controller_jobs: usize,
     pub controller_job_secs: u64,
+    /// Idle streams on the quiet job of the fan-out figure.
+    pub fanout_streams: usize,
+    /// How long each of the fan-out figure's CPU windows lasts.
+    pub fanout_window: Duration,
+    /// Writes timed by the watcher figure, each right after a change and after quiet.
+    pub watcher_samples: usize,
+    /// The quiet spell before each of the watcher figure's slow samples.
+    pub watcher_quiet: Duration,
 }
 
 impl Plan {
@@ -51,6 +61,10 @@ impl Plan {
             sse_streams: 1000,
             controller_jobs: 20,
             controller_job_secs: 20,
+            fanout_streams: 300,
+            fanout_window: Duration::from_secs(10),
+            watcher_samples: 8,
+            watcher_quiet: Duration::from_secs(2),
         }
     }
 
@@ -73,6 +87,10 @@ impl Plan {
             sse_streams: 100,
             controller_jobs: 4,
             controller_job_secs: 6,
+            fanout_streams: 100,
+            fanout_window: Duration::from_secs(3),
+            watcher_samples: 3,
+            watcher_quiet: Duration::from_millis(1500),
         }
     }
 }
@@ -86,6 +104,8 @@ pub struct Fixtures {
     pub long_sleeper: Project,
     /// Runs long enough for all of the memory figure's jobs to run at once.
     pub sleeper: Project,
+    /// Prints steadily far longer than any figure waits.
+    pub printer: Project,
 }
 
 /// What every figure gets.

@@ -210,6 +210,7 @@ fn events(
         job_id,
         start,
         app.config.stream_resync,
+        app.stream_reads.clone(),
         app.shutdown.clone(),
     )
 }

@@ -20,7 +20,7 @@ use ci_common::api::StreamEvent;
 use ci_common::config::DatabaseLocation;
 use ci_common::{generate_api_key, ApiKeyRecord, JobId, JobOptions, User};
 use ci_persistence::{NewJob, Store, StoreOptions};
-use ci_server::{serve, App, ServerConfig};
+use ci_server::{serve, App, ServerConfig, StreamReads};
 use futures::{Stream, StreamExt};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::multipart::{Form, Part};
@@ -65,6 +65,8 @@ pub struct TestApp {
     pub key_record: ApiKeyRecord,
     pub db_path: PathBuf,
     pub client: reqwest::Client,
+    /// What this replica's event streams have read from the database.
+    pub stream_reads: Arc<StreamReads>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     /// Kept alive as long as any replica on the database lives.
@@ -117,6 +119,7 @@ async fn start(
     let addr = listener.local_addr().expect("local addr");
     let (tx, rx) = oneshot::channel::<()>();
     let app = App::new(store.clone(), config);
+    let stream_reads = app.stream_reads.clone();
     let server = tokio::spawn(serve(listener, app, async move {
         let _ = rx.await;
     }));
@@ -129,6 +132,7 @@ async fn start(
         key_record,
         db_path,
         client: client(),
+        stream_reads,
         shutdown: Some(tx),
         server: Some(server),
         dir,
