@@ -10,6 +10,7 @@ pub mod leader;
 pub mod log_pump;
 pub mod reconciler;
 pub mod runtime;
+pub mod status_listener;
 pub mod workspace;
 
 pub use config::ControllerConfig;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use ci_common::config::DatabaseArgs;
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
 use ci_controller::leader::{self, LeaseConfig, LEASE_NAME};
+use ci_controller::status_listener::{self, Leadership, DEFAULT_STATUS_ADDR};
 use ci_controller::{DockerRuntime, Reconciler};
 use ci_persistence::Store;
 use clap::Parser;
@@ -59,6 +60,11 @@ struct Args {
     /// (the workspace, /tmp and the home folder stay writable).
     #[arg(long, env = "CI_JOB_READ_ONLY_ROOTFS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     read_only_rootfs: bool,
+
+    /// Address of the controller's `/ready` (and later `/metrics`) listener;
+    /// empty turns it off. With port 0 the chosen address is printed.
+    #[arg(long, env = "CI_METRICS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    metrics_addr: String,
 }
 
 #[tokio::main]
@@ -104,6 +110,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(watch_signals(shutdown.clone()));
     let runtime = Arc::new(runtime);
 
+    let (leadership, leadership_seen) = status_listener::leadership_channel();
+    if let Some(listener) = status_listener::bind(&args.metrics_addr).await? {
+        let local = listener.local_addr().context("no local address")?;
+        // On stdout, like ci-server's `Listening on`, so whoever asked for
+        // port 0 learns the port.
+        println!("Metrics on http://{local}");
+        tracing::info!(%local, "status listener on");
+        tokio::spawn(status_listener::serve(
+            listener,
+            leadership_seen,
+            shutdown.clone(),
+        ));
+    }
+
     // One term of leadership per round: a controller that loses the lease (the
     // database was out of reach for longer than the lease lasts, or another
     // controller took it) stops acting, stands by and takes it again when it
@@ -121,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             max_concurrent_jobs = config.max_concurrent_jobs,
             "this controller is the leader; reconciling"
         );
+        leadership.send_replace(Leadership::Leader);
 
         let term = shutdown.child_token();
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
@@ -129,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             lost = leader::keep(&store, &holder, &lease) => {
                 term.cancel();
                 let _ = run.await;
+                leadership.send_replace(Leadership::Standby);
                 tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
             }
             _ = &mut run => break,
