@@ -134,8 +134,9 @@ async fn jobs_end_when_the_engine_restarts_under_them_and_new_jobs_run_after() {
     );
 
     let host = engine.host();
-    let controller = Controller::start_with(&s.db, &s.prefix, &[("DOCKER_HOST", host.as_str())]);
-    controller.wait_for_log("this controller is the leader", Duration::from_secs(30));
+    let mut controller =
+        Controller::start_with(&s.db, &s.prefix, &[("DOCKER_HOST", host.as_str())]);
+    controller.wait_for_status(ci_testkit::status::LEADER, Duration::from_secs(30));
     let id = s
         .submit(&[(
             "test_long.py",

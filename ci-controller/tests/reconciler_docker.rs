@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,13 +144,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label={LABEL_INSTALLATION}={} | xargs -r docker rm -f",
-                self.prefix
-            ))
-            .output();
+        ci_testkit::docker::remove_labelled(LABEL_INSTALLATION, &self.prefix);
     }
 }
 
