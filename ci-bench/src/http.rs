@@ -16,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
+use ci_testkit::sse::{SseBlock, SseBuffer};
+
 use crate::error::{BenchError, Result};
 
 /// One user's view of the API.
@@ -202,7 +204,7 @@ impl Connection {
 /// A job's Server-Sent Events, read off a raw connection.
 pub struct EventStream {
     body: Incoming,
-    buf: Vec<u8>,
+    buf: SseBuffer,
     /// Kept so the connection stays the stream's own.
     _conn: Connection,
 }
@@ -223,7 +225,7 @@ impl EventStream {
         }
         Ok(EventStream {
             body: response.into_body(),
-            buf: Vec::new(),
+            buf: SseBuffer::new(),
             _conn: conn,
         })
     }
@@ -231,9 +233,8 @@ impl EventStream {
     /// The next event with data; `None` when the stream ends.
     pub async fn next_event(&mut self) -> Result<Option<StreamEvent>> {
         loop {
-            if let Some(end) = find_blank_line(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                if let Some(event) = parse_event(&block[..end.0]) {
+            if let Some(block) = self.buf.next_block() {
+                if let Some(event) = block.ok().as_ref().and_then(api_event) {
                     return Ok(Some(event));
                 }
                 continue;
@@ -243,7 +244,7 @@ impl EventStream {
                 Some(Err(e)) => return Err(BenchError::protocol("event stream", e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.buf.push(&data);
                     }
                 }
             }
@@ -251,34 +252,9 @@ impl EventStream {
     }
 }
 
-/// `(end of the event's text, end of its blank line)` of the first complete event.
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|i| (i, i + 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The event in one block of SSE lines; comments and unknown payloads are `None`.
-fn parse_event(block: &[u8]) -> Option<StreamEvent> {
-    let text = std::str::from_utf8(block).ok()?;
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    if data.is_empty() {
-        return None;
-    }
-    serde_json::from_str(&data.join("\n")).ok()
+/// The API event a block carries; comments and unknown payloads are `None`.
+fn api_event(block: &SseBlock) -> Option<StreamEvent> {
+    serde_json::from_str(block.data.as_deref()?).ok()
 }
 
 #[cfg(test)]
@@ -286,25 +262,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_split_on_blank_lines_and_comments_skipped() {
-        let stream = b": keep-alive\n\nid: 1\ndata: {\"type\":\"log\",\"data\":\"hi\\n\"}\n\ndata: {\"type\":\"complete\",\"success\":true}\r\n\r\n";
-        let mut buf = stream.to_vec();
+    fn blocks_give_their_api_event_and_others_none() {
+        let mut sse = SseBuffer::new();
+        sse.push(b": keep-alive\n\nid: 1\ndata: {\"type\":\"log\",\"data\":\"hi\\n\"}\n\ndata: {\"type\":\"complete\",\"success\":true}\r\n\r\ndata: {\"type\":\"new\"}\n\n");
         let mut events = Vec::new();
-        while let Some((end, next)) = find_blank_line(&buf) {
-            let block: Vec<u8> = buf.drain(..next).collect();
-            if let Some(e) = parse_event(&block[..end]) {
-                events.push(e);
-            }
+        while let Some(block) = sse.next_block() {
+            events.push(api_event(&block.expect("UTF-8")));
         }
         assert_eq!(
             events,
             vec![
-                StreamEvent::Log {
+                None,
+                Some(StreamEvent::Log {
                     data: "hi\n".into()
-                },
-                StreamEvent::Complete { success: true }
+                }),
+                Some(StreamEvent::Complete { success: true }),
+                None,
             ]
         );
-        assert!(buf.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //!   scrubbed, dying with the test, its log in a file, its announced address
 //!   read from its first stdout line.
 //! - [`relay`]: a TCP relay that shows a test what a server sent back.
+//! - [`sse`]: one wire-level reader of Server-Sent Events.
 //! - [`status`]: the services' `/ready` answers, which tests wait on instead
 //!   of on the wording of a log line.
 //! - [`postgres`]: scratch PostgreSQL databases, made and dropped.
@@ -23,6 +24,7 @@ pub mod fixtures;
 pub mod postgres;
 pub mod process;
 pub mod relay;
+pub mod sse;
 pub mod status;
 pub mod system;
 pub mod wait;
