@@ -144,3 +144,41 @@ async fn a_job_that_exits_while_no_controller_runs_ends_with_its_real_exit_code(
         "once in the traceback's source, once as captured stdout; never repeated: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_metrics_address_turns_the_status_listener_off() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let s = Setup::new().await;
+    let mut cmd =
+        ci_testkit::process::command(std::path::Path::new(env!("CARGO_BIN_EXE_ci-controller")));
+    let mut child = cmd
+        .env("CI_DB_PATH", &s.db)
+        .env("CI_CONTAINER_PREFIX", &s.prefix)
+        .env("CI_JOB_NETWORK", "none")
+        .env("CI_METRICS_ADDR", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It leads (the lease row names it) without a listener to say so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&s.store).await.is_none() {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the controller exited"
+        );
+        assert!(Instant::now() < deadline, "the controller never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(stdout, "", "no `Metrics on` announcement");
+}
