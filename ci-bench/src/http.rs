@@ -1,4 +1,4 @@
-//! Talking to the API: a reqwest client for the ordinary calls, and raw hyper
+//! Talking to the API: `ci`'s own client for the ordinary calls, and raw hyper
 //! HTTP/1.1 connections for event streams and the load client, where the
 //! client's own cost must stay small next to the server's.
 
@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
+use ci_client::ApiClient;
+use ci_common::api::{JobSummary, StreamEvent};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -20,79 +21,47 @@ use ci_testkit::sse::{SseBlock, SseBuffer};
 
 use crate::error::{BenchError, Result};
 
-/// One user's view of the API.
+/// One user's view of the API, through the product's own typed client
+/// (`ci_client`), so the benchmark measures the calls `ci` makes.
 #[derive(Clone)]
 pub struct Api {
-    client: reqwest::Client,
-    base: String,
-    key: String,
+    client: ApiClient,
 }
 
 impl Api {
     pub fn new(base: &str, key: &str) -> Result<Api> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(BenchError::http("building a client"))?;
-        Ok(Api {
-            client,
-            base: base.trim_end_matches('/').to_string(),
-            key: key.to_string(),
-        })
+        let client = ApiClient::new(base, Some(key.to_string()))
+            .map_err(BenchError::api("building a client"))?;
+        Ok(Api { client })
     }
 
     /// `POST /submit-async`; returns when the API has committed the queued job.
     pub async fn submit_async(&self, zip: &[u8]) -> Result<Uuid> {
-        let part = reqwest::multipart::Part::bytes(zip.to_vec())
-            .file_name("project.zip")
-            .mime_str("application/zip")
-            .map_err(BenchError::http("building an upload"))?;
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response = self
-            .client
-            .post(format!("{}/submit-async", self.base))
-            .bearer_auth(&self.key)
-            .multipart(form)
-            .send()
+        self.client
+            .submit_async(zip.to_vec())
             .await
-            .map_err(BenchError::http("POST /submit-async"))?;
-        let body: SubmitResponse = json(response, "POST /submit-async").await?;
-        Ok(body.job_id)
+            .map_err(BenchError::api("POST /submit-async"))
     }
 
     pub async fn list_jobs(&self) -> Result<Vec<JobSummary>> {
-        let response = self
-            .client
-            .get(format!("{}/jobs", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .list_jobs()
             .await
-            .map_err(BenchError::http("GET /jobs"))?;
-        json(response, "GET /jobs").await
+            .map_err(BenchError::api("GET /jobs"))
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<JobSummary> {
-        let what = format!("GET /jobs/{id}");
-        let response = self
-            .client
-            .get(format!("{}/jobs/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .get_job(id)
             .await
-            .map_err(BenchError::http(what.clone()))?;
-        json(response, &what).await
+            .map_err(BenchError::api(format!("GET /jobs/{id}")))
     }
 
     pub async fn cancel(&self, id: Uuid) -> Result<()> {
-        let what = format!("POST /jobs/{id}/cancel");
-        let response = self
-            .client
-            .post(format!("{}/jobs/{id}/cancel", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .cancel_job(id)
             .await
-            .map_err(BenchError::http(what.clone()))?;
-        let _: JobSummary = json(response, &what).await?;
+            .map_err(BenchError::api(format!("POST /jobs/{id}/cancel")))?;
         Ok(())
     }
 
@@ -122,24 +91,6 @@ impl Api {
             tokio::time::sleep(every).await;
         }
     }
-}
-
-async fn json<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-    what: &str,
-) -> Result<T> {
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(BenchError::http(what.to_string()))?;
-    if !status.is_success() {
-        return Err(BenchError::protocol(
-            what,
-            format!("{status}: {}", String::from_utf8_lossy(&body)),
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|e| BenchError::protocol(what, format!("bad JSON: {e}")))
 }
 
 /// An open HTTP/1.1 connection for GET requests.

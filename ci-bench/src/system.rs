@@ -123,7 +123,7 @@ impl System {
             image: options.image.clone(),
             done: false,
         };
-        system.wait_healthy(Duration::from_secs(30)).await?;
+        system.wait_ready(START_LIMIT).await?;
         Ok(system)
     }
 
@@ -139,20 +139,20 @@ impl System {
         u32::try_from(self.controller.pid().as_raw()).ok()
     }
 
-    async fn wait_healthy(&self, limit: Duration) -> Result<()> {
+    /// Waits until the server's `/ready` answers 200: its database answers
+    /// and holds the current schema.
+    async fn wait_ready(&self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
-        let client = reqwest::Client::new();
         loop {
-            let ok = client
-                .get(format!("{}/health", self.base_url))
-                .send()
+            let base = self.base_url.clone();
+            let answer = tokio::task::spawn_blocking(move || status::get_json(&base, "/ready"))
                 .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+                .map_err(|e| BenchError::Setup(format!("asking ci-server's /ready: {e}")))?;
+            if answer.is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(BenchError::timeout("ci-server's /health", limit));
+                return Err(BenchError::timeout("ci-server's /ready", limit));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
