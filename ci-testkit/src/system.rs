@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
+use ci_client::ApiClient;
 use ci_common::api::JobSummary;
 use ci_common::config::DatabaseLocation;
 use ci_common::{Job, JobId};
@@ -151,6 +152,8 @@ pub struct TestSystem {
     postgres_url: Option<String>,
     home: PathBuf,
     http: reqwest::Client,
+    /// [`Self::api_as`]'s clients, by key.
+    api_clients: std::sync::Mutex<std::collections::HashMap<String, ApiClient>>,
     runtime: tokio::runtime::Runtime,
     root: Option<TempDir>,
     users_made: usize,
@@ -209,6 +212,7 @@ impl TestSystem {
             postgres_url,
             home,
             http,
+            api_clients: std::sync::Mutex::default(),
             runtime,
             root: Some(root),
             users_made: 0,
@@ -583,31 +587,30 @@ impl TestSystem {
 
     /// A job from `GET /jobs/{id}`, asked with `key`.
     pub fn job_as(&self, key: &str, id: JobId) -> anyhow::Result<JobSummary> {
-        let (status, body) = self.get_json(&format!("/jobs/{id}"), key)?;
-        if status != 200 {
-            bail!("GET /jobs/{id} answered {status}: {body}");
-        }
-        serde_json::from_value(body).context("a job summary")
+        let api = self.api_as(key)?;
+        Ok(self.block_on(api.get_job(id))?)
     }
 
     /// Asks the server to cancel one of [`Self::user`]'s jobs.
     pub fn cancel(&self, id: JobId) -> anyhow::Result<()> {
-        let url = format!("{}/jobs/{id}/cancel", self.server_url());
-        self.block_on(async {
-            let response = self
-                .http
-                .post(&url)
-                .bearer_auth(&self.user.api_key)
-                .send()
-                .await
-                .with_context(|| format!("POST {url}"))?;
-            if !response.status().is_success() {
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                bail!("POST {url} answered {status}: {body}");
-            }
-            Ok(())
-        })
+        let api = self.api_as(&self.user.api_key)?;
+        self.block_on(api.cancel_job(id))?;
+        Ok(())
+    }
+
+    /// `ci`'s own typed client on the main server, with `key`; one per key,
+    /// so that polling reuses its connection.
+    pub fn api_as(&self, key: &str) -> anyhow::Result<ApiClient> {
+        let mut clients = self
+            .api_clients
+            .lock()
+            .map_err(|_| anyhow!("a test thread panicked holding the API clients"))?;
+        if let Some(client) = clients.get(key) {
+            return Ok(client.clone());
+        }
+        let client = ApiClient::new(&self.server_url(), Some(key.to_string()))?;
+        clients.insert(key.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Waits until one of [`Self::user`]'s jobs satisfies `cond`; returns it.
