@@ -24,6 +24,21 @@ pub fn project(files: &[(&str, &str)]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// Queues a job of `user` for `zip` through the store, as the API does.
+pub async fn queue_job(store: &Store, user: Uuid, zip: &[u8]) -> Uuid {
+    let digest = store.put_archive(zip).await.unwrap();
+    let id = Uuid::new_v4();
+    store
+        .create_job(&NewJob {
+            id,
+            user_id: user,
+            archive_digest: digest,
+        })
+        .await
+        .unwrap();
+    id
+}
+
 /// A running `ci-controller` (started with the test kit: no `CI_*` variable
 /// inherited, its log in a file), with its status listener on a free port.
 pub struct Controller {
@@ -119,17 +134,7 @@ impl Setup {
     }
 
     pub async fn submit(&self, files: &[(&str, &str)]) -> Uuid {
-        let digest = self.store.put_archive(&project(files)).await.unwrap();
-        let id = Uuid::new_v4();
-        self.store
-            .create_job(&NewJob {
-                id,
-                user_id: self.user,
-                archive_digest: digest,
-            })
-            .await
-            .unwrap();
-        id
+        queue_job(&self.store, self.user, &project(files)).await
     }
 
     pub async fn wait_for(
