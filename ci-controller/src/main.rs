@@ -117,11 +117,7 @@ async fn main() -> anyhow::Result<()> {
         // port 0 learns the port.
         println!("Metrics on http://{local}");
         tracing::info!(%local, "status listener on");
-        tokio::spawn(status_listener::serve(
-            listener,
-            leadership_seen,
-            shutdown.clone(),
-        ));
+        status_listener::spawn(listener, leadership_seen, shutdown.clone());
     }
 
     // One term of leadership per round: a controller that loses the lease (the

@@ -106,6 +106,20 @@ pub async fn serve(
         .await
 }
 
+/// Runs [`serve`] in the background; a listener that fails is logged, and
+/// the controller carries on reconciling without it.
+pub fn spawn(
+    listener: TcpListener,
+    leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, leadership, shutdown).await {
+            tracing::error!(error = %e, "the status listener failed");
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
