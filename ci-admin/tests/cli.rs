@@ -16,6 +16,8 @@ use ci_common::config::DatabaseLocation;
 use ci_common::time::{parse_api_string, to_api_string};
 use ci_common::{hash_api_key, looks_like_api_key, User};
 use ci_persistence::Store;
+use ci_testkit::postgres as scratch_postgres;
+use ci_testkit::process;
 use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -53,21 +55,13 @@ impl Admin {
     /// On a fresh database of the server `CI_TEST_POSTGRES_URL` names
     /// (`scripts/postgres.sh` starts one and prints its URL).
     fn postgres() -> Admin {
-        use sqlx::Connection as _;
-        let base = std::env::var("CI_TEST_POSTGRES_URL").expect(
-            "CI_TEST_POSTGRES_URL must name a PostgreSQL server: run `scripts/postgres.sh` and export its URL",
-        );
-        let name = format!("admin_{}", Uuid::new_v4().simple());
-        block_on(async {
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        });
-        let (server, _) = base.rsplit_once('/').unwrap();
+        let url = block_on(scratch_postgres::create_database(
+            &scratch_postgres::server_url(),
+            "admin",
+        ))
+        .unwrap();
         let mut admin = Admin::new();
-        admin.postgres_url = Some(format!("{server}/{name}"));
+        admin.postgres_url = Some(url);
         admin
     }
 
@@ -78,12 +72,12 @@ impl Admin {
         }
     }
 
-    /// The binary with no database configured at all.
+    /// The binary with no database configured at all: no `CI_*` variable
+    /// of the caller reaches it.
     fn bare(&self) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.env_remove("CI_DB_PATH")
-            .env_remove("CI_DATABASE_URL")
-            .env("HOME", self.dir.path().join("home"))
+        process::scrub_ci_env(&mut cmd);
+        cmd.env("HOME", self.dir.path().join("home"))
             .env("RUST_BACKTRACE", "1");
         cmd
     }
@@ -161,21 +155,13 @@ impl Admin {
 /// pile databases up on the server.
 impl Drop for Admin {
     fn drop(&mut self) {
-        use sqlx::Connection as _;
-        let (Some(url), Ok(base)) = (&self.postgres_url, std::env::var("CI_TEST_POSTGRES_URL"))
-        else {
+        let (Some(url), Ok(base)) = (
+            &self.postgres_url,
+            std::env::var(scratch_postgres::SERVER_URL_VAR),
+        ) else {
             return;
         };
-        let Some((_, name)) = url.rsplit_once('/') else {
-            return;
-        };
-        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        block_on(async {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
-                let _ = sqlx::query(&sql).execute(&mut conn).await;
-                let _ = conn.close().await;
-            }
-        });
+        let _ = block_on(scratch_postgres::drop_database(&base, url));
     }
 }
 

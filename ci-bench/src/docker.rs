@@ -424,52 +424,6 @@ fn parse_start_event(line: &str) -> Option<(String, SystemTime)> {
     Some((job, UNIX_EPOCH + Duration::from_nanos(nanos)))
 }
 
-/// Removes, synchronously and best-effort, every container carrying `label`
-/// (`key=value`): used on the way out, even after a failure.
-pub fn remove_labelled_blocking(label: &str) {
-    let Ok(out) = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return;
-    };
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    if ids.is_empty() {
-        return;
-    }
-    let _ = std::process::Command::new("docker")
-        .args(["rm", "-f", "-v"])
-        .args(&ids)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Removes the volumes that carry `label` (`key=value`), best-effort.
-pub fn remove_labelled_volumes_blocking(label: &str) {
-    let listed = std::process::Command::new("docker")
-        .args(["volume", "ls", "-q", "--filter"])
-        .arg(format!("label={label}"))
-        .output();
-    let Ok(listed) = listed else { return };
-    for name in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
-        remove_volume_blocking(name);
-    }
-}
-
-/// Removes a named volume, best-effort.
-pub fn remove_volume_blocking(name: &str) {
-    let _ = std::process::Command::new("docker")
-        .args(["volume", "rm", "-f", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

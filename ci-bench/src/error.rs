@@ -12,11 +12,11 @@ pub enum BenchError {
     },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
-    #[error("HTTP {what}: {source}")]
-    Http {
+    #[error("{what}: {source}")]
+    Api {
         what: String,
         #[source]
-        source: reqwest::Error,
+        source: ci_client::ClientError,
     },
     #[error("HTTP {what}: {detail}")]
     Protocol { what: String, detail: String },
@@ -36,9 +36,11 @@ impl BenchError {
         move |source| BenchError::Io { what, source }
     }
 
-    pub(crate) fn http(what: impl Into<String>) -> impl FnOnce(reqwest::Error) -> BenchError {
+    pub(crate) fn api(
+        what: impl Into<String>,
+    ) -> impl FnOnce(ci_client::ClientError) -> BenchError {
         let what = what.into();
-        move |source| BenchError::Http { what, source }
+        move |source| BenchError::Api { what, source }
     }
 
     pub(crate) fn protocol(what: impl Into<String>, detail: impl Into<String>) -> BenchError {

@@ -1,4 +1,4 @@
-//! Talking to the API: a reqwest client for the ordinary calls, and raw hyper
+//! Talking to the API: `ci`'s own client for the ordinary calls, and raw hyper
 //! HTTP/1.1 connections for event streams and the load client, where the
 //! client's own cost must stay small next to the server's.
 
@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
+use ci_client::ApiClient;
+use ci_common::api::{JobSummary, StreamEvent};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -16,81 +17,51 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
+use ci_testkit::sse::{SseBlock, SseBuffer};
+
 use crate::error::{BenchError, Result};
 
-/// One user's view of the API.
+/// One user's view of the API, through the product's own typed client
+/// (`ci_client`), so the benchmark measures the calls `ci` makes.
 #[derive(Clone)]
 pub struct Api {
-    client: reqwest::Client,
-    base: String,
-    key: String,
+    client: ApiClient,
 }
 
 impl Api {
     pub fn new(base: &str, key: &str) -> Result<Api> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(BenchError::http("building a client"))?;
-        Ok(Api {
-            client,
-            base: base.trim_end_matches('/').to_string(),
-            key: key.to_string(),
-        })
+        let client = ApiClient::new(base, Some(key.to_string()))
+            .map_err(BenchError::api("building a client"))?;
+        Ok(Api { client })
     }
 
     /// `POST /submit-async`; returns when the API has committed the queued job.
     pub async fn submit_async(&self, zip: &[u8]) -> Result<Uuid> {
-        let part = reqwest::multipart::Part::bytes(zip.to_vec())
-            .file_name("project.zip")
-            .mime_str("application/zip")
-            .map_err(BenchError::http("building an upload"))?;
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response = self
-            .client
-            .post(format!("{}/submit-async", self.base))
-            .bearer_auth(&self.key)
-            .multipart(form)
-            .send()
+        self.client
+            .submit_async(zip.to_vec())
             .await
-            .map_err(BenchError::http("POST /submit-async"))?;
-        let body: SubmitResponse = json(response, "POST /submit-async").await?;
-        Ok(body.job_id)
+            .map_err(BenchError::api("POST /submit-async"))
     }
 
     pub async fn list_jobs(&self) -> Result<Vec<JobSummary>> {
-        let response = self
-            .client
-            .get(format!("{}/jobs", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .list_jobs()
             .await
-            .map_err(BenchError::http("GET /jobs"))?;
-        json(response, "GET /jobs").await
+            .map_err(BenchError::api("GET /jobs"))
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<JobSummary> {
-        let what = format!("GET /jobs/{id}");
-        let response = self
-            .client
-            .get(format!("{}/jobs/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .get_job(id)
             .await
-            .map_err(BenchError::http(what.clone()))?;
-        json(response, &what).await
+            .map_err(BenchError::api(format!("GET /jobs/{id}")))
     }
 
     pub async fn cancel(&self, id: Uuid) -> Result<()> {
-        let what = format!("POST /jobs/{id}/cancel");
-        let response = self
-            .client
-            .post(format!("{}/jobs/{id}/cancel", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        self.client
+            .cancel_job(id)
             .await
-            .map_err(BenchError::http(what.clone()))?;
-        let _: JobSummary = json(response, &what).await?;
+            .map_err(BenchError::api(format!("POST /jobs/{id}/cancel")))?;
         Ok(())
     }
 
@@ -120,24 +91,6 @@ impl Api {
             tokio::time::sleep(every).await;
         }
     }
-}
-
-async fn json<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
-    what: &str,
-) -> Result<T> {
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(BenchError::http(what.to_string()))?;
-    if !status.is_success() {
-        return Err(BenchError::protocol(
-            what,
-            format!("{status}: {}", String::from_utf8_lossy(&body)),
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|e| BenchError::protocol(what, format!("bad JSON: {e}")))
 }
 
 /// An open HTTP/1.1 connection for GET requests.
@@ -202,7 +155,7 @@ impl Connection {
 /// A job's Server-Sent Events, read off a raw connection.
 pub struct EventStream {
     body: Incoming,
-    buf: Vec<u8>,
+    buf: SseBuffer,
     /// Kept so the connection stays the stream's own.
     _conn: Connection,
 }
@@ -223,7 +176,7 @@ impl EventStream {
         }
         Ok(EventStream {
             body: response.into_body(),
-            buf: Vec::new(),
+            buf: SseBuffer::new(),
             _conn: conn,
         })
     }
@@ -231,9 +184,8 @@ impl EventStream {
     /// The next event with data; `None` when the stream ends.
     pub async fn next_event(&mut self) -> Result<Option<StreamEvent>> {
         loop {
-            if let Some(end) = find_blank_line(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                if let Some(event) = parse_event(&block[..end.0]) {
+            if let Some(block) = self.buf.next_block() {
+                if let Some(event) = block.ok().as_ref().and_then(api_event) {
                     return Ok(Some(event));
                 }
                 continue;
@@ -243,7 +195,7 @@ impl EventStream {
                 Some(Err(e)) => return Err(BenchError::protocol("event stream", e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.buf.push(&data);
                     }
                 }
             }
@@ -251,34 +203,9 @@ impl EventStream {
     }
 }
 
-/// `(end of the event's text, end of its blank line)` of the first complete event.
-fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|i| (i, i + 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The event in one block of SSE lines; comments and unknown payloads are `None`.
-fn parse_event(block: &[u8]) -> Option<StreamEvent> {
-    let text = std::str::from_utf8(block).ok()?;
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    if data.is_empty() {
-        return None;
-    }
-    serde_json::from_str(&data.join("\n")).ok()
+/// The API event a block carries; comments and unknown payloads are `None`.
+fn api_event(block: &SseBlock) -> Option<StreamEvent> {
+    serde_json::from_str(block.data.as_deref()?).ok()
 }
 
 #[cfg(test)]
@@ -286,25 +213,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_split_on_blank_lines_and_comments_skipped() {
-        let stream = b": keep-alive\n\nid: 1\ndata: {\"type\":\"log\",\"data\":\"hi\\n\"}\n\ndata: {\"type\":\"complete\",\"success\":true}\r\n\r\n";
-        let mut buf = stream.to_vec();
+    fn blocks_give_their_api_event_and_others_none() {
+        let mut sse = SseBuffer::new();
+        sse.push(b": keep-alive\n\nid: 1\ndata: {\"type\":\"log\",\"data\":\"hi\\n\"}\n\ndata: {\"type\":\"complete\",\"success\":true}\r\n\r\ndata: {\"type\":\"new\"}\n\n");
         let mut events = Vec::new();
-        while let Some((end, next)) = find_blank_line(&buf) {
-            let block: Vec<u8> = buf.drain(..next).collect();
-            if let Some(e) = parse_event(&block[..end]) {
-                events.push(e);
-            }
+        while let Some(block) = sse.next_block() {
+            events.push(api_event(&block.expect("UTF-8")));
         }
         assert_eq!(
             events,
             vec![
-                StreamEvent::Log {
+                None,
+                Some(StreamEvent::Log {
                     data: "hi\n".into()
-                },
-                StreamEvent::Complete { success: true }
+                }),
+                Some(StreamEvent::Complete { success: true }),
+                None,
             ]
         );
-        assert!(buf.is_empty());
     }
 }

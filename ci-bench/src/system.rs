@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, Executor as _};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use ci_testkit::process::{self, Service, CONTROLLER_ANNOUNCEMENT, SERVER_ANNOUNCEMENT};
+use ci_testkit::{postgres, status};
+use tokio::process::Command;
 
-use crate::docker::{self, ManualJob, LABEL_BENCH};
+use crate::docker::{ManualJob, LABEL_BENCH};
 use crate::error::{BenchError, Result};
 use crate::http::Api;
 use ci_controller::ControllerConfig;
@@ -45,8 +45,8 @@ pub struct System {
     pub prefix: String,
     pub base_url: String,
     pub addr: SocketAddr,
-    server: Child,
-    controller: Child,
+    server: Service,
+    controller: Service,
     database: Database,
     bin_dir: PathBuf,
     image: String,
@@ -74,48 +74,45 @@ impl System {
         let prefix = format!("bench{tag}-");
         let database = match &options.postgres {
             None => Database::Sqlite(scratch.path().join("jobs.db")),
-            Some(url) => create_postgres_database(url, &format!("ci_bench_{tag}")).await?,
+            Some(url) => create_postgres_database(url).await?,
         };
         let db_env = db_env(&database);
 
-        let mut server = Command::new(options.bin_dir.join("ci-server"));
+        // The kit's start-up: no `CI_*` of the caller, the child dies with
+        // the benchmark, the address read from the announcement on stdout.
+        let started = Instant::now();
+        let mut server = process::command(&options.bin_dir.join("ci-server"));
         server
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(scratch.path(), "ci-server.log")?)
-            .kill_on_drop(true);
-        clean_env(&mut server, &db_env);
-        let mut server = server
-            .spawn()
-            .map_err(BenchError::io("starting ci-server"))?;
-        let addr = match read_listen_address(&mut server).await {
-            Ok(addr) => addr,
-            Err(e) => {
-                let log = tail(&scratch.path().join("ci-server.log"));
-                return Err(BenchError::Setup(format!(
-                    "ci-server did not start: {e}\n{log}"
-                )));
-            }
-        };
+            .envs(db_env.iter().map(|(name, value)| (*name, value)));
+        let (server, server_url) = start_announcing(
+            "ci-server",
+            &mut server,
+            &scratch.path().join("ci-server.log"),
+            SERVER_ANNOUNCEMENT,
+        )?;
+        let addr: SocketAddr = server_url
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|_| BenchError::Setup(format!("ci-server announced {server_url:?}")))?;
 
-        let mut controller = Command::new(options.bin_dir.join("ci-controller"));
+        let mut controller = process::command(&options.bin_dir.join("ci-controller"));
         controller
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(scratch.path(), "ci-controller.log")?)
-            .kill_on_drop(true);
-        clean_env(&mut controller, &db_env);
-        controller
+            .envs(db_env.iter().map(|(name, value)| (*name, value)))
             .env("CI_CONTAINER_PREFIX", &prefix)
             .env("CI_JOB_NETWORK", "none")
-            .env("CI_PYTHON_BASE_IMAGE", &options.image);
+            .env("CI_PYTHON_BASE_IMAGE", &options.image)
+            .env("CI_METRICS_ADDR", "127.0.0.1:0");
         if let Some(n) = options.max_concurrent_jobs {
             controller.env("CI_MAX_CONCURRENT_JOBS", n.to_string());
         }
-        let controller = controller
-            .spawn()
-            .map_err(BenchError::io("starting ci-controller"))?;
+        let (mut controller, status_url) = start_announcing(
+            "ci-controller",
+            &mut controller,
+            &scratch.path().join("ci-controller.log"),
+            CONTROLLER_ANNOUNCEMENT,
+        )?;
+        wait_leading(&mut controller, &status_url, started).await?;
 
         let system = System {
             base_url: format!("http://{addr}"),
@@ -130,7 +127,7 @@ impl System {
             manual_user: uuid::Uuid::new_v4(),
             done: false,
         };
-        system.wait_healthy(Duration::from_secs(30)).await?;
+        system.wait_ready(START_LIMIT).await?;
         Ok(system)
     }
 
@@ -139,27 +136,27 @@ impl System {
     }
 
     pub fn server_pid(&self) -> Option<u32> {
-        self.server.id()
+        u32::try_from(self.server.pid().as_raw()).ok()
     }
 
     pub fn controller_pid(&self) -> Option<u32> {
-        self.controller.id()
+        u32::try_from(self.controller.pid().as_raw()).ok()
     }
 
-    async fn wait_healthy(&self, limit: Duration) -> Result<()> {
+    /// Waits until the server's `/ready` answers 200: its database answers
+    /// and holds the current schema.
+    async fn wait_ready(&self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
-        let client = reqwest::Client::new();
         loop {
-            let ok = client
-                .get(format!("{}/health", self.base_url))
-                .send()
+            let base = self.base_url.clone();
+            let answer = tokio::task::spawn_blocking(move || status::get_json(&base, "/ready"))
                 .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+                .map_err(|e| BenchError::Setup(format!("asking ci-server's /ready: {e}")))?;
+            if answer.is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(BenchError::timeout("ci-server's /health", limit));
+                return Err(BenchError::timeout("ci-server's /ready", limit));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -270,33 +267,23 @@ impl System {
     /// Stops the processes (SIGTERM, then SIGKILL), removes every container and
     /// volume of this system, and drops a PostgreSQL database it made.
     pub async fn shutdown(mut self) -> Result<()> {
-        for child in [&mut self.server, &mut self.controller] {
-            terminate(child).await;
+        for service in [&mut self.server, &mut self.controller] {
+            tokio::task::block_in_place(|| service.terminate(STOP_GRACE));
         }
         self.remove_docker_leftovers();
-        if let Database::Postgres {
-            admin_url, name, ..
-        } = &self.database
-        {
-            drop_postgres_database(admin_url, name).await?;
+        if let Database::Postgres { admin_url, url, .. } = &self.database {
+            drop_postgres_database(admin_url, url).await?;
         }
         self.done = true;
         Ok(())
     }
 
     fn remove_docker_leftovers(&self) {
-        docker::remove_labelled_blocking(&format!(
-            "{}={}",
-            ci_controller::runtime::LABEL_INSTALLATION,
-            self.prefix
-        ));
-        docker::remove_labelled_blocking(&format!("{LABEL_BENCH}={}", self.prefix));
-        docker::remove_volume_blocking(&format!("{}ci-pip-cache", self.prefix));
-        docker::remove_labelled_volumes_blocking(&format!(
-            "{}={}",
-            ci_controller::runtime::LABEL_INSTALLATION,
-            self.prefix
-        ));
+        // The installation's containers and pip cache volumes, and the
+        // by-hand baseline's containers and cache volume.
+        ci_testkit::docker::remove_installation(&self.prefix);
+        ci_testkit::docker::remove_labelled(LABEL_BENCH, &self.prefix);
+        ci_testkit::docker::remove_volumes(&[format!("{}ci-pip-cache", self.prefix)]);
     }
 }
 
@@ -305,8 +292,8 @@ impl Drop for System {
         if self.done {
             return;
         }
-        let _ = self.server.start_kill();
-        let _ = self.controller.start_kill();
+        self.server.kill();
+        self.controller.kill();
         self.remove_docker_leftovers();
         if let Database::Postgres { name, .. } = &self.database {
             eprintln!("ci-bench: left the PostgreSQL database {name} behind");
@@ -314,30 +301,55 @@ impl Drop for System {
     }
 }
 
-/// SIGTERM, a few seconds' grace, then SIGKILL.
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
+/// How long a service may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a service may take to come up.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts a service with the kit and reads its announced URL.
+fn start_announcing(
+    name: &str,
+    cmd: &mut std::process::Command,
+    log: &Path,
+    announcement: &str,
+) -> Result<(Service, String)> {
+    tokio::task::block_in_place(|| {
+        Service::start_announcing(name, cmd, log, announcement, START_LIMIT)
+    })
+    .map_err(|e| BenchError::Setup(format!("{name} did not start: {e}")))
 }
 
-/// The child sees no `CI_*` setting of the person running the benchmark, only ours.
-fn clean_env(cmd: &mut Command, vars: &[(&'static str, String)]) {
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("CI_") {
-            cmd.env_remove(name);
+/// Waits until the controller's `/ready` says it leads, so the first
+/// measured job does not wait for the lease.
+async fn wait_leading(controller: &mut Service, status_url: &str, started: Instant) -> Result<()> {
+    loop {
+        let url = status_url.to_string();
+        let said = tokio::task::spawn_blocking(move || status::ready_status(&url))
+            .await
+            .map_err(|e| BenchError::Setup(format!("asking the controller's /ready: {e}")))?;
+        if said.as_deref().is_ok_and(|s| s == status::LEADER) {
+            return Ok(());
         }
+        if !controller.is_running() {
+            return Err(BenchError::Setup(format!(
+                "ci-controller exited before it led\n{}",
+                controller.log_tail()
+            )));
+        }
+        if started.elapsed() > START_LIMIT {
+            return Err(BenchError::timeout(
+                "ci-controller's /ready to say leader",
+                START_LIMIT,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The child sees no `CI_*` setting of the person running the benchmark
+/// (the kit's scrub), only ours.
+fn clean_env(cmd: &mut Command, vars: &[(&'static str, String)]) {
+    process::scrub_ci_env(cmd.as_std_mut());
     for (name, value) in vars {
         cmd.env(name, value);
     }
@@ -350,54 +362,9 @@ fn db_env(database: &Database) -> Vec<(&'static str, String)> {
     }
 }
 
-fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
-    let path = dir.join(name);
-    std::fs::File::create(&path).map_err(BenchError::io(format!("creating {}", path.display())))
-}
-
 /// The last lines of a log file, for an error message.
 fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(15);
-    format!("--- {} ---\n{}", path.display(), lines[from..].join("\n"))
-}
-
-/// Reads `Listening on http://ADDR` from the server's stdout, then keeps
-/// draining it so a later print never meets a closed pipe.
-async fn read_listen_address(server: &mut Child) -> Result<SocketAddr> {
-    let stdout = server
-        .stdout
-        .take()
-        .ok_or_else(|| BenchError::Setup("ci-server has no stdout".into()))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let limit = Duration::from_secs(30);
-    let addr = tokio::time::timeout(limit, async {
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .map_err(BenchError::io("reading ci-server's output"))?
-        {
-            if let Some(addr) = parse_listen_line(&line) {
-                return Ok(addr);
-            }
-        }
-        Err(BenchError::Setup(
-            "ci-server exited before printing its address".into(),
-        ))
-    })
-    .await
-    .map_err(|_| BenchError::timeout("ci-server's `Listening on` line", limit))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(addr)
-}
-
-fn parse_listen_line(line: &str) -> Option<SocketAddr> {
-    line.trim()
-        .strip_prefix("Listening on http://")?
-        .trim_end_matches('/')
-        .parse()
-        .ok()
+    format!("--- {} ---\n{}", path.display(), process::tail(path, 15))
 }
 
 fn parse_api_key(out: &str) -> Option<String> {
@@ -407,33 +374,22 @@ fn parse_api_key(out: &str) -> Option<String> {
         .filter(|k| k.starts_with("ci_"))
 }
 
-/// The URL of a fresh database `name` on the server of `admin_url`.
-async fn create_postgres_database(admin_url: &str, name: &str) -> Result<Database> {
-    let mut url = reqwest::Url::parse(admin_url)
-        .map_err(|e| BenchError::Setup(format!("--database-url is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "postgres" | "postgresql") {
-        return Err(BenchError::Setup(
-            "--database-url must be a postgres:// URL".into(),
-        ));
-    }
-    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await?;
-    conn.close().await?;
-    url.set_path(&format!("/{name}"));
+/// A fresh database on the server of `admin_url` (the kit's scratch databases).
+async fn create_postgres_database(admin_url: &str) -> Result<Database> {
+    let url = postgres::create_database(admin_url, "ci_bench")
+        .await
+        .map_err(|e| BenchError::Setup(format!("cannot make a database: {e}")))?;
     Ok(Database::Postgres {
         admin_url: admin_url.to_string(),
-        name: name.to_string(),
-        url: url.to_string(),
+        name: postgres::database_name(&url).unwrap_or_default(),
+        url,
     })
 }
 
-async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    conn.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-        .await?;
-    conn.close().await?;
-    Ok(())
+async fn drop_postgres_database(admin_url: &str, url: &str) -> Result<()> {
+    postgres::drop_database(admin_url, url)
+        .await
+        .map_err(|e| BenchError::Setup(format!("cannot drop the database: {e}")))
 }
 
 #[cfg(test)]
@@ -441,12 +397,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_servers_address_and_the_key_are_read_from_output() {
-        assert_eq!(
-            parse_listen_line("Listening on http://127.0.0.1:41234"),
-            Some("127.0.0.1:41234".parse().unwrap())
-        );
-        assert_eq!(parse_listen_line("something else"), None);
+    fn the_key_is_read_from_output() {
         let out = "✓ API key created\nAPI Key: ci_abcDEF123_-\n⚠ shown once\n";
         assert_eq!(parse_api_key(out).as_deref(), Some("ci_abcDEF123_-"));
         assert_eq!(parse_api_key("API Key: nope"), None);

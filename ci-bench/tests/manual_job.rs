@@ -118,7 +118,7 @@ async fn the_cli_creates_the_container_the_controller_creates() {
             runtime.remove(id).await.unwrap();
         }
         if let Some(volume) = spec.volumes.iter().find_map(|v| v.name.as_deref()) {
-            ci_bench::docker::remove_volume_blocking(volume);
+            ci_testkit::docker::remove_volumes(&[volume.to_string()]);
         }
         by_cli.unwrap();
         assert_eq!(cli_made.unwrap(), runtime_made, "project {i}");
@@ -130,7 +130,7 @@ async fn the_job_by_hand_gets_its_project_on_stdin_and_passes() {
     let prefix = format!("cibench-{}-", &Uuid::new_v4().simple().to_string()[..8]);
     let manual = manual_job(&prefix);
     let run = manual.run(&passing_project(), None).await;
-    ci_bench::docker::remove_labelled_blocking(&format!("{LABEL_BENCH}={prefix}"));
+    ci_testkit::docker::remove_labelled(LABEL_BENCH, &prefix);
     let run = run.unwrap();
     let output = String::from_utf8_lossy(&run.output);
     assert_eq!(run.exit_code, Some(0), "{output}");

@@ -88,7 +88,8 @@ async fn ctrl_c_during_the_upload_cancels_the_job_the_server_then_names() {
     )
     .unwrap();
     let home = tempfile::tempdir().unwrap();
-    let mut ci = Command::new(env!("CARGO_BIN_EXE_ci"))
+    // The kit's command: no `CI_*` setting of the caller reaches `ci`.
+    let mut ci = ci_testkit::process::command(std::path::Path::new(env!("CARGO_BIN_EXE_ci")))
         .args(["submit", "test"])
         .current_dir(project.path())
         .env("HOME", home.path())

@@ -27,6 +27,16 @@ pub enum Leadership {
     Leader,
 }
 
+impl Leadership {
+    /// The `status` of the controller's `/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leadership::Leader => "leader",
+            Leadership::Standby => "standby",
+        }
+    }
+}
+
 /// Why the controller stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum LeadershipError {

@@ -22,6 +22,7 @@ pub mod pythons;
 pub mod reconciler;
 pub mod runtime;
 pub mod scheduler;
+pub mod status_listener;
 pub mod worker;
 pub mod workspace;
 

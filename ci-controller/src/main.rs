@@ -7,11 +7,11 @@ use anyhow::Context;
 use ci_common::config::DatabaseArgs;
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
 use ci_controller::leader::LeaseConfig;
-use ci_controller::leadership::{self, Controller, Leadership};
+use ci_controller::leadership::{self, Controller};
+use ci_controller::status_listener::{self, DEFAULT_STATUS_ADDR};
 use ci_controller::DockerRuntime;
 use ci_persistence::Store;
 use clap::Parser;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The CI service's singleton reconciler: runs queued jobs in Docker.
@@ -66,6 +66,11 @@ struct Args {
     /// (the workspace, /tmp and the home folder stay writable).
     #[arg(long, env = "CI_JOB_READ_ONLY_ROOTFS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     read_only_rootfs: bool,
+
+    /// Address of the controller's `/ready` (and later `/metrics`) listener;
+    /// empty turns it off. With port 0 the chosen address is printed.
+    #[arg(long, env = "CI_METRICS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
+    metrics_addr: String,
 }
 
 #[tokio::main]
@@ -106,9 +111,16 @@ async fn main() -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    // Whether this controller leads, as it changes: subscribe here
-    // (`leadership.subscribe()`) to report it, e.g. on a readiness endpoint.
-    let (leadership, _) = watch::channel(Leadership::Standby);
+    // Whether this controller leads, as it changes, for the status listener.
+    let (leadership, leadership_seen) = status_listener::leadership_channel();
+    if let Some(listener) = status_listener::bind(&args.metrics_addr).await? {
+        let local = listener.local_addr().context("no local address")?;
+        // On stdout, like ci-server's `Listening on`, so whoever asked for
+        // port 0 learns the port.
+        println!("Metrics on http://{local}");
+        tracing::info!(%local, "status listener on");
+        status_listener::spawn(listener, leadership_seen, shutdown.clone());
+    }
     let controller = Controller {
         store,
         runtime: Arc::new(runtime),

@@ -9,7 +9,26 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ci_common::JobStatus;
+use ci_persistence::Store;
+use ci_testkit::status::{LEADER, STANDBY};
 use support::{Controller, Setup};
+
+/// Who holds the controller lease, as the database says.
+async fn lease_holder(store: &Store) -> Option<String> {
+    store
+        .lease_holder(ci_controller::leader::LEASE_NAME)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn the_kit_knows_the_installation_label() {
+    assert_eq!(
+        ci_testkit::LABEL_INSTALLATION,
+        ci_controller::runtime::LABEL_INSTALLATION
+    );
+    assert_eq!(ci_testkit::LABEL_JOB, ci_controller::runtime::LABEL_JOB);
+}
 
 fn printing_test(lines: usize) -> String {
     format!(
@@ -21,9 +40,14 @@ fn printing_test(lines: usize) -> String {
 async fn a_standby_takes_over_from_a_killed_leader_and_loses_no_output() {
     let s = Setup::new().await;
     let mut leader = Controller::start(&s.db, &s.prefix);
-    leader.wait_for_log("this controller is the leader", Duration::from_secs(20));
-    let standby = Controller::start(&s.db, &s.prefix);
-    standby.wait_for_log("standing by", Duration::from_secs(20));
+    leader.wait_for_status(LEADER, Duration::from_secs(20));
+    let holder = lease_holder(&s.store).await;
+    assert!(holder.is_some(), "the leader holds the lease");
+    let mut standby = Controller::start(&s.db, &s.prefix);
+    // Up (its listener answers once the database and Docker are open), not
+    // leading, and the lease still the first one's.
+    standby.wait_for_status(STANDBY, Duration::from_secs(20));
+    assert_eq!(lease_holder(&s.store).await, holder, "{}", standby.log());
 
     let lines = 10_000;
     let id = s.submit(&[("test_print.py", &printing_test(lines))]).await;
@@ -36,7 +60,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_loses_no_output() {
     .await;
     leader.kill();
     let killed_at = Instant::now();
-    standby.wait_for_log("this controller is the leader", Duration::from_secs(15));
+    standby.wait_for_status(LEADER, Duration::from_secs(15));
     assert!(
         killed_at.elapsed() < Duration::from_secs(10),
         "takeover took {:?}",
@@ -74,7 +98,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_loses_no_output() {
 async fn a_job_that_exits_while_no_controller_runs_ends_with_its_real_exit_code() {
     let s = Setup::new().await;
     let mut first = Controller::start(&s.db, &s.prefix);
-    first.wait_for_log("this controller is the leader", Duration::from_secs(20));
+    first.wait_for_status(LEADER, Duration::from_secs(20));
     let id = s
         .submit(&[(
             "test_late.py",
@@ -119,4 +143,42 @@ async fn a_job_that_exits_while_no_controller_runs_ends_with_its_real_exit_code(
         2,
         "once in the traceback's source, once as captured stdout; never repeated: {out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_metrics_address_turns_the_status_listener_off() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let s = Setup::new().await;
+    let mut cmd =
+        ci_testkit::process::command(std::path::Path::new(env!("CARGO_BIN_EXE_ci-controller")));
+    let mut child = cmd
+        .env("CI_DB_PATH", &s.db)
+        .env("CI_CONTAINER_PREFIX", &s.prefix)
+        .env("CI_JOB_NETWORK", "none")
+        .env("CI_METRICS_ADDR", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // It leads (the lease row names it) without a listener to say so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&s.store).await.is_none() {
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the controller exited"
+        );
+        assert!(Instant::now() < deadline, "the controller never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(stdout, "", "no `Metrics on` announcement");
 }

@@ -134,8 +134,9 @@ async fn jobs_end_when_the_engine_restarts_under_them_and_new_jobs_run_after() {
     );
 
     let host = engine.host();
-    let controller = Controller::start_with(&s.db, &s.prefix, &[("DOCKER_HOST", host.as_str())]);
-    controller.wait_for_log("this controller is the leader", Duration::from_secs(30));
+    let mut controller =
+        Controller::start_with(&s.db, &s.prefix, &[("DOCKER_HOST", host.as_str())]);
+    controller.wait_for_status(ci_testkit::status::LEADER, Duration::from_secs(30));
     let id = s
         .submit(&[(
             "test_long.py",
@@ -188,9 +189,19 @@ async fn jobs_end_when_the_engine_restarts_under_them_and_new_jobs_run_after() {
         )
         .await;
     assert_eq!(job.success, Some(true), "{}", s.output(next).await);
-    let left = engine.docker(&["ps", "-aq"]);
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "no container outlives its job"
-    );
+    // Removing a container follows its job's end: give it the time the other
+    // tests give (the check used to race the removal).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&engine.docker(&["ps", "-aq"]).stdout)
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no container outlives its job: {}\n{}",
+            String::from_utf8_lossy(&engine.docker(&["ps", "-a"]).stdout),
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -6,15 +6,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ci_common::config::DatabaseLocation;
-use ci_common::{Job, JobOptions, JobStatus};
+use ci_common::{Job, JobStatus};
 use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
 use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
-use ci_persistence::{NewJob, Store};
+use ci_persistence::Store;
 use support::project;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -83,18 +82,7 @@ impl Harness {
     }
 
     async fn submit(&self, zip: Vec<u8>) -> Uuid {
-        let digest = self.store.put_archive(&zip).await.unwrap();
-        let id = Uuid::new_v4();
-        self.store
-            .create_job(&NewJob {
-                id,
-                user_id: self.user,
-                archive_digest: digest,
-                options: JobOptions::default(),
-            })
-            .await
-            .unwrap();
-        id
+        support::queue_job(&self.store, self.user, &zip).await
     }
 
     async fn wait_for(&self, id: Uuid, what: &str, cond: impl Fn(&Job) -> bool, secs: u64) -> Job {
@@ -146,13 +134,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label={LABEL_INSTALLATION}={} | xargs -r docker rm -f",
-                self.prefix
-            ))
-            .output();
+        ci_testkit::docker::remove_labelled(LABEL_INSTALLATION, &self.prefix);
     }
 }
 
@@ -450,17 +432,7 @@ async fn capacity_is_shared_fairly_between_users() {
         .await
         .unwrap()
         .id;
-    let digest = h.store.put_archive(&quick).await.unwrap();
-    let modest = Uuid::new_v4();
-    h.store
-        .create_job(&NewJob {
-            id: modest,
-            user_id: other_user,
-            archive_digest: digest,
-            options: JobOptions::default(),
-        })
-        .await
-        .unwrap();
+    let modest = support::queue_job(&h.store, other_user, &quick).await;
     let mut ended = Vec::new();
     for id in greedy.iter().chain([&modest]) {
         ended.push((h.ended(*id).await.started_at.unwrap(), *id));

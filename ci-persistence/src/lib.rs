@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod jobs;
 mod lease;
+mod readiness;
 mod rows;
 mod store;
 mod users;

@@ -186,15 +186,20 @@ impl Store {
     }
 }
 
+/// The migrations embedded in this build for `backend`.
+pub(crate) fn migrator(backend: Backend) -> sqlx::migrate::Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
 /// Runs the backend's migrations. Several processes may start on a fresh SQLite
 /// file at once (server and controller); SQLite has no migration lock, so a
 /// loser of that race sees "already exists" and simply runs again, finding the
 /// work done.
 async fn migrate(backend: Backend, pool: &AnyPool) -> Result<()> {
-    let migrator = match backend {
-        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
-    };
+    let migrator = migrator(backend);
     let mut attempt = 0;
     loop {
         match migrator.run(pool).await {

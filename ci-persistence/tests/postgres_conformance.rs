@@ -3,21 +3,12 @@
 //! throwaway one and prints its URL), opened twice, as two replicas would.
 
 use ci_persistence::{Store, StoreOptions};
-use sqlx::Connection;
+use ci_testkit::postgres;
 
 async fn two_handles() -> (Store, Store) {
-    let base = std::env::var("CI_TEST_POSTGRES_URL")
-        .expect("CI_TEST_POSTGRES_URL must name a PostgreSQL server: run `scripts/postgres.sh` and export its URL");
-    let name = format!("conformance_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
+    let url = postgres::create_database(&postgres::server_url(), "conformance")
         .await
         .expect("create a test database");
-    let (prefix, _) = base.rsplit_once('/').expect("a database URL");
-    let url = format!("{prefix}/{name}");
     let a = Store::open_url(&url, StoreOptions::default())
         .await
         .expect("open a");

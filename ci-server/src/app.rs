@@ -72,6 +72,7 @@ pub fn router(app: App) -> Router {
     .unwrap_or(usize::MAX);
     Router::new()
         .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
         .route("/submit-async", post(routes::submit_async))
         .route("/submit-stream", post(routes::submit_stream))
         .route("/submit", post(routes::submit))

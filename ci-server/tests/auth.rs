@@ -1,4 +1,4 @@
-//! `/health` and authentication, over HTTP against the real router.
+//! `/health`, `/ready` and authentication, over HTTP against the real router.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -215,4 +215,54 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(allow.unwrap(), "GET,HEAD");
     let response = app.get("/submit-async").send().await.unwrap();
     assert_eq!(error_detail(response, 405).await, "Method Not Allowed");
+}
+
+#[tokio::test]
+async fn ready_without_auth_when_the_database_answers_with_a_current_schema() {
+    let app = spawn_app().await;
+    for auth in [None, Some(HeaderValue::from_static("Bearer nonsense"))] {
+        let response = send(&app, &Method::GET, "/ready", auth).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({"status": "ready"}));
+    }
+}
+
+#[tokio::test]
+async fn not_ready_when_a_migration_of_this_build_is_missing() {
+    use sqlx::Connection as _;
+    let app = spawn_app().await;
+    // As if an older binary had made the schema: the newest migration is gone.
+    let url = format!("sqlite://{}", app.db_path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let forgotten = sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(forgotten.rows_affected(), 1);
+    conn.close().await.unwrap();
+
+    let response = send(&app, &Method::GET, "/ready", None).await;
+    assert_eq!(
+        error_detail(response, 503).await,
+        "The database schema is not current"
+    );
+}
+
+#[tokio::test]
+async fn not_ready_when_the_database_does_not_answer() {
+    let app = spawn_app().await;
+    let ready = send(&app, &Method::GET, "/ready", None).await;
+    assert_eq!(ready.status(), 200, "ready before the database goes");
+    app.store.close().await;
+    let response = send(&app, &Method::GET, "/ready", None).await;
+    assert_eq!(
+        error_detail(response, 503).await,
+        "The job database is unavailable"
+    );
+    // `/health` says the process lives; only `/ready` asks the database.
+    let health = send(&app, &Method::GET, "/health", None).await;
+    assert_eq!(health.status(), 200);
 }

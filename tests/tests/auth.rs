@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use ci_tests::{copy_fixture, run, CiOutput, Project, TestSystem};
+use ci_testkit::{copy_fixture, run, CiOutput, Project, TestSystem};
 use uuid::Uuid;
 
 const HELP: [&str; 4] = [

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ci_common::JobStatus;
-use ci_tests::{
+use ci_testkit::{
     id_after, slow_project, wait_for, RunningCi, TestSystem, COMMAND_DEADLINE, JOB_DEADLINE,
 };
 

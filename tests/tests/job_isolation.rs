@@ -1,7 +1,7 @@
 //! What one user's job leaves behind never reaches another user's job: the
 //! writable pip cache is per user.
 
-use ci_tests::{copy_fixture, run_within, Project, TestSystem, JOB_DEADLINE};
+use ci_testkit::{copy_fixture, run_within, Project, TestSystem, JOB_DEADLINE};
 
 /// Where a job could plant something for the next `pip install`.
 const PLANTED: &str = "import pathlib\n\

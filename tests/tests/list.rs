@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use ci_common::JobStatus;
-use ci_tests::{copy_fixture, run, slow_project, CiOutput, TestSystem, JOB_DEADLINE};
+use ci_testkit::{copy_fixture, run, slow_project, CiOutput, TestSystem, JOB_DEADLINE};
 use serde_json::Value;
 use uuid::Uuid;
 

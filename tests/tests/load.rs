@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ci_common::api::JobSummary;
 use ci_common::{JobId, JobStatus};
-use ci_tests::{run_within, wait_for, CiOutput, Project, TestSystem, TestUser};
+use ci_testkit::{run_within, wait_for, CiOutput, Project, TestSystem, TestUser};
 
 const SUBMITS: usize = 200;
 /// Generous: 200 short jobs, four at a time, on a busy two-core machine (about

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ci_common::JobStatus;
-use ci_tests::{copy_fixture, run_within, TestSystem};
+use ci_testkit::{copy_fixture, run_within, TestSystem};
 
 /// A download on a slow day.
 const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);

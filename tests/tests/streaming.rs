@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
-use ci_tests::{
+use ci_testkit::relay::Relay;
+use ci_testkit::{
     assert_same_lines, copy_fixture, id_after, lines_with, run, slow_project, slow_ticks, wait_for,
     RunningCi, TestSystem, JOB_DEADLINE,
 };
@@ -210,17 +211,16 @@ fn a_wait_from_now_that_has_seen_nothing_yet_resumes_where_it_began() {
     });
 
     // `ci wait` from now on, while the job is silent: it has received no
-    // event when the server dies.
-    let mut wait = RunningCi::spawn(sys.ci().args(["wait", &id.to_string()]));
-    let following = format!("job_id={id}");
+    // event when the server dies. It talks through a relay, which shows when
+    // the server has begun answering the stream (its headers went out).
+    let relay = Relay::start(sys.server_addr()).unwrap();
+    let mut wait = RunningCi::spawn(
+        sys.ci()
+            .env("CI_SERVER_URL", relay.url())
+            .args(["wait", &id.to_string()]),
+    );
     wait_for("the server to serve the stream", JOB_DEADLINE, || {
-        sys.service_logs().iter().any(|log| {
-            log.name == "server"
-                && log
-                    .text
-                    .lines()
-                    .any(|l| l.contains("following the job's output") && l.contains(&following))
-        })
+        relay.server_sent("content-type: text/event-stream")
     });
     sys.kill_server();
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
 use ci_common::JobStatus;
-use ci_tests::{copy_fixture, run, run_within, slow_project, TestSystem, JOB_DEADLINE};
+use ci_testkit::{copy_fixture, run, run_within, slow_project, TestSystem, JOB_DEADLINE};
 use uuid::Uuid;
 
 #[test]

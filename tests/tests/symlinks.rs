@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::symlink;
 
-use ci_tests::{copy_fixture, TestSystem};
+use ci_testkit::{copy_fixture, TestSystem};
 
 const FAKE_KEY: &str = "-----BEGIN FAKE PRIVATE KEY----- e2e-not-a-real-key";
 

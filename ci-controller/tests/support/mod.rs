@@ -2,16 +2,15 @@
 //! user, and the `ci-controller` binary run as a process.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{BufRead, BufReader, Cursor, Write};
+use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ci_common::config::DatabaseLocation;
-use ci_common::{Job, JobOptions};
-use ci_controller::runtime::LABEL_INSTALLATION;
+use ci_common::Job;
 use ci_persistence::{NewJob, Store};
+use ci_testkit::process::{self, Service};
+use ci_testkit::{docker, status};
 use uuid::Uuid;
 use zip::write::SimpleFileOptions;
 
@@ -25,10 +24,28 @@ pub fn project(files: &[(&str, &str)]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
-/// A running `ci-controller` whose stderr is collected line by line.
+/// Queues a job of `user` for `zip` through the store, as the API does.
+pub async fn queue_job(store: &Store, user: Uuid, zip: &[u8]) -> Uuid {
+    let digest = store.put_archive(zip).await.unwrap();
+    let id = Uuid::new_v4();
+    store
+        .create_job(&NewJob {
+            id,
+            user_id: user,
+            archive_digest: digest,
+            options: ci_common::JobOptions::default(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+/// A running `ci-controller` (started with the test kit: no `CI_*` variable
+/// inherited, its log in a file), with its status listener on a free port.
 pub struct Controller {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    service: Service,
+    status_url: String,
+    _log_dir: tempfile::TempDir,
 }
 
 impl Controller {
@@ -36,52 +53,54 @@ impl Controller {
         Self::start_with(db, prefix, &[])
     }
 
-    /// Starts the binary with extra environment variables.
+    /// Starts the binary with extra environment variables; returns once its
+    /// status listener has announced itself.
     pub fn start_with(db: &Path, prefix: &str, env: &[(&str, &str)]) -> Controller {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ci-controller"))
-            .env("CI_DB_PATH", db)
+        let log_dir = tempfile::tempdir().unwrap();
+        let mut cmd = process::command(Path::new(env!("CARGO_BIN_EXE_ci-controller")));
+        cmd.env("CI_DB_PATH", db)
             .env("CI_CONTAINER_PREFIX", prefix)
             .env("CI_JOB_NETWORK", "none")
             .env("CI_RECONCILE_INTERVAL", "0.5")
+            .env("CI_METRICS_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Controller { child, log }
-    }
-
-    pub fn wait_for_log(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the controller's log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            .envs(env.iter().copied());
+        let (service, status_url) = Service::start_announcing(
+            "controller",
+            &mut cmd,
+            &log_dir.path().join("controller.log"),
+            process::CONTROLLER_ANNOUNCEMENT,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Controller {
+            service,
+            status_url,
+            _log_dir: log_dir,
         }
     }
 
-    pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    /// Waits until the controller's `/ready` says `wanted` (`leader` or
+    /// `standby`).
+    pub fn wait_for_status(&mut self, wanted: &str, within: Duration) {
+        let url = self.status_url.clone();
+        let service = &mut self.service;
+        status::wait_for_ready_status(
+            &format!("the controller's /ready to say {wanted:?}"),
+            &url,
+            wanted,
+            within,
+            || service.is_running(),
+        );
     }
-}
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// What the controller has logged, for failure messages.
+    pub fn log(&self) -> String {
+        self.service.log_text()
+    }
+
+    pub fn kill(&mut self) {
+        self.service.kill();
     }
 }
 
@@ -116,18 +135,7 @@ impl Setup {
     }
 
     pub async fn submit(&self, files: &[(&str, &str)]) -> Uuid {
-        let digest = self.store.put_archive(&project(files)).await.unwrap();
-        let id = Uuid::new_v4();
-        self.store
-            .create_job(&NewJob {
-                id,
-                user_id: self.user,
-                archive_digest: digest,
-                options: JobOptions::default(),
-            })
-            .await
-            .unwrap();
-        id
+        queue_job(&self.store, self.user, &project(files)).await
     }
 
     pub async fn wait_for(
@@ -162,27 +170,16 @@ impl Setup {
     }
 
     pub fn container_states(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["ps", "-a", "--format", "{{.State}}", "--filter"])
-            .arg(format!("label={LABEL_INSTALLATION}={}", self.prefix))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
+        docker::installation_containers(&self.prefix)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.state)
             .collect()
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label={LABEL_INSTALLATION}={prefix} | xargs -r docker rm -fv; \
-                 docker volume ls -q --filter label={LABEL_INSTALLATION}={prefix} | xargs -r docker volume rm -f",
-                prefix = self.prefix
-            ))
-            .output();
+        docker::remove_installation(&self.prefix);
     }
 }

@@ -24,6 +24,35 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// How long `/ready` waits for the database before it answers 503: a load
+/// balancer's probe gives up after a few seconds, and a database that takes
+/// longer than this is no database to send users to.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Readiness for load balancers and tests: 200 `{"status":"ready"}` when the
+/// database answers and holds every migration this build embeds, else 503
+/// with a `detail` saying which. Needs no key, like `/health`; unlike
+/// `/health` it asks the database, so a replica cut off from it, or ahead of
+/// its schema, is taken out of rotation instead of answering 503 to users.
+pub async fn ready(State(app): State<App>) -> Response {
+    let unready = |detail: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail);
+    match tokio::time::timeout(READY_TIMEOUT, app.store.schema_is_current()).await {
+        Ok(Ok(true)) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Ok(false)) => {
+            tracing::warn!("not ready: the database schema lacks migrations of this build");
+            unready("The database schema is not current").into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            unready("The job database is unavailable").into_response()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_TIMEOUT, "not ready: the database did not answer in time");
+            unready("The job database is unavailable").into_response()
+        }
+    }
+}
+
 /// Unknown paths, as the reference (FastAPI) answers them.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Not Found")

@@ -21,6 +21,7 @@ use ci_common::config::DatabaseLocation;
 use ci_common::{generate_api_key, ApiKeyRecord, JobId, JobOptions, User};
 use ci_persistence::{NewJob, Store, StoreOptions};
 use ci_server::{serve, App, ServerConfig, StreamReads};
+use ci_testkit::sse::{SseBlock, SseBuffer};
 use futures::{Stream, StreamExt};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::multipart::{Form, Part};
@@ -381,7 +382,7 @@ pub enum SseItem {
 /// events separated by a blank line.
 pub struct SseStream {
     body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buf: Vec<u8>,
+    buf: SseBuffer,
     ended: bool,
 }
 
@@ -400,7 +401,7 @@ impl SseStream {
         );
         SseStream {
             body: Box::pin(response.bytes_stream()),
-            buf: Vec::new(),
+            buf: SseBuffer::new(),
             ended: false,
         }
     }
@@ -412,24 +413,23 @@ impl SseStream {
 
     async fn read_item(&mut self) -> Option<SseItem> {
         loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let block = String::from_utf8(block).expect("SSE is UTF-8");
-                if let Some(item) = parse_block(&block) {
+            if let Some(block) = self.buf.next_block() {
+                let block = block.expect("SSE is UTF-8");
+                if let Some(item) = to_item(block) {
                     return Some(item);
                 }
                 continue;
             }
             if self.ended {
                 assert!(
-                    self.buf.iter().all(u8::is_ascii_whitespace),
+                    self.buf.rest().iter().all(u8::is_ascii_whitespace),
                     "stream ended inside an event: {:?}",
-                    String::from_utf8_lossy(&self.buf)
+                    String::from_utf8_lossy(self.buf.rest())
                 );
                 return None;
             }
             match self.body.next().await {
-                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
+                Some(Ok(bytes)) => self.buf.push(&bytes),
                 Some(Err(e)) => panic!("stream body failed: {e}"),
                 None => self.ended = true,
             }
@@ -483,38 +483,21 @@ impl SseStream {
     }
 }
 
-fn parse_block(block: &str) -> Option<SseItem> {
-    let mut id = None;
-    let mut data: Vec<&str> = Vec::new();
-    let mut comment = false;
-    for line in block.lines() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with(':') {
-            comment = true;
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "id" => {
-                id = Some(
-                    value
-                        .parse::<i64>()
-                        .unwrap_or_else(|_| panic!("SSE id is not a number: {line:?}")),
-                )
-            }
-            "data" => data.push(value),
-            "event" | "retry" => {}
-            other => panic!("unexpected SSE field {other:?} in {block:?}"),
-        }
-    }
-    if data.is_empty() {
-        return comment.then_some(SseItem::Comment);
-    }
-    let data = data.join("\n");
+/// What the API may send in a block, strictly: numeric ids, no fields
+/// beyond `id`, `event`, `data` and `retry`, data that is exactly an event.
+fn to_item(block: SseBlock) -> Option<SseItem> {
+    assert!(
+        block.unknown.is_empty(),
+        "unexpected SSE fields {:?} in {block:?}",
+        block.unknown
+    );
+    let id = block.id.as_deref().map(|id| {
+        id.parse::<i64>()
+            .unwrap_or_else(|_| panic!("SSE id is not a number: {id:?}"))
+    });
+    let Some(data) = block.data else {
+        return block.comment.then_some(SseItem::Comment);
+    };
     let raw: Value = serde_json::from_str(&data)
         .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data:?}"));
     let event: StreamEvent = serde_json::from_value(raw.clone())
