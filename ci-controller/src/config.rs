@@ -5,9 +5,9 @@ use std::time::Duration;
 use crate::log_pump::PumpConfig;
 use crate::workspace::UnpackLimits;
 
-/// The image jobs run in unless configured otherwise: the one
-/// `scripts/runner-image.sh` builds.
-pub const DEFAULT_IMAGE: &str = "ci-python-runner:latest";
+/// The base image jobs run in unless configured otherwise or they ask for
+/// another Python: the one `scripts/runner-image.sh` builds by default.
+pub const DEFAULT_IMAGE: &str = "ci-python-runner:3.11";
 
 /// How a job's container receives its project: as a tar on standard input
 /// (see `ContainerRuntime::start_with_input`), unpacked before [`JOB_SCRIPT`].

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ci_common::JobStatus;
+use ci_controller::config::DEFAULT_IMAGE;
 use support::{Controller, Setup};
 
 struct PrivateEngine {
@@ -122,7 +123,7 @@ async fn jobs_end_when_the_engine_restarts_under_them_and_new_jobs_run_after() {
     let copy = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "docker save ci-python-runner:latest | docker -H {} load -q",
+            "docker save {DEFAULT_IMAGE} | docker -H {} load -q",
             engine.host()
         ))
         .output()

@@ -1,5 +1,5 @@
 //! A job on Docker's bridge network installs a pinned requirement from PyPI
-//! for real: the job image ships Debian's pytest 7.2.1, the fixture pins 7.4.3
+//! for real: the job image's own pytest is the current release, the fixture pins 7.4.3
 //! and its test checks which one runs.
 
 use std::time::Duration;
