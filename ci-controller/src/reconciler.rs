@@ -27,7 +27,7 @@ use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
 };
-use crate::workspace::{tar_has_file, zip_to_tar};
+use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
 
 /// What a job's worker is doing, as seen at the start of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -546,21 +546,26 @@ const JOB_HOME: &str = "/home/runner";
 /// Everything up to a started container; the error is the reason shown to the user.
 async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
     let config = &ctx.config;
-    let archive = ctx
-        .store
-        .get_archive(&job.archive_digest)
+    // The zip is read with random access (its central directory), so it is
+    // spooled to a scratch file; the unpacked project never is whole anywhere.
+    let mut spool = tempfile::tempfile()
+        .map(tokio::fs::File::from_std)
+        .map_err(|e| format!("Cannot make room for the project archive: {e}"))?;
+    ctx.store
+        .copy_archive_to(&job.archive_digest, &mut spool)
         .await
         .map_err(|e| format!("Cannot read the project archive: {e}"))?
         .ok_or_else(|| "The project archive is missing from the database".to_string())?;
+    let spool = spool.into_std().await;
     let unpack = config.unpack;
-    let tar = tokio::task::spawn_blocking(move || zip_to_tar(&archive, unpack))
+    let archive = tokio::task::spawn_blocking(move || ProjectArchive::open(spool, unpack))
         .await
         .map_err(|e| format!("Unpacking the project failed: {e}"))?
         .map_err(|e| format!("Cannot run the job: {e}"))?;
 
     // `pip install` writes into the image's venv; a job that installs
     // nothing runs on a read-only root.
-    let read_only_rootfs = config.read_only_rootfs && !tar_has_file(&tar, "requirements.txt");
+    let read_only_rootfs = config.read_only_rootfs && !archive.has_file("requirements.txt");
     let mut labels = HashMap::new();
     labels.insert(LABEL_JOB.to_string(), job.id.to_string());
     labels.insert(LABEL_INSTALLATION.to_string(), config.installation());
@@ -604,11 +609,21 @@ async fn create_container(ctx: &Context, job: &Job) -> Result<String, String> {
     })?;
     // The job is marked running only once the whole project is in: a
     // controller that dies before leaves a queued job, which is started anew.
+    let (tar, unpacking) = stream_tar(archive);
     let result = ctx
         .runtime
         .start_with_input(&id, tar)
         .await
         .map_err(|e| format!("Cannot start the job's container: {e}"));
+    // The unpacker's reason (a lying archive, the limit) wins over the
+    // broken input it caused.
+    let result = match unpacking.await {
+        Ok(Err(e)) if !matches!(e, WorkspaceError::Output(_)) => {
+            Err(format!("Cannot run the job: {e}"))
+        }
+        Err(e) => Err(format!("Unpacking the project failed: {e}")),
+        Ok(_) => result,
+    };
     if let Err(reason) = result {
         remove_container(ctx, &id).await;
         return Err(reason);
