@@ -3,6 +3,7 @@
 //! machine slows both sides alike.
 
 pub mod api;
+pub mod big_inputs;
 pub mod latency;
 pub mod logs;
 pub mod memory;
@@ -30,6 +31,14 @@ pub struct Plan {
     pub sse_streams: usize,
     pub controller_jobs: usize,
     pub controller_job_secs: u64,
+    /// What the zip bomb unpacks to (zeros), in MiB.
+    pub bomb_mib: usize,
+    /// Uploads sent at once, and the size of each, in MiB.
+    pub uploads: usize,
+    pub upload_mib: usize,
+    /// The job output the idle streams are opened on, in MiB, and how many.
+    pub idle_stream_log_mib: usize,
+    pub idle_streams: usize,
 }
 
 impl Plan {
@@ -51,6 +60,11 @@ impl Plan {
             sse_streams: 1000,
             controller_jobs: 20,
             controller_job_secs: 20,
+            bomb_mib: 1000,
+            uploads: 8,
+            upload_mib: 99,
+            idle_stream_log_mib: 128,
+            idle_streams: 40,
         }
     }
 
@@ -73,6 +87,11 @@ impl Plan {
             sse_streams: 100,
             controller_jobs: 4,
             controller_job_secs: 6,
+            bomb_mib: 64,
+            uploads: 4,
+            upload_mib: 8,
+            idle_stream_log_mib: 8,
+            idle_streams: 10,
         }
     }
 }
