@@ -92,6 +92,25 @@ pub fn project_tar(zip: &[u8]) -> Result<Vec<u8>> {
         .map_err(|e| BenchError::Setup(format!("the project does not unpack: {e}")))
 }
 
+/// What the controller would know of the project whose workspace tar is
+/// `tar` (the controller reads it from the zip's directory; the by-hand job
+/// has only the tar): whether it has a `requirements.txt`.
+fn facts_of_tar(tar: &[u8]) -> ProjectFacts {
+    let mut archive = tar::Archive::new(tar);
+    let has_requirements = archive.entries().is_ok_and(|entries| {
+        entries.filter_map(std::result::Result::ok).any(|entry| {
+            entry.header().entry_type() == tar::EntryType::Regular
+                && entry
+                    .path()
+                    .is_ok_and(|p| p == Path::new(ci_controller::environment::REQUIREMENTS_FILE))
+        })
+    });
+    ProjectFacts {
+        has_requirements,
+        requires_python: None,
+    }
+}
+
 impl ManualJob {
     /// The controller's container for a fresh job with `project`, labelled for
     /// the benchmark instead of the installation, so that the controller never
@@ -100,7 +119,7 @@ impl ManualJob {
         let mut spec = job_container_spec(
             &self.job(),
             &self.config,
-            &ProjectFacts::of_tar(project),
+            &facts_of_tar(project),
             &self.config.image,
         );
         spec.labels = BTreeMap::from([(LABEL_BENCH.to_string(), self.bench_label.clone())]);

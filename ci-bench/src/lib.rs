@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures eight figures, each against a baseline
+//! made with `ci-admin`) and measures nine figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The eight figures, by the name `--only` takes.
+/// The nine figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -66,6 +66,8 @@ pub enum FigureKind {
     Memory,
     Fanout,
     Watcher,
+    /// Memory under big inputs: a zip bomb, near-limit uploads, unread streams.
+    BigInputs,
 }
 
 impl Options {
@@ -120,6 +122,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         image: options.image.clone(),
         postgres: options.database_url.clone(),
         max_concurrent_jobs: None,
+        controller_env: Vec::new(),
     };
     let ctx = Context {
         plan: &plan,
@@ -169,6 +172,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
     if options.wants(FigureKind::Watcher) {
         progress("figure 8: SQLite change watcher");
         add(figures, figures::watcher::measure(&ctx).await?);
+    }
+    if options.wants(FigureKind::BigInputs) {
+        progress("figure 9: memory under big inputs");
+        add(
+            figures,
+            figures::big_inputs::measure(&system_options, &ctx).await?,
+        );
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct SystemOptions {
     pub postgres: Option<String>,
     /// `CI_MAX_CONCURRENT_JOBS`; the controller's default (the CPU count) when `None`.
     pub max_concurrent_jobs: Option<usize>,
+    /// More `CI_*` settings for the controller (limits a figure must raise).
+    pub controller_env: Vec<(String, String)>,
 }
 
 enum Database {
@@ -106,6 +108,7 @@ impl System {
         if let Some(n) = options.max_concurrent_jobs {
             controller.env("CI_MAX_CONCURRENT_JOBS", n.to_string());
         }
+        controller.envs(options.controller_env.iter().cloned());
         let (mut controller, status_url) = start_announcing(
             "ci-controller",
             &mut controller,

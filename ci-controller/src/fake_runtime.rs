@@ -21,8 +21,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ImageInfo, LogLine, Result,
-    RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ImageInfo, InputStream,
+    LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
 };
 
 /// One container, as the fake engine keeps it.
@@ -243,7 +243,12 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
-    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()> {
+    async fn start_with_input(&self, id: &str, mut stream: InputStream) -> Result<()> {
+        // Read whole, as the engine would before the job's script sees EOF.
+        let mut input = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            input.extend_from_slice(&chunk?);
+        }
         self.change(|e| match e.containers.get_mut(id) {
             Some(c) => {
                 c.running = true;

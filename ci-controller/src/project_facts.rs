@@ -1,6 +1,7 @@
 //! What the controller knows about a project before its job starts: whether
-//! it installs requirements, and what its metadata files say (which Python it
-//! needs), read from the uploaded archive.
+//! it installs requirements (from the archive's directory, see
+//! `workspace::ProjectArchive::facts`), and what its metadata files say
+//! (which Python it needs).
 //!
 //! The files are the user's and may be anything: each is read only up to a
 //! small size, and a file that does not parse is treated as saying nothing
@@ -21,30 +22,12 @@ pub struct ProjectFacts {
     pub requires_python: Option<String>,
 }
 
-impl ProjectFacts {
-    /// The facts of the project in `archive` (its top-level metadata files).
-    pub fn from_archive<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> ProjectFacts {
-        let pyproject = read_small_entry(archive, "pyproject.toml");
-        let setup_cfg = read_small_entry(archive, "setup.cfg");
-        ProjectFacts {
-            has_requirements: archive
-                .index_for_name(crate::environment::REQUIREMENTS_FILE)
-                .and_then(|i| archive.by_index_raw(i).ok().map(|e| e.is_file()))
-                .unwrap_or(false),
-            requires_python: requires_python(pyproject.as_deref(), setup_cfg.as_deref()),
-        }
-    }
-
-    /// The facts of a workspace tar (from `workspace::zip_to_tar`).
-    pub fn of_tar(tar: &[u8]) -> Self {
-        ProjectFacts {
-            has_requirements: crate::workspace::tar_has_file(
-                tar,
-                crate::environment::REQUIREMENTS_FILE,
-            ),
-            requires_python: None,
-        }
-    }
+/// The project's `requires-python`, from the top-level metadata files of
+/// its archive.
+pub fn requires_python_in<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Option<String> {
+    let pyproject = read_small_entry(archive, "pyproject.toml");
+    let setup_cfg = read_small_entry(archive, "setup.cfg");
+    requires_python(pyproject.as_deref(), setup_cfg.as_deref())
 }
 
 /// A top-level file of the archive as text, when it exists, is a regular
@@ -143,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn facts_come_from_the_archives_top_level_files() {
+    fn requires_python_comes_from_the_archives_top_level_files() {
         let mut a = archive(&[
             (
                 "sub/pyproject.toml",
@@ -151,21 +134,9 @@ mod tests {
             ),
             ("setup.cfg", b"[options]\npython_requires = ~=3.13.0\n"),
         ]);
-        assert_eq!(
-            ProjectFacts::from_archive(&mut a),
-            ProjectFacts {
-                has_requirements: false,
-                requires_python: Some("~=3.13.0".into()),
-            }
-        );
+        assert_eq!(requires_python_in(&mut a).as_deref(), Some("~=3.13.0"));
         let mut b = archive(&[("requirements.txt", b"attrs\n"), ("sub/setup.cfg", b"")]);
-        assert_eq!(
-            ProjectFacts::from_archive(&mut b),
-            ProjectFacts {
-                has_requirements: true,
-                requires_python: None,
-            }
-        );
+        assert_eq!(requires_python_in(&mut b), None);
     }
 
     #[test]

@@ -78,9 +78,19 @@ pub enum RuntimeError {
     Docker(#[from] bollard::errors::Error),
     #[error("writing to the container's input: {0}")]
     Input(#[from] std::io::Error),
+    /// The engine broke off reading the container's log and said so in the
+    /// stream itself (`Error grabbing logs: …`) instead of failing the call.
+    /// What follows in that stream cannot be trusted; read again from the
+    /// last line stored.
+    #[error("the Docker engine broke off reading the job's output: {0}")]
+    LogReadBroken(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What a container is fed on its standard input: chunks as they are made,
+/// so the whole input is never in memory at once.
+pub type InputStream = BoxStream<'static, std::io::Result<Bytes>>;
 
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
@@ -88,10 +98,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Creates (does not start) a container; returns its id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;
-    /// Starts the container and writes `input` to its standard input, which
-    /// is then closed. The start call comes first, so the engine boots the
-    /// container while the input is still on its way.
-    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()>;
+    /// Starts the container and writes `input` to its standard input, chunk
+    /// by chunk as it comes, which is then closed. The start call comes first,
+    /// so the engine boots the container while the input is still on its
+    /// way. An error item in `input` abandons the input without closing it
+    /// cleanly, and is returned.
+    async fn start_with_input(&self, id: &str, input: InputStream) -> Result<()>;
     /// `None` when the container does not exist.
     async fn inspect(&self, id: &str) -> Result<Option<ContainerState>>;
     /// Follows the container's output (stdout and stderr) from `since_secs`
@@ -234,7 +246,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(self.docker.start_container::<String>(id, None).await?)
     }
 
-    async fn start_with_input(&self, id: &str, input: Vec<u8>) -> Result<()> {
+    async fn start_with_input(&self, id: &str, mut input: InputStream) -> Result<()> {
         // Attached before the start, so not a byte of the input is missed; the
         // container was created with `stdin_once`, so closing our side ends
         // its standard input.
@@ -245,7 +257,10 @@ impl ContainerRuntime for DockerRuntime {
         };
         let mut attached = self.docker.attach_container(id, Some(options)).await?;
         self.start(id).await?;
-        attached.input.write_all(&input).await?;
+        // One chunk at a time: the producer waits while the engine is behind.
+        while let Some(chunk) = input.next().await {
+            attached.input.write_all(&chunk?).await?;
+        }
         attached.input.flush().await?;
         attached.input.shutdown().await?;
         Ok(())
@@ -277,15 +292,7 @@ impl ContainerRuntime for DockerRuntime {
         };
         self.docker
             .logs(id, Some(options))
-            .map(|item| {
-                let message = match item? {
-                    LogOutput::StdOut { message }
-                    | LogOutput::StdErr { message }
-                    | LogOutput::Console { message } => message,
-                    LogOutput::StdIn { message } => message,
-                };
-                Ok(split_timestamp(message))
-            })
+            .map(|item| log_line(item?))
             .boxed()
     }
 
@@ -365,6 +372,37 @@ impl ContainerRuntime for DockerRuntime {
     }
 }
 
+/// One frame of a log read with timestamps, as output, or as the engine's
+/// own complaint. Every frame of the container's output starts with its
+/// timestamp (we ask for them), so a frame without one is the engine talking:
+/// its `Error grabbing logs: …`, which it writes into the stream as a
+/// system-error frame (stream type 3, which bollard hands over undecoded, as
+/// `Console`, header bytes and all) or, in some versions, as plain stdout.
+fn log_line(frame: LogOutput) -> Result<LogLine> {
+    let message = match frame {
+        LogOutput::StdOut { message }
+        | LogOutput::StdErr { message }
+        | LogOutput::StdIn { message } => message,
+        LogOutput::Console { message } => return Err(broken_read(&message)),
+    };
+    let line = split_timestamp(message);
+    if line.timestamp.is_empty() {
+        return Err(broken_read(&line.bytes));
+    }
+    Ok(line)
+}
+
+/// The engine's text, without the frame header bytes bollard left on it.
+fn broken_read(message: &[u8]) -> RuntimeError {
+    let text = String::from_utf8_lossy(message);
+    let text = match text.find("Error grabbing logs:") {
+        Some(at) => &text[at..],
+        None => &text,
+    };
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    RuntimeError::LogReadBroken(text.trim().to_string())
+}
+
 /// Splits Docker's `<RFC 3339 timestamp> <text>` log framing.
 fn split_timestamp(message: Bytes) -> LogLine {
     match message.iter().position(|b| *b == b' ') {
@@ -393,5 +431,41 @@ mod tests {
         let bare = split_timestamp(Bytes::from_static(b"no timestamp\n"));
         assert_eq!(bare.timestamp, "");
         assert_eq!(&bare.bytes[..], b"no timestamp\n");
+    }
+
+    #[test]
+    fn the_engines_own_error_frames_are_not_output() {
+        // A system-error frame (type 3): bollard passes it on undecoded.
+        let mut frame = vec![3u8, 0, 0, 0, 0, 0, 0, 70];
+        frame.extend_from_slice(
+            b"Error grabbing logs: error unmarshalling log entry (size=1234): proto\n",
+        );
+        let err = log_line(LogOutput::Console {
+            message: Bytes::from(frame),
+        })
+        .unwrap_err();
+        match err {
+            RuntimeError::LogReadBroken(text) => assert_eq!(
+                text,
+                "Error grabbing logs: error unmarshalling log entry (size=1234): proto"
+            ),
+            other => panic!("{other}"),
+        }
+        // Older engines write it as a plain stdout frame, without a timestamp.
+        let err = log_line(LogOutput::StdOut {
+            message: Bytes::from_static(b"Error grabbing logs: unexpected EOF\n"),
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::LogReadBroken(t) if t == "Error grabbing logs: unexpected EOF")
+        );
+        // The job printing those words is output like any other.
+        let line = log_line(LogOutput::StdErr {
+            message: Bytes::from_static(
+                b"2026-11-22T19:00:00.1Z Error grabbing logs: just a print\n",
+            ),
+        })
+        .unwrap();
+        assert_eq!(&line.bytes[..], b"Error grabbing logs: just a print\n");
     }
 }

@@ -21,10 +21,9 @@ use tracing::Instrument;
 use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
-use crate::project_facts::ProjectFacts;
 use crate::pythons::{PythonOffer, PythonWish};
 use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
-use crate::workspace::zip_to_tar;
+use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
 
 /// How long a worker whose step failed for a passing reason (the engine or
 /// the database did not answer) waits before the next pass retries: not
@@ -326,37 +325,39 @@ struct Launched {
 /// decides the image.
 async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launched, WorkerError> {
     let config = &ctx.config;
-    let archive = ctx
-        .store
-        .get_archive(&job.archive_digest)
+    let cannot_run =
+        |what: &str, e: &dyn std::fmt::Display| WorkerError::CannotRun(format!("{what}: {e}"));
+    // The zip is read with random access (its central directory), so it is
+    // spooled to a scratch file; the unpacked project is never whole anywhere.
+    let mut spool = tempfile::tempfile()
+        .map(tokio::fs::File::from_std)
+        .map_err(|e| cannot_run("Cannot make room for the project archive", &e))?;
+    ctx.store
+        .copy_archive_to(&job.archive_digest, &mut spool)
         .await
-        .map_err(|e| WorkerError::CannotRun(format!("Cannot read the project archive: {e}")))?
+        .map_err(|e| cannot_run("Cannot read the project archive", &e))?
         .ok_or_else(|| {
             WorkerError::CannotRun("The project archive is missing from the database".into())
         })?;
+    let spool = spool.into_std().await;
     let unpack = config.unpack;
-    let (requires_python, tar) = tokio::task::spawn_blocking(move || {
-        // A zip that cannot be read says nothing; unpacking says why.
-        let requires_python = zip::ZipArchive::new(std::io::Cursor::new(&archive[..]))
-            .ok()
-            .and_then(|mut zip| ProjectFacts::from_archive(&mut zip).requires_python);
-        (requires_python, zip_to_tar(&archive, unpack))
+    let (archive, facts) = tokio::task::spawn_blocking(move || {
+        ProjectArchive::open(spool, unpack).map(|mut archive| {
+            let facts = archive.facts();
+            (archive, facts)
+        })
     })
     .await
-    .map_err(|e| WorkerError::CannotRun(format!("Unpacking the project failed: {e}")))?;
-    let tar = tar.map_err(|e| WorkerError::CannotRun(format!("Cannot run the job: {e}")))?;
+    .map_err(|e| cannot_run("Unpacking the project failed", &e))?
+    .map_err(|e| cannot_run("Cannot run the job", &e))?;
+
     let wish = PythonWish {
         requested: job.options.python,
-        requires_python: requires_python.clone(),
+        requires_python: facts.requires_python.clone(),
     };
     let (image, python) = pythons
         .resolve(&wish)
-        .map_err(|e| WorkerError::CannotRun(format!("Cannot run the job: {e}")))?;
-    let facts = ProjectFacts {
-        requires_python,
-        ..ProjectFacts::of_tar(&tar)
-    };
-
+        .map_err(|e| cannot_run("Cannot run the job", &e))?;
     let spec = job_container_spec(job, config, &facts, &image);
     let id = ctx.runtime.create(&spec).await.map_err(|e| {
         WorkerError::CannotRun(match e {
@@ -369,11 +370,24 @@ async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launc
     // The job is marked running only once the whole project is in: a
     // controller that dies before leaves a queued job, which is started anew.
     // The one place the project is handed to the runtime.
-    if let Err(e) = ctx.runtime.start_with_input(&id, tar).await {
+    let (tar, unpacking) = stream_tar(archive);
+    let started = ctx
+        .runtime
+        .start_with_input(&id, tar)
+        .await
+        .map_err(|e| cannot_run("Cannot start the job's container", &e));
+    // The unpacker's reason (a lying archive, the limit) wins over the
+    // broken input it caused.
+    let started = match unpacking.await {
+        Ok(Err(e)) if !matches!(e, WorkspaceError::Output(_)) => {
+            Err(cannot_run("Cannot run the job", &e))
+        }
+        Err(e) => Err(cannot_run("Unpacking the project failed", &e)),
+        Ok(_) => started,
+    };
+    if let Err(e) = started {
         remove_container(ctx, &id).await;
-        return Err(WorkerError::CannotRun(format!(
-            "Cannot start the job's container: {e}"
-        )));
+        return Err(e);
     }
     Ok(Launched {
         container_id: id,

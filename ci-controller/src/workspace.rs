@@ -1,13 +1,28 @@
-//! Turning an uploaded project zip into the tar that is copied into a job's
+//! Turning an uploaded project zip into the tar that is streamed into a job's
 //! container at `/workspace`.
 //!
 //! The zip comes from a user and is treated as hostile: every entry must stay
 //! inside the workspace (no `..`, no absolute paths, no links, no devices), and
 //! the unpacked size and entry count are bounded by reading, not by trusting
 //! the sizes the zip claims, so a zip bomb is stopped at the limit.
+//!
+//! Neither the unpacked project nor the tar is ever whole in memory: the
+//! zip's central directory is checked first (names, kinds, the entry count and
+//! the sizes it declares), so that a refused archive writes nothing, and the
+//! tar is then written entry by entry, a buffer at a time, into whatever
+//! consumes it (the container's standard input, through [`stream_tar`]). An
+//! entry that holds more data than its header declares is cut off there and
+//! ends the unpacking: the tar header's size must be known before its data.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
+
+use crate::project_facts::ProjectFacts;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 /// Bounds on what one archive may unpack to.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +58,10 @@ pub enum WorkspaceError {
     TooLarge { limit: u64 },
     #[error("the project archive has more than {limit} entries")]
     TooManyEntries { limit: usize },
+    #[error("the project archive's entry {0:?} holds more data than its header declares")]
+    SizeMismatch(String),
+    #[error("the project could not be written into the container: {0}")]
+    Output(String),
 }
 
 /// The owner of every file in the workspace: the runner image's unprivileged user.
@@ -89,91 +108,292 @@ fn safe_relative_path(name: &str) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
-/// Unpacks a project zip into an uncompressed tar of its files, owned by the
-/// job's user, ready for the Docker API's archive upload.
-pub fn zip_to_tar(zip_bytes: &[u8], limits: UnpackLimits) -> Result<Vec<u8>, WorkspaceError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes))
-        .map_err(|e| WorkspaceError::Corrupt(e.to_string()))?;
-    if archive.is_empty() {
-        return Err(WorkspaceError::Empty);
-    }
-    if archive.len() > limits.max_entries {
-        return Err(WorkspaceError::TooManyEntries {
-            limit: limits.max_entries,
-        });
-    }
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut total: u64 = 0;
-    let mut files = 0usize;
-    for index in 0..archive.len() {
-        let mut entry = archive
-            .by_index(index)
-            .map_err(|e| WorkspaceError::Corrupt(e.to_string()))?;
-        let name = entry.name().to_string();
-        let path =
-            safe_relative_path(&name).ok_or_else(|| WorkspaceError::UnsafePath(name.clone()))?;
-        let mode = entry.unix_mode().unwrap_or(0);
-        let kind = mode & S_IFMT;
-        let is_dir = entry.is_dir() || kind == S_IFDIR;
-        if kind == S_IFLNK {
-            return Err(WorkspaceError::Link(name));
-        }
-        if kind != 0 && kind != S_IFREG && kind != S_IFDIR {
-            return Err(WorkspaceError::SpecialFile(name));
-        }
+/// One entry of the zip's directory, checked and ready to become a tar entry.
+#[derive(Debug)]
+struct PlannedEntry {
+    name: String,
+    path: PathBuf,
+    is_dir: bool,
+    executable: bool,
+    mtime: u64,
+    /// The uncompressed size the directory declares; the tar entry's size.
+    size: u64,
+}
 
-        let mut header = tar::Header::new_gnu();
-        header.set_uid(WORKSPACE_UID);
-        header.set_gid(WORKSPACE_UID);
-        header.set_mtime(entry_mtime(entry.last_modified()));
-        if is_dir {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
-            tar.append_data(&mut header, &path, std::io::empty())
+/// A project zip whose central directory has been checked: every entry is a
+/// plain file or folder strictly inside the workspace, there are not too many,
+/// and the sizes they declare fit the limit. Nothing has been decompressed yet.
+pub struct ProjectArchive<R> {
+    zip: zip::ZipArchive<R>,
+    entries: Vec<PlannedEntry>,
+    limits: UnpackLimits,
+}
+
+impl<R: Read + Seek> ProjectArchive<R> {
+    /// Reads and checks the zip's central directory (random access: the
+    /// archive is a file or bytes, never a stream).
+    pub fn open(reader: R, limits: UnpackLimits) -> Result<Self, WorkspaceError> {
+        let mut zip =
+            zip::ZipArchive::new(reader).map_err(|e| WorkspaceError::Corrupt(e.to_string()))?;
+        if zip.is_empty() {
+            return Err(WorkspaceError::Empty);
+        }
+        if zip.len() > limits.max_entries {
+            return Err(WorkspaceError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let mut entries = Vec::with_capacity(zip.len());
+        let mut declared: u64 = 0;
+        for index in 0..zip.len() {
+            let entry = zip
+                .by_index_raw(index)
                 .map_err(|e| WorkspaceError::Corrupt(e.to_string()))?;
-            continue;
+            let name = entry.name().to_string();
+            let path = safe_relative_path(&name)
+                .ok_or_else(|| WorkspaceError::UnsafePath(name.clone()))?;
+            let mode = entry.unix_mode().unwrap_or(0);
+            let kind = mode & S_IFMT;
+            if kind == S_IFLNK {
+                return Err(WorkspaceError::Link(name));
+            }
+            if kind != 0 && kind != S_IFREG && kind != S_IFDIR {
+                return Err(WorkspaceError::SpecialFile(name));
+            }
+            let is_dir = entry.is_dir() || kind == S_IFDIR;
+            let size = if is_dir { 0 } else { entry.size() };
+            declared = declared.saturating_add(size);
+            entries.push(PlannedEntry {
+                path,
+                is_dir,
+                executable: mode & 0o111 != 0,
+                mtime: entry_mtime(entry.last_modified()),
+                size,
+                name,
+            });
         }
-
-        // Read at most one byte past what is left, so a lying header cannot
-        // make us unpack more than the limit.
-        let remaining = limits.max_total_bytes - total;
-        let mut data = Vec::new();
-        (&mut entry)
-            .take(remaining + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| WorkspaceError::Corrupt(format!("{name}: {e}")))?;
-        if data.len() as u64 > remaining {
+        if entries.iter().all(|e| e.is_dir) {
+            return Err(WorkspaceError::Empty);
+        }
+        // Honest archives over the limit are refused before a byte is
+        // written; lying ones are cut off at their declared sizes.
+        if declared > limits.max_total_bytes {
             return Err(WorkspaceError::TooLarge {
                 limit: limits.max_total_bytes,
             });
         }
-        total += data.len() as u64;
-        files += 1;
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
-        header.set_size(data.len() as u64);
-        tar.append_data(&mut header, &path, data.as_slice())
-            .map_err(|e| WorkspaceError::Corrupt(format!("{name}: {e}")))?;
+        Ok(ProjectArchive {
+            zip,
+            entries,
+            limits,
+        })
     }
-    if files == 0 {
-        return Err(WorkspaceError::Empty);
+
+    /// Whether the workspace will have a regular file at `path`, as the job
+    /// script's `[ -f path ]` would see it: answered from the directory.
+    pub fn has_file(&self, path: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| !e.is_dir && e.path == Path::new(path))
     }
-    tar.into_inner()
-        .map_err(|e| WorkspaceError::Corrupt(e.to_string()))
+
+    /// What the controller needs to know of the project before its job
+    /// starts: from the directory and the project's small metadata files.
+    pub fn facts(&mut self) -> ProjectFacts {
+        ProjectFacts {
+            has_requirements: self.has_file(crate::environment::REQUIREMENTS_FILE),
+            requires_python: crate::project_facts::requires_python_in(&mut self.zip),
+        }
+    }
+
+    /// Writes the workspace as an uncompressed tar of the project's files,
+    /// owned by the job's user, into `out`, a buffer at a time; returns `out`.
+    pub fn write_tar<W: Write>(mut self, out: W) -> Result<W, WorkspaceError> {
+        let mut tar = tar::Builder::new(out);
+        let mut total: u64 = 0;
+        for (index, planned) in self.entries.iter().enumerate() {
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(WORKSPACE_UID);
+            header.set_gid(WORKSPACE_UID);
+            header.set_mtime(planned.mtime);
+            if planned.is_dir {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                tar.append_data(&mut header, &planned.path, std::io::empty())
+                    .map_err(output_error)?;
+                continue;
+            }
+            let entry = self
+                .zip
+                .by_index(index)
+                .map_err(|e| WorkspaceError::Corrupt(format!("{}: {e}", planned.name)))?;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(if planned.executable { 0o755 } else { 0o644 });
+            header.set_size(planned.size);
+            let mut data = CheckedEntry {
+                inner: entry,
+                name: &planned.name,
+                left: planned.size,
+                total: &mut total,
+                limits: self.limits,
+                error: None,
+            };
+            let written = tar.append_data(&mut header, &planned.path, &mut data);
+            if let Some(e) = data.error.take() {
+                return Err(e);
+            }
+            written.map_err(output_error)?;
+        }
+        tar.into_inner().map_err(output_error)
+    }
 }
 
-/// Whether a workspace tar (from [`zip_to_tar`]) has a file at `path`, as the
-/// job script's `[ -f path ]` in the workspace would see it.
-pub fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
-    let mut archive = tar::Archive::new(tar_bytes);
-    let Ok(entries) = archive.entries() else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|entry| {
-        entry.header().entry_type() == tar::EntryType::Regular
-            && entry.path().is_ok_and(|p| p == Path::new(path))
+fn output_error(e: std::io::Error) -> WorkspaceError {
+    WorkspaceError::Output(e.to_string())
+}
+
+/// An entry's data as it is decompressed, checked on the way: never more than
+/// the header declared (then one byte more is looked for, to catch a liar),
+/// never past the unpack limit, and a decompression failure is remembered as
+/// the archive's fault rather than the output's.
+struct CheckedEntry<'a, R: Read> {
+    inner: R,
+    name: &'a str,
+    left: u64,
+    total: &'a mut u64,
+    limits: UnpackLimits,
+    error: Option<WorkspaceError>,
+}
+
+impl<R: Read> CheckedEntry<'_, R> {
+    fn fail(&mut self, e: WorkspaceError) -> std::io::Error {
+        let io = std::io::Error::other(e.to_string());
+        self.error = Some(e);
+        io
+    }
+}
+
+impl<R: Read> Read for CheckedEntry<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // The declared size is written; anything more is a lie.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe) {
+                Ok(0) => Ok(0),
+                Ok(_) => Err(self.fail(WorkspaceError::SizeMismatch(self.name.to_string()))),
+                Err(e) => Err(self.fail(WorkspaceError::Corrupt(format!("{}: {e}", self.name)))),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = match self.inner.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(self.fail(WorkspaceError::Corrupt(format!(
+                    "{}: the entry is shorter than its header declares",
+                    self.name
+                ))))
+            }
+            Ok(n) => n,
+            Err(e) => return Err(self.fail(WorkspaceError::Corrupt(format!("{}: {e}", self.name)))),
+        };
+        self.left -= n as u64;
+        *self.total += n as u64;
+        if *self.total > self.limits.max_total_bytes {
+            return Err(self.fail(WorkspaceError::TooLarge {
+                limit: self.limits.max_total_bytes,
+            }));
+        }
+        Ok(n)
+    }
+}
+
+/// Unpacks a project zip held in memory into a tar held in memory. For tests
+/// and the fuzz target; jobs stream theirs with [`stream_tar`].
+pub fn zip_to_tar(zip_bytes: &[u8], limits: UnpackLimits) -> Result<Vec<u8>, WorkspaceError> {
+    ProjectArchive::open(Cursor::new(zip_bytes), limits)?.write_tar(Vec::new())
+}
+
+/// Bytes sent to the consumer at a time.
+const PIPE_CHUNK: usize = 64 * 1024;
+/// Chunks in flight between the unpacking thread and the consumer: what the
+/// workspace costs in memory, whatever the project's size.
+const PIPE_CHUNKS: usize = 4;
+
+/// The tar as it is written, in bounded chunks; the last item is an error
+/// when the unpacking failed, so the consumer never mistakes a cut-off tar for
+/// a whole one.
+pub type TarStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Writes the workspace tar on a blocking thread into a bounded channel, and
+/// returns the stream of its chunks together with the thread's outcome (the
+/// reason shown to the user when the unpacking fails). The thread waits
+/// whenever the consumer is behind, so memory stays at a few chunks.
+pub fn stream_tar<R: Read + Seek + Send + 'static>(
+    archive: ProjectArchive<R>,
+) -> (
+    TarStream,
+    tokio::task::JoinHandle<Result<(), WorkspaceError>>,
+) {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPE_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let pipe = ChannelWriter {
+            tx: tx.clone(),
+            buf: BytesMut::with_capacity(PIPE_CHUNK),
+        };
+        let result = archive.write_tar(pipe).and_then(|mut pipe| {
+            pipe.flush().map_err(output_error)?;
+            Ok(())
+        });
+        if let Err(e) = &result {
+            // The consumer may be gone already; then nobody needs telling.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        result
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
     })
+    .boxed();
+    (stream, writer)
+}
+
+/// A `Write` into the channel of [`stream_tar`], in chunks of [`PIPE_CHUNK`].
+struct ChannelWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: BytesMut,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(PIPE_CHUNK);
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the container stopped reading its input",
+            )
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(PIPE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +437,35 @@ mod tests {
             at += len;
         }
         zip
+    }
+
+    /// Sets the uncompressed size the central directory declares for each
+    /// entry (`None` leaves it), as a lying archive would.
+    pub(super) fn patch_declared_sizes(mut zip: Vec<u8>, sizes: &[Option<u32>]) -> Vec<u8> {
+        let end = zip
+            .windows(4)
+            .rposition(|w| w == [0x50, 0x4b, 0x05, 0x06])
+            .expect("an end record");
+        let mut at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap()) as usize;
+        for size in sizes {
+            let field = |o: usize| u16::from_le_bytes([zip[at + o], zip[at + o + 1]]) as usize;
+            let len = 46 + field(28) + field(30) + field(32);
+            if let Some(size) = size {
+                zip[at + 24..at + 28].copy_from_slice(&size.to_le_bytes());
+            }
+            at += len;
+        }
+        zip
+    }
+
+    /// Whether a tar has a regular file at `path`.
+    pub(super) fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive.entries().unwrap().any(|entry| {
+            let entry = entry.unwrap();
+            entry.header().entry_type() == tar::EntryType::Regular
+                && entry.path().unwrap() == Path::new(path)
+        })
     }
 
     fn tar_entries(tar_bytes: &[u8]) -> Vec<(String, Vec<u8>, u64, u32)> {
@@ -367,6 +616,141 @@ mod tests {
 }
 
 #[cfg(test)]
+mod streaming {
+    use super::tests::patch_declared_sizes;
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, SimpleFileOptions::default()).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn requirements_are_found_in_the_directory() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        w.add_directory("docs/requirements.txt/", SimpleFileOptions::default())
+            .unwrap();
+        w.start_file("./requirements.txt", SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(b"pytest\n").unwrap();
+        w.start_file("sub/setup.py", SimpleFileOptions::default())
+            .unwrap();
+        let zip = w.finish().unwrap().into_inner();
+        let archive = ProjectArchive::open(Cursor::new(&zip), UnpackLimits::default()).unwrap();
+        assert!(archive.has_file("requirements.txt"));
+        assert!(archive.has_file("sub/setup.py"));
+        assert!(
+            !archive.has_file("docs/requirements.txt"),
+            "a folder is not a file"
+        );
+        assert!(!archive.has_file("setup.py"));
+        let without = zip_of(&[("tests/requirements.txt", b"x")]);
+        let archive = ProjectArchive::open(Cursor::new(&without), UnpackLimits::default()).unwrap();
+        assert!(!archive.has_file("requirements.txt"));
+    }
+
+    #[test]
+    fn an_entry_larger_than_its_header_says_is_cut_off() {
+        let big = vec![0u8; 4 * 1024 * 1024];
+        let zip = zip_of(&[("small.txt", b"hello"), ("bomb.bin", &big)]);
+        // The directory claims 10 bytes for the 4 MiB entry: it fits any
+        // limit on paper, and is stopped after those 10 bytes.
+        let zip = patch_declared_sizes(zip, &[None, Some(10)]);
+        let limits = UnpackLimits {
+            max_total_bytes: 1024,
+            max_entries: 10,
+        };
+        assert_eq!(
+            zip_to_tar(&zip, limits),
+            Err(WorkspaceError::SizeMismatch("bomb.bin".into()))
+        );
+    }
+
+    #[test]
+    fn an_entry_shorter_than_its_header_says_is_refused() {
+        let zip = patch_declared_sizes(zip_of(&[("a.txt", b"short")]), &[Some(100)]);
+        assert!(matches!(
+            zip_to_tar(&zip, UnpackLimits::default()),
+            Err(WorkspaceError::Corrupt(_))
+        ));
+    }
+
+    async fn collect(mut stream: TarStream) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(e) => return (bytes, Some(e)),
+            }
+        }
+        (bytes, None)
+    }
+
+    #[tokio::test]
+    async fn the_streamed_tar_is_the_whole_tar_in_bounded_chunks() {
+        let data: Vec<u8> = (0..3 * PIPE_CHUNK + 17).map(|i| (i % 253) as u8).collect();
+        let zip = zip_of(&[
+            ("a.bin", &data),
+            ("tests/test_a.py", b"def test_a(): pass\n"),
+        ]);
+        let whole = zip_to_tar(&zip, UnpackLimits::default()).unwrap();
+        let archive = ProjectArchive::open(Cursor::new(zip), UnpackLimits::default()).unwrap();
+        let (mut stream, writer) = stream_tar(archive);
+        let mut streamed = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            assert!(
+                chunk.len() <= PIPE_CHUNK,
+                "a chunk of {} bytes",
+                chunk.len()
+            );
+            streamed.extend_from_slice(&chunk);
+        }
+        writer.await.unwrap().unwrap();
+        assert!(streamed == whole, "the streamed tar differs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_unpacking_ends_the_stream_with_an_error() {
+        let big = vec![0u8; 2 * 1024 * 1024];
+        let zip = patch_declared_sizes(zip_of(&[("bomb.bin", &big)]), &[Some(PIPE_CHUNK as u32)]);
+        let archive = ProjectArchive::open(Cursor::new(zip), UnpackLimits::default()).unwrap();
+        let (stream, writer) = stream_tar(archive);
+        let (bytes, error) = collect(stream).await;
+        assert!(error.is_some(), "a cut-off tar must not look whole");
+        assert!(
+            bytes.len() <= PIPE_CHUNK + 1024,
+            "{} bytes went out",
+            bytes.len()
+        );
+        assert_eq!(
+            writer.await.unwrap(),
+            Err(WorkspaceError::SizeMismatch("bomb.bin".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_stops_reading_stops_the_unpacking() {
+        let big = vec![0u8; 16 * 1024 * 1024];
+        let zip = zip_of(&[("big.bin", &big)]);
+        let archive = ProjectArchive::open(Cursor::new(zip), UnpackLimits::default()).unwrap();
+        let (mut stream, writer) = stream_tar(archive);
+        stream.next().await.unwrap().unwrap();
+        drop(stream);
+        assert!(matches!(
+            writer.await.unwrap(),
+            Err(WorkspaceError::Output(_))
+        ));
+    }
+}
+
+#[cfg(test)]
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -377,6 +761,7 @@ mod properties {
     fn segment() -> impl Strategy<Value = String> {
         prop_oneof![
             4 => "[a-z_]{1,8}(\\.py)?",
+            1 => Just("requirements.txt".to_string()),
             1 => Just("..".to_string()),
             1 => Just(".".to_string()),
             1 => Just("".to_string()),
@@ -411,6 +796,14 @@ mod properties {
         )
     }
 
+    /// Sizes the directory may claim instead of the real ones.
+    fn lies() -> impl Strategy<Value = Vec<Option<u32>>> {
+        prop::collection::vec(
+            prop_oneof![6 => Just(None), 1 => (0u32..80).prop_map(Some)],
+            8,
+        )
+    }
+
     fn build(entries: &[(String, Vec<u8>, Option<u32>)]) -> Option<Vec<u8>> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
         for (name, data, mode) in entries {
@@ -435,11 +828,19 @@ mod properties {
         /// and folders strictly inside the workspace, owned by the job's user,
         /// within the limits; anything else is refused with a reason.
         #[test]
-        fn unpacked_workspaces_stay_inside(entries in archive()) {
+        fn unpacked_workspaces_stay_inside(entries in archive(), lies in lies()) {
             let Some(zip) = build(&entries) else { return Ok(()) };
+            let zip = super::tests::patch_declared_sizes(zip, &lies[..entries.len()]);
             let limits = UnpackLimits { max_total_bytes: 256, max_entries: 6 };
+            let planned = ProjectArchive::open(Cursor::new(&zip), limits)
+                .map(|a| a.has_file("requirements.txt") );
             match zip_to_tar(&zip, limits) {
                 Ok(tar_bytes) => {
+                    // What the directory promised is what the tar holds.
+                    prop_assert_eq!(
+                        planned,
+                        Ok(super::tests::tar_has_file(&tar_bytes, "requirements.txt"))
+                    );
                     let mut total = 0u64;
                     let mut archive = tar::Archive::new(tar_bytes.as_slice());
                     for e in archive.entries().unwrap() {

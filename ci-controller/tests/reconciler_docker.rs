@@ -539,3 +539,71 @@ async fn a_large_project_arrives_whole() {
     assert_eq!(job.success, Some(true), "{out}");
     assert!(out.contains("1 passed"), "{out}");
 }
+
+/// Sets the uncompressed size the central directory declares for the entry
+/// at `index`, as a lying archive would.
+fn declare_size(mut zip: Vec<u8>, index: usize, size: u32) -> Vec<u8> {
+    let end = zip
+        .windows(4)
+        .rposition(|w| w == [0x50, 0x4b, 0x05, 0x06])
+        .expect("an end record");
+    let mut at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap()) as usize;
+    for _ in 0..index {
+        let field = |o: usize| u16::from_le_bytes([zip[at + o], zip[at + o + 1]]) as usize;
+        at += 46 + field(28) + field(30) + field(32);
+    }
+    zip[at + 24..at + 28].copy_from_slice(&size.to_le_bytes());
+    zip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_larger_than_it_declares_is_cut_off_mid_stream_and_fails_the_job() {
+    let h = Harness::start(|_| {}).await;
+    // 4 MiB of zeros declared as 64 KiB: the directory passes every check,
+    // the streamed tar is already in the container when the lie shows.
+    let zeros = "\0".repeat(4 * 1024 * 1024);
+    let zip = project(&[
+        ("test_ok.py", "def test_ok():\n    pass\n"),
+        ("zeros.bin", &zeros),
+    ]);
+    let id = h.submit(declare_size(zip, 1, 64 * 1024)).await;
+    let job = h.ended(id).await;
+    assert_eq!(
+        (job.status, job.success),
+        (JobStatus::Completed, Some(false))
+    );
+    let out = h.output(id).await;
+    assert!(
+        out.contains("\"zeros.bin\" holds more data than its header declares"),
+        "{out}"
+    );
+    assert!(!out.contains("passed"), "the job must not have run: {out}");
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_budget_goes_on_after_an_adoption() {
+    let mut h = Harness::start(|c| c.pump.max_log_bytes = 200_000).await;
+    // 400 kB over about 4 s, so the controller can die in the middle.
+    let id = h
+        .submit(project(&[(
+            "test_chatty.py",
+            "import sys, time\n\ndef test_chatty(capsys):\n    with capsys.disabled():\n        for i in range(4000):\n            sys.stdout.write('chatter %06d %s\\n' % (i, 'x' * 85))\n            if i % 100 == 0:\n                sys.stdout.flush()\n                time.sleep(0.1)\n",
+        )]))
+        .await;
+    h.wait_for(id, "some output to be stored", |j| j.last_seq >= 3, 60)
+        .await;
+    h.shutdown.cancel();
+    h.shutdown = h.spawn_controller();
+    let job = h.ended(id).await;
+    assert_eq!(job.success, Some(true));
+    let out = h.output(id).await;
+    assert_eq!(
+        out.matches("[ci] Output truncated").count(),
+        1,
+        "one cut, however many controllers: {}",
+        &out[out.len().saturating_sub(500)..]
+    );
+    assert!(out.len() <= 200_000 + 200, "{} bytes kept", out.len());
+    assert!(out.contains("chatter 000000"));
+}

@@ -27,6 +27,10 @@ macro_rules! conformance_suite {
             api_keys_authenticate_until_revoked,
             a_key_and_a_job_are_read_together,
             archives_are_content_addressed,
+            large_archives_are_stored_in_chunks,
+            an_archive_stored_twice_is_kept_once,
+            a_missing_archive_is_none,
+            an_archive_whose_digest_lies_is_not_stored,
             jobs_follow_their_life_cycle,
             job_options_and_the_python_run_are_kept,
             illegal_transitions_are_refused,
@@ -34,6 +38,7 @@ macro_rules! conformance_suite {
             cancellation_is_recorded_once,
             output_is_read_after_a_sequence_number,
             output_of_an_ended_job_is_refused,
+            stored_output_is_counted_in_bytes,
             concurrent_appenders_lose_nothing,
             concurrent_job_creation_from_two_processes,
             lease_has_one_holder_at_a_time,
@@ -300,6 +305,101 @@ pub async fn archives_are_content_addressed(s: Store, other: Store) {
     assert_eq!(a.len(), 64);
     assert_eq!(other.get_archive(&a).await.unwrap().unwrap(), b"one");
     assert!(s.get_archive("0000").await.unwrap().is_none());
+}
+
+/// Bytes that differ chunk to chunk, so a chunk out of order shows.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect()
+}
+
+pub async fn large_archives_are_stored_in_chunks(s: Store, other: Store) {
+    // Two whole chunks and a part, written from a reader.
+    let bytes = patterned(2 * crate::ARCHIVE_CHUNK_BYTES + 12_345);
+    let digest = crate::archive_digest(&bytes);
+    s.put_archive_from(&digest, bytes.as_slice()).await.unwrap();
+    assert_eq!(other.get_archive(&digest).await.unwrap().unwrap(), bytes);
+    let mut copied = Vec::new();
+    let size = other.copy_archive_to(&digest, &mut copied).await.unwrap();
+    assert_eq!(size, Some(bytes.len() as u64));
+    assert!(copied == bytes, "the copy differs from what was stored");
+    // Exactly one chunk, and nothing at all, round-trip too.
+    for len in [crate::ARCHIVE_CHUNK_BYTES, 0] {
+        let bytes = patterned(len);
+        let digest = s.put_archive(&bytes).await.unwrap();
+        assert_eq!(other.get_archive(&digest).await.unwrap().unwrap(), bytes);
+    }
+}
+
+/// A reader that must not be read: the archive is stored already.
+struct Unread;
+
+impl tokio::io::AsyncRead for Unread {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        panic!("an archive stored already was read again");
+    }
+}
+
+pub async fn an_archive_stored_twice_is_kept_once(s: Store, other: Store) {
+    let bytes = patterned(crate::ARCHIVE_CHUNK_BYTES + 1);
+    let digest = crate::archive_digest(&bytes);
+    // Two processes storing the same upload at once: both succeed, one copy.
+    let (a, b) = tokio::join!(
+        s.put_archive_from(&digest, bytes.as_slice()),
+        other.put_archive_from(&digest, bytes.as_slice())
+    );
+    a.unwrap();
+    b.unwrap();
+    s.put_archive_from(&digest, Unread).await.unwrap();
+    assert_eq!(s.put_archive(&bytes).await.unwrap(), digest);
+    assert_eq!(other.get_archive(&digest).await.unwrap().unwrap(), bytes);
+}
+
+pub async fn a_missing_archive_is_none(s: Store, _other: Store) {
+    let digest = crate::archive_digest(b"never stored");
+    assert!(s.get_archive(&digest).await.unwrap().is_none());
+    let mut out = Vec::new();
+    assert_eq!(s.copy_archive_to(&digest, &mut out).await.unwrap(), None);
+    assert!(out.is_empty());
+}
+
+pub async fn an_archive_whose_digest_lies_is_not_stored(s: Store, other: Store) {
+    let digest = crate::archive_digest(b"what was announced");
+    let err = s
+        .put_archive_from(&digest, &b"what arrived"[..])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert!(other.get_archive(&digest).await.unwrap().is_none());
+    // The real content can still be stored under its digest.
+    s.put_archive_from(&digest, &b"what was announced"[..])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_archive(&digest).await.unwrap().unwrap(),
+        b"what was announced"
+    );
+}
+
+pub async fn stored_output_is_counted_in_bytes(s: Store, other: Store) {
+    let uid = user(&s).await;
+    let id = job(&s, uid).await;
+    assert_eq!(other.stored_log_bytes(id).await.unwrap(), 0);
+    // "é" is two bytes in UTF-8: bytes are counted, not characters.
+    s.append_log(id, &["héllo\n".to_string(), "wörld\n".to_string()], None)
+        .await
+        .unwrap();
+    s.append_log(id, &["!".to_string()], Some("2026-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(other.stored_log_bytes(id).await.unwrap(), 7 + 7 + 1);
+    let another = job(&s, uid).await;
+    assert_eq!(other.stored_log_bytes(another).await.unwrap(), 0);
 }
 
 pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {

@@ -21,6 +21,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// Reading what is to be stored, or writing what was read, failed.
+    #[error("reading or writing stored bytes: {0}")]
+    Io(#[from] std::io::Error),
     #[error("cannot create the database folder {path}: {source}")]
     CreateDir {
         path: String,

@@ -83,6 +83,24 @@ impl Store {
         Ok(last)
     }
 
+    /// Bytes (UTF-8) of output stored for a job so far: what a log pump that
+    /// takes the job over has already spent of its output budget.
+    pub async fn stored_log_bytes(&self, job_id: JobId) -> Result<u64> {
+        let length = match self.backend {
+            crate::Backend::Sqlite => "length(CAST(text AS BLOB))",
+            crate::Backend::Postgres => "octet_length(text)",
+        };
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM({length}), 0) AS BIGINT) FROM job_events \
+             WHERE job_id = $1 AND kind = 'log'"
+        );
+        let bytes: i64 = sqlx::query_scalar(&sql)
+            .bind(job_id.to_string())
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(u64::try_from(bytes).unwrap_or(0))
+    }
+
     /// Up to `limit` chunks of a job's output after sequence number `after`, in order.
     pub async fn read_log(&self, job_id: JobId, after: i64, limit: i64) -> Result<Vec<LogChunk>> {
         let rows = sqlx::query(

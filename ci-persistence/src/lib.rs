@@ -19,6 +19,7 @@ mod rows;
 mod store;
 mod users;
 
+pub use archives::{archive_digest, ARCHIVE_CHUNK_BYTES};
 pub use change_feed::{ChangeFeed, Channel, JobWatch};
 pub use error::StoreError;
 pub use events::LogPage;

@@ -3,6 +3,7 @@
 //! machine slows both sides alike.
 
 pub mod api;
+pub mod big_inputs;
 pub mod fanout;
 pub mod latency;
 pub mod logs;
@@ -40,6 +41,14 @@ pub struct Plan {
     pub watcher_samples: usize,
     /// The quiet spell before each of the watcher figure's slow samples.
     pub watcher_quiet: Duration,
+    /// What the zip bomb unpacks to (zeros), in MiB.
+    pub bomb_mib: usize,
+    /// Uploads sent at once, and the size of each, in MiB.
+    pub uploads: usize,
+    pub upload_mib: usize,
+    /// The job output the idle streams are opened on, in MiB, and how many.
+    pub idle_stream_log_mib: usize,
+    pub idle_streams: usize,
 }
 
 impl Plan {
@@ -65,6 +74,11 @@ impl Plan {
             fanout_window: Duration::from_secs(10),
             watcher_samples: 8,
             watcher_quiet: Duration::from_secs(2),
+            bomb_mib: 1000,
+            uploads: 8,
+            upload_mib: 99,
+            idle_stream_log_mib: 128,
+            idle_streams: 40,
         }
     }
 
@@ -91,6 +105,11 @@ impl Plan {
             fanout_window: Duration::from_secs(3),
             watcher_samples: 3,
             watcher_quiet: Duration::from_millis(1500),
+            bomb_mib: 64,
+            uploads: 4,
+            upload_mib: 8,
+            idle_stream_log_mib: 8,
+            idle_streams: 10,
         }
     }
 }

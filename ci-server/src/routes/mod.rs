@@ -70,8 +70,11 @@ async fn queue_job(
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Job, ApiError> {
-    let zip = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
-    let archive_digest = app.store.put_archive(&zip).await?;
+    let upload = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
+    let archive_digest = upload.digest.clone();
+    app.store
+        .put_archive_from(&archive_digest, tokio::io::BufReader::new(upload.file))
+        .await?;
     let job = app
         .store
         .create_job(&NewJob {
@@ -81,7 +84,7 @@ async fn queue_job(
             options: JobOptions::default(),
         })
         .await?;
-    tracing::info!(job_id = %job.id, user = %user.email, bytes = zip.len(), "job queued");
+    tracing::info!(job_id = %job.id, user = %user.email, bytes = upload.size, "job queued");
     Ok(job)
 }
 
