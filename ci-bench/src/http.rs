@@ -302,7 +302,10 @@ mod tests {
                 StreamEvent::Log {
                     data: "hi\n".into()
                 },
-                StreamEvent::Complete { success: true }
+                StreamEvent::Complete {
+                    success: true,
+                    status: None
+                }
             ]
         );
         assert!(buf.is_empty());

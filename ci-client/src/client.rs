@@ -53,7 +53,8 @@ impl ApiClient {
     /// Without a key no `Authorization` header is sent and the server answers
     /// 403 `Not authenticated`, which is how the user learns a key is needed.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, ClientError> {
-        let trimmed = base_url.trim().trim_end_matches('/');
+        let trimmed = with_scheme(base_url.trim().trim_end_matches('/'));
+        let trimmed = trimmed.as_str();
         let parsed = reqwest::Url::parse(trimmed).map_err(|e| ClientError::InvalidUrl {
             url: base_url.to_string(),
             reason: e.to_string(),
@@ -94,6 +95,36 @@ impl ApiClient {
     /// The server's root URL, as errors name it.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// Whether the URL sends the key in the clear to another machine: plain
+    /// `http://` to a host that is not this one.
+    pub fn sends_key_in_the_clear(&self) -> bool {
+        let Ok(url) = reqwest::Url::parse(&self.base_url) else {
+            return false;
+        };
+        let host = url.host_str().unwrap_or("localhost");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.api_key.is_some() && url.scheme() == "http" && !loopback
+    }
+
+    /// Asks the server whether it takes the key, with a request that carries
+    /// no body: a server refuses a key before it reads an upload, and an
+    /// answer sent while the client is still uploading is often lost to a
+    /// broken pipe, so a submit checks first. A good key is told by the 404
+    /// for a job id no job has.
+    pub async fn check_key(&self) -> Result<(), ClientError> {
+        let request = self
+            .get(&format!("/jobs/{}", JobId::nil()))
+            .timeout(QUERY_TIMEOUT);
+        match self.send(request).await {
+            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Uploads the project and queues a job without waiting for it.
@@ -242,6 +273,16 @@ impl ApiClient {
     }
 }
 
+/// `host:port` as `http://host:port`: a URL without a scheme is the common
+/// way to name a server on the command line.
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") || url.is_empty() {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
 /// The multipart body the reference server expects: one field `file`.
 fn upload_form(project_zip: Vec<u8>) -> Result<reqwest::multipart::Form, ClientError> {
     let part = reqwest::multipart::Part::bytes(project_zip)
@@ -314,11 +355,30 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_http_to_other_hosts_sends_the_key_in_the_clear() {
+        let key = || Some("ci_k".to_string());
+        let clear = |url: &str, key: Option<String>| {
+            ApiClient::new(url, key)
+                .expect("valid")
+                .sends_key_in_the_clear()
+        };
+        assert!(clear("http://ci.example.com:8000", key()));
+        assert!(clear("10.0.0.5:8000", key()));
+        assert!(!clear("https://ci.example.com", key()));
+        assert!(!clear("http://localhost:8000", key()));
+        assert!(!clear("http://127.0.0.1:8000", key()));
+        assert!(!clear("http://[::1]:8000", key()));
+        assert!(!clear("http://ci.example.com", None));
+    }
+
+    #[test]
     fn base_urls_are_checked_and_trimmed() {
         let client = ApiClient::new("http://localhost:8000/", None).expect("valid");
         assert_eq!(client.base_url(), "http://localhost:8000");
+        let bare = ApiClient::new("127.0.0.1:8000", None).expect("valid");
+        assert_eq!(bare.base_url(), "http://127.0.0.1:8000");
         assert!(matches!(
-            ApiClient::new("localhost:8000", None),
+            ApiClient::new("ftp://localhost:8000", None),
             Err(ClientError::InvalidUrl { .. })
         ));
         assert!(matches!(

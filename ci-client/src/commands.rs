@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use ci_client::output::{format_job_json, format_job_table, AUTH_HELP};
+use ci_client::output::{describe_end, format_job_json, format_job_table, AUTH_HELP};
 use ci_client::{pack_project, ApiClient, ClientError, FollowFrom, JobEvents};
+use ci_client::{OutputFilter, OutputMode};
 use ci_common::api::{JobSummary, StreamEvent};
 use ci_common::{JobId, JobStatus};
 use futures::StreamExt;
@@ -22,15 +23,28 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Context {
     pub server_url: String,
     pub api_key: Option<String>,
+    /// How a job's output is written to stdout.
+    pub output: OutputMode,
 }
 
 impl Context {
+    /// The client for the server; warns (once per command) when the key
+    /// would travel in the clear to another machine.
     fn api(&self) -> Result<ApiClient, ClientError> {
-        Ok(
-            ApiClient::new(&self.server_url, self.api_key.clone())?.on_reconnect(|error| {
-                eprintln!("Connection to the CI server lost, reconnecting… ({error})");
-            }),
-        )
+        let api = ApiClient::new(&self.server_url, self.api_key.clone())?.on_reconnect(|error| {
+            eprintln!("Connection to the CI server lost, reconnecting… ({error})");
+        });
+        if api.sends_key_in_the_clear() {
+            eprintln!(
+                "warning: the API key is sent unencrypted to {} (plain http to another host); use https",
+                api.base_url()
+            );
+        }
+        Ok(api)
+    }
+
+    fn sink(&self) -> LogSink {
+        LogSink::new(self.output)
     }
 }
 
@@ -51,6 +65,7 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
 /// `ci submit test --async`.
 pub async fn submit_async(context: &Context) -> anyhow::Result<ExitCode> {
     let api = context.api()?;
+    api.check_key().await?;
     let zip = zip_current_dir().await?;
     let job_id = api.submit_async(zip).await?;
     println!("Job submitted: {job_id}");
@@ -74,13 +89,15 @@ enum SubmitProgress {
 /// job, so no job is left running that the user tried to stop.
 pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
     let api = context.api()?;
+    // Refused keys are told before anything is packed or sent.
+    api.check_key().await?;
     let (progress_tx, mut progress) = tokio::sync::watch::channel(SubmitProgress::Packing);
-    let sink = LogSink::default();
+    let sink = context.sink();
     let run = async {
         let zip = zip_current_dir().await?;
         progress_tx.send_replace(SubmitProgress::Uploading);
         let mut events = api.submit_stream(zip).await?;
-        print_events(&mut events, &sink, |id| {
+        print_events(&mut events, None, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
         .await
@@ -148,18 +165,21 @@ async fn cancel_after_interrupt(api: &ApiClient, job_id: JobId) {
 pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Result<ExitCode> {
     let job_id = parse_job_id(raw_job_id)?;
     let api = context.api()?;
-    let sink = LogSink::default();
+    let sink = context.sink();
     let run = async {
         let from = if all {
             FollowFrom::Beginning
         } else {
-            from_now(&api, job_id).await?
+            match from_now(&api, job_id).await? {
+                Joined::Follow(from) => from,
+                Joined::Ended(job) => return Ok(report_ended(&job)),
+            }
         };
         let mut events = api
             .follow_job(job_id, from)
             .await
             .map_err(about_job(job_id))?;
-        print_events(&mut events, &sink, |_| {}).await
+        print_events(&mut events, Some(job_id), &sink, |_| {}).await
     };
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
@@ -180,24 +200,50 @@ pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Res
     }
 }
 
+/// What joining a job "from now" found.
+enum Joined {
+    /// Follow its stream from here.
+    Follow(FollowFrom),
+    /// It has ended already: nothing to follow.
+    Ended(Box<JobSummary>),
+}
+
 /// Where "from now" is for a job, as a sequence number when the server tells
 /// it: a stream opened "from now" that breaks before its first event could
 /// otherwise only resume "from now" again and skip what was printed meanwhile.
-/// An ended job keeps "from now", for which the server says it has completed;
-/// so does a server that cannot answer yet (the stream retries on its own).
-async fn from_now(api: &ApiClient, job_id: JobId) -> anyhow::Result<FollowFrom> {
+/// A server that cannot answer yet keeps "from now" (the stream retries on
+/// its own, and says so itself when the job has ended).
+async fn from_now(api: &ApiClient, job_id: JobId) -> anyhow::Result<Joined> {
     let job = match api.get_job(job_id).await {
         Ok(job) => job,
-        Err(ClientError::Unreachable { .. }) => return Ok(FollowFrom::Now),
+        Err(ClientError::Unreachable { .. }) => return Ok(Joined::Follow(FollowFrom::Now)),
         Err(ClientError::Http { status, .. }) if status.is_server_error() => {
-            return Ok(FollowFrom::Now)
+            return Ok(Joined::Follow(FollowFrom::Now))
         }
         Err(error) => return Err(about_job(job_id)(error)),
     };
-    Ok(match job.last_event_id {
-        Some(seq) if !job.status.is_terminal() => FollowFrom::After(seq),
-        _ => FollowFrom::Now,
-    })
+    if job.status.is_terminal() {
+        return Ok(Joined::Ended(Box::new(job)));
+    }
+    Ok(Joined::Follow(match job.last_event_id {
+        Some(seq) => FollowFrom::After(seq),
+        None => FollowFrom::Now,
+    }))
+}
+
+/// `ci wait` on a job that has ended: how it ended, and how to see its
+/// output; the exit code is the job's result. A completed job still gets
+/// the reference's `Job already completed.` on stdout, which scripts match.
+fn report_ended(job: &JobSummary) -> ExitCode {
+    if job.status == JobStatus::Completed {
+        println!("Job already completed.");
+    }
+    eprintln!("{}", describe_end(job));
+    eprintln!(
+        "Use 'ci wait --all {}' to replay its output, or 'ci logs {}'.",
+        job.job_id, job.job_id
+    );
+    exit_code_of(job.success == Some(true))
 }
 
 /// `ci list [--json]`.
@@ -245,24 +291,31 @@ fn cancel_outcome(job: &JobSummary) -> String {
 /// the exit code. Announces the job id of a submit stream on stderr.
 async fn print_events(
     events: &mut JobEvents,
+    known_job: Option<JobId>,
     sink: &LogSink,
     mut on_job_id: impl FnMut(JobId),
 ) -> anyhow::Result<ExitCode> {
+    let mut job_id = known_job;
     while let Some(received) = events.next().await {
         match received?.event {
             StreamEvent::JobId { job_id: id } => {
+                job_id = Some(id);
                 on_job_id(id);
                 eprintln!("Job ID: {id}");
                 eprintln!("You can reconnect from another terminal with: ci wait {id}");
                 eprintln!();
             }
             StreamEvent::Log { data } => sink.write(&data)?,
-            StreamEvent::Complete { success } => {
-                return Ok(if success {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
+            StreamEvent::Complete { success, status } => {
+                sink.finish()?;
+                sink.end_line();
+                if status == Some(JobStatus::Cancelled) {
+                    match job_id {
+                        Some(id) => eprintln!("Job {id} was cancelled."),
+                        None => eprintln!("The job was cancelled."),
+                    }
+                }
+                return Ok(exit_code_of(success));
             }
         }
     }
@@ -302,20 +355,50 @@ fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
     }
 }
 
-/// The job's output on stdout, exactly as received and flushed at once.
-#[derive(Default)]
+fn exit_code_of(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The job's output on stdout, filtered for where stdout goes (see
+/// [`OutputMode`]) and flushed at once.
 struct LogSink {
+    filter: std::cell::RefCell<OutputFilter>,
     /// The last output did not end with a newline.
     mid_line: std::cell::Cell<bool>,
 }
 
 impl LogSink {
+    fn new(mode: OutputMode) -> Self {
+        LogSink {
+            filter: std::cell::RefCell::new(OutputFilter::new(mode)),
+            mid_line: std::cell::Cell::new(false),
+        }
+    }
+
     fn write(&self, data: &str) -> anyhow::Result<()> {
+        let text = self.filter.borrow_mut().filter(data);
+        self.write_filtered(&text)
+    }
+
+    /// Writes what the filter still holds (an unfinished escape sequence).
+    fn finish(&self) -> anyhow::Result<()> {
+        let text = self.filter.borrow_mut().finish();
+        self.write_filtered(&text)
+    }
+
+    fn write_filtered(&self, text: &str) -> anyhow::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
-        out.write_all(data.as_bytes())
+        out.write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .context("cannot write the job's output")?;
-        if let Some(last) = data.chars().last() {
+        if let Some(last) = text.chars().last() {
             self.mid_line.set(last != '\n');
         }
         Ok(())

@@ -13,7 +13,7 @@
 //! while let Some(received) = events.next().await {
 //!     match received?.event {
 //!         StreamEvent::Log { data } => print!("{data}"),
-//!         StreamEvent::Complete { success } => println!("passed: {success}"),
+//!         StreamEvent::Complete { success, .. } => println!("passed: {success}"),
 //!         StreamEvent::JobId { .. } => {}
 //!     }
 //! }
@@ -24,10 +24,12 @@ mod client;
 pub mod config;
 mod error;
 mod follow;
+mod job_text;
 pub mod output;
 mod project;
 
 pub use client::{ApiClient, ReconnectNotice};
 pub use error::{ClientError, ProjectZipError};
 pub use follow::{FollowFrom, JobEvents, ReceivedEvent, ReconnectPolicy};
+pub use job_text::{OutputFilter, OutputMode};
 pub use project::{pack_project, LeftOutLink, LinkRefusal, PackedProject};

@@ -2,9 +2,11 @@
 
 mod commands;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use ci_client::config::{default_config_path, resolve_api_key, DEFAULT_SERVER_URL};
+use ci_client::OutputMode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -14,9 +16,17 @@ struct Cli {
     #[arg(long, global = true, env = "CI_SERVER_URL", value_name = "URL")]
     server_url: Option<String>,
 
-    /// API key for authentication (can also use CI_API_KEY env var or ~/.ci/config).
+    /// API key for authentication. A key on the command line is visible to
+    /// every user of this machine in the process list: prefer the CI_API_KEY
+    /// env var or ~/.ci/config (api_key=<key>).
     #[arg(long, global = true, value_name = "KEY")]
     api_key: Option<String>,
+
+    /// Write the job's output byte for byte, control sequences included,
+    /// also on a terminal (by default a terminal gets only colours, other
+    /// control characters shown escaped).
+    #[arg(long, global = true)]
+    raw: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -77,9 +87,11 @@ async fn main() -> ExitCode {
         env_key.as_deref(),
         default_config_path().as_deref(),
     );
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let context = commands::Context {
         server_url,
         api_key,
+        output: OutputMode::choose(cli.raw, std::io::stdout().is_terminal(), no_color),
     };
     let outcome = match command {
         Command::Submit {

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ci_common::api::JobSummary;
+use ci_common::JobStatus;
 
 /// Printed on stderr after an authentication failure, as the reference client does.
 pub const AUTH_HELP: &str =
@@ -9,6 +10,21 @@ pub const AUTH_HELP: &str =
 1. Command line flag: --api-key <key>\n  \
 2. Environment variable: CI_API_KEY=<key>\n  \
 3. Config file: ~/.ci/config (format: api_key=<key>)\n";
+
+/// How an ended job ended, in one sentence: passed, failed with its exit
+/// code, could not run (with the reason), or was cancelled.
+pub fn describe_end(job: &JobSummary) -> String {
+    let id = job.job_id;
+    match (job.status, job.success) {
+        (JobStatus::Cancelled, _) => format!("Job {id} was cancelled."),
+        (_, Some(true)) => format!("Job {id} passed."),
+        (_, _) => match (job.exit_code, job.reason.as_deref()) {
+            (Some(code), _) => format!("Job {id} failed with exit code {code}."),
+            (None, Some(reason)) => format!("Job {id} could not run: {}", reason.trim_end()),
+            (None, None) => format!("Job {id} failed."),
+        },
+    }
+}
 
 /// Column widths of `ci list`, the reference client's layout.
 const ID_WIDTH: usize = 38;
@@ -67,7 +83,6 @@ pub fn format_job_json(jobs: &[JobSummary]) -> Result<String, serde_json::Error>
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use ci_common::JobStatus;
     use uuid::Uuid;
 
     fn job(
@@ -83,14 +98,32 @@ mod tests {
                 .expect("valid time")
         };
         JobSummary {
-            job_id: Uuid::parse_str(id).expect("uuid"),
-            status,
             success,
             start_time: start.map(at),
             end_time: end.map(at),
-            exit_code: None,
-            last_event_id: None,
+            ..JobSummary::new(Uuid::parse_str(id).expect("uuid"), status)
         }
+    }
+
+    #[test]
+    fn ends_are_described_by_how_they_happened() {
+        let id = "1222e26a-e4d2-4dda-8ffa-ba333257cc1b";
+        let mut j = job(id, JobStatus::Completed, Some(true), None, None);
+        assert_eq!(describe_end(&j), format!("Job {id} passed."));
+        j.success = Some(false);
+        j.exit_code = Some(2);
+        assert_eq!(
+            describe_end(&j),
+            format!("Job {id} failed with exit code 2.")
+        );
+        j.exit_code = None;
+        j.reason = Some("Job timed out after 5 seconds\n".into());
+        assert_eq!(
+            describe_end(&j),
+            format!("Job {id} could not run: Job timed out after 5 seconds")
+        );
+        let c = job(id, JobStatus::Cancelled, None, None, None);
+        assert_eq!(describe_end(&c), format!("Job {id} was cancelled."));
     }
 
     #[test]

@@ -53,15 +53,7 @@ async fn submit_stream(State(server): State<Server>, mut form: Multipart) -> Res
 
 async fn cancel(State(server): State<Server>, Path(id): Path<Uuid>) -> Json<JobSummary> {
     server.cancelled.lock().unwrap().push(id);
-    Json(JobSummary {
-        job_id: id,
-        status: JobStatus::Cancelled,
-        success: None,
-        start_time: None,
-        end_time: None,
-        exit_code: None,
-        last_event_id: None,
-    })
+    Json(JobSummary::new(id, JobStatus::Cancelled))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -293,6 +293,14 @@ async fn jobs_lists_the_callers_jobs_newest_first() {
     assert_eq!(j["success"], true);
     assert_eq!(j["start_time"], to_api_string(done.started_at.unwrap()));
     assert_eq!(j["end_time"], to_api_string(done.ended_at.unwrap()));
+    assert_eq!(j["submitted_at"], to_api_string(done.created_at));
+    assert_eq!(j["exit_code"], 0);
+    let took = (done.ended_at.unwrap() - done.started_at.unwrap()).num_microseconds();
+    assert_eq!(
+        j["duration_seconds"].as_f64(),
+        took.map(|us| us as f64 / 1e6),
+        "{j}"
+    );
 
     // The other user sees only theirs.
     let response = app
@@ -317,12 +325,18 @@ async fn a_job_is_shown_to_its_owner_only() {
     let response = app.get(&format!("/jobs/{mine}")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let summary: Value = response.json().await.unwrap();
+    let submitted_at = summary["submitted_at"].clone();
+    assert!(submitted_at.as_str().is_some_and(is_api_time), "{summary}");
     assert_eq!(
         summary,
         json!({"job_id": mine.to_string(), "status": "queued", "success": null,
                "start_time": null, "end_time": null,
                // Beyond the reference: where "from now" is for a stream.
-               "last_event_id": 0})
+               "last_event_id": 0,
+               // The contract's summary fields, always present, null when empty.
+               "submitted_at": submitted_at, "duration_seconds": null,
+               "exit_code": null, "reason": null, "python": null,
+               "project": null, "engine": null, "tests": null})
     );
 
     // The same summary as in the list.
@@ -345,6 +359,10 @@ async fn a_job_is_shown_to_its_owner_only() {
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["success"], false);
     assert!(summary["end_time"].as_str().is_some_and(is_api_time));
+    assert_eq!(summary["reason"], "Could not unpack the project");
+    assert!(summary["exit_code"].is_null());
+    // It never started, so it has no duration.
+    assert!(summary["duration_seconds"].is_null());
 
     let response = app.get(&format!("/jobs/{theirs}")).send().await.unwrap();
     assert_eq!(error_detail(response, 403).await, "Access denied");
