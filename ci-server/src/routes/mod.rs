@@ -1,5 +1,11 @@
 //! The API's handlers, one per route of the contract.
 
+mod job_log;
+mod rerun;
+
+pub use job_log::job_log;
+pub use rerun::rerun_job;
+
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
