@@ -209,6 +209,34 @@ impl ApiClient {
         read_json(self.send(request).await?, &self.base_url).await
     }
 
+    /// Queues the job's archive again as a new job (same code, no upload).
+    pub async fn rerun_job(&self, job_id: JobId) -> Result<JobId, ClientError> {
+        let request = self
+            .post(&format!("/jobs/{job_id}/rerun"))
+            .timeout(QUERY_TIMEOUT);
+        let body: SubmitResponse = read_json(self.send(request).await?, &self.base_url).await?;
+        Ok(body.job_id)
+    }
+
+    /// A job's stored output as it is now, as a stream of text pieces, so a
+    /// long log is written out as it arrives instead of held whole.
+    pub async fn job_log(
+        &self,
+        job_id: JobId,
+    ) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
+        let response = self.send(self.get(&format!("/jobs/{job_id}/log"))).await?;
+        let url = self.base_url.clone();
+        Ok(futures::StreamExt::map(
+            response.bytes_stream(),
+            move |piece| {
+                piece.map_err(|e| ClientError::StreamInterrupted {
+                    url: url.clone(),
+                    cause: root_cause(&e),
+                })
+            },
+        ))
+    }
+
     /// Reopens a job's stream after a drop: after the last event seen, or
     /// from now when none carried a sequence number.
     pub(crate) async fn reopen_stream(
@@ -265,11 +293,21 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
+        let url = response.url().to_string();
         let body = response.text().await.unwrap_or_default();
-        Err(ClientError::from_status(
-            status,
-            error_detail(status, &body),
-        ))
+        let detail = error_detail(status, &body);
+        // The router's own 404 (not "Job not found"): the path does not
+        // exist there, so the base URL is probably wrong. Say which answered.
+        if status == StatusCode::NOT_FOUND && detail == "Not Found" {
+            return Err(ClientError::Http {
+                status,
+                detail: format!(
+                    "{url} does not exist there; is {} the CI server's address?",
+                    self.base_url
+                ),
+            });
+        }
+        Err(ClientError::from_status(status, detail))
     }
 }
 

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use ci_client::output::{describe_end, format_job_json, format_job_table, AUTH_HELP};
+use ci_client::config::{mask_key, KeySource};
+use ci_client::output::{
+    describe_end, format_job_details, format_job_json, format_job_table, AUTH_HELP,
+};
 use ci_client::{pack_project, ApiClient, ClientError, FollowFrom, JobEvents};
 use ci_client::{OutputFilter, OutputMode};
 use ci_common::api::{JobSummary, StreamEvent};
@@ -22,7 +25,11 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The settings every command needs, resolved from flags, env and config.
 pub struct Context {
     pub server_url: String,
+    /// Which setting named the server, for `ci config`.
+    pub server_source: &'static str,
     pub api_key: Option<String>,
+    /// Which source the key came from, for `ci config`.
+    pub key_source: Option<KeySource>,
     /// How a job's output is written to stdout.
     pub output: OutputMode,
 }
@@ -62,13 +69,53 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// How `ci submit test --async` names the job it queued.
+pub enum SubmittedAs {
+    /// `Job submitted: <id>`, the reference's line.
+    Sentence,
+    /// `{"job_id": "<id>"}` (`--json`).
+    Json,
+    /// The id alone (`-q`).
+    BareId,
+}
+
 /// `ci submit test --async`.
-pub async fn submit_async(context: &Context) -> anyhow::Result<ExitCode> {
+pub async fn submit_async(context: &Context, print: SubmittedAs) -> anyhow::Result<ExitCode> {
     let api = context.api()?;
     api.check_key().await?;
-    let zip = zip_current_dir().await?;
+    let zip = zip_project().await?;
     let job_id = api.submit_async(zip).await?;
-    println!("Job submitted: {job_id}");
+    match print {
+        SubmittedAs::Sentence => println!("Job submitted: {job_id}"),
+        SubmittedAs::Json => println!("{}", serde_json::json!({ "job_id": job_id })),
+        SubmittedAs::BareId => println!("{job_id}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ci submit test --dry-run`: what would be uploaded, from where, and its
+/// size; nothing is sent.
+pub async fn dry_run() -> anyhow::Result<ExitCode> {
+    let zip = zip_project().await?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&zip))
+        .context("cannot read back the packed project")?;
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index(i)
+            .context("cannot read back the packed project")?;
+        if entry.is_dir() {
+            continue;
+        }
+        total += entry.size();
+        println!("{:>10}  {}", format_size(entry.size()), entry.name());
+    }
+    println!(
+        "{} files, {} ({} compressed); nothing was uploaded.",
+        archive.len(),
+        format_size(total),
+        format_size(zip.len() as u64)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -94,10 +141,10 @@ pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
     let (progress_tx, mut progress) = tokio::sync::watch::channel(SubmitProgress::Packing);
     let sink = context.sink();
     let run = async {
-        let zip = zip_current_dir().await?;
+        let zip = zip_project().await?;
         progress_tx.send_replace(SubmitProgress::Uploading);
         let mut events = api.submit_stream(zip).await?;
-        print_events(&mut events, None, &sink, |id| {
+        print_events(&api, &mut events, None, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
         .await
@@ -163,14 +210,26 @@ async fn cancel_after_interrupt(api: &ApiClient, job_id: JobId) {
 
 /// `ci wait <job_id> [--all]`: print the job's output until it ends.
 pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Result<ExitCode> {
-    let job_id = parse_job_id(raw_job_id)?;
     let api = context.api()?;
+    let job_id = resolve_job_id(&api, raw_job_id).await?;
+    follow(context, &api, job_id, all).await
+}
+
+/// Follows a job's output until it ends (from its start with `all`);
+/// Ctrl-C stops following, not the job.
+async fn follow(
+    context: &Context,
+    api: &ApiClient,
+    job_id: JobId,
+    all: bool,
+) -> anyhow::Result<ExitCode> {
+    let raw_job_id = job_id.to_string();
     let sink = context.sink();
     let run = async {
         let from = if all {
             FollowFrom::Beginning
         } else {
-            match from_now(&api, job_id).await? {
+            match from_now(api, job_id).await? {
                 Joined::Follow(from) => from,
                 Joined::Ended(job) => return Ok(report_ended(&job)),
             }
@@ -179,7 +238,7 @@ pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Res
             .follow_job(job_id, from)
             .await
             .map_err(about_job(job_id))?;
-        print_events(&mut events, Some(job_id), &sink, |_| {}).await
+        print_events(api, &mut events, Some(job_id), &sink, |_| {}).await
     };
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
@@ -246,15 +305,17 @@ fn report_ended(job: &JobSummary) -> ExitCode {
     exit_code_of(job.success == Some(true))
 }
 
-/// `ci list [--json]`.
-pub async fn list(context: &Context, json: bool) -> anyhow::Result<ExitCode> {
+/// `ci list [--json] [--utc]`.
+pub async fn list(context: &Context, json: bool, utc: bool) -> anyhow::Result<ExitCode> {
     let jobs = context.api()?.list_jobs().await?;
     let text = if json {
         let mut text = format_job_json(&jobs).context("cannot format the jobs as JSON")?;
         text.push('\n');
         text
+    } else if utc {
+        format_job_table(&jobs, &chrono::Utc)
     } else {
-        format_job_table(&jobs)
+        format_job_table(&jobs, &chrono::Local)
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
@@ -265,14 +326,129 @@ pub async fn list(context: &Context, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `ci cancel <job_id>`.
 pub async fn cancel(context: &Context, raw_job_id: &str) -> anyhow::Result<ExitCode> {
-    let job_id = parse_job_id(raw_job_id)?;
-    let job = context
-        .api()?
-        .cancel_job(job_id)
-        .await
-        .map_err(about_job(job_id))?;
+    let api = context.api()?;
+    let job_id = resolve_job_id(&api, raw_job_id).await?;
+    let job = api.cancel_job(job_id).await.map_err(about_job(job_id))?;
     println!("{}", cancel_outcome(&job));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ci show <job_id> [--json]`.
+pub async fn show(context: &Context, raw_job_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let api = context.api()?;
+    let job_id = resolve_job_id(&api, raw_job_id).await?;
+    let job = api.get_job(job_id).await.map_err(about_job(job_id))?;
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&job).context("cannot format the job")?;
+        text.push('\n');
+        text
+    } else {
+        format_job_details(&job, &chrono::Local)
+    };
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ci logs <job_id> [--tail N]`: the stored output, filtered for the
+/// terminal as a followed job's is.
+pub async fn logs(
+    context: &Context,
+    raw_job_id: &str,
+    tail: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let api = context.api()?;
+    let job_id = resolve_job_id(&api, raw_job_id).await?;
+    let mut pieces = api.job_log(job_id).await.map_err(about_job(job_id))?;
+    let sink = context.sink();
+    // The last N lines are only known at the end; up to then only N are kept.
+    let mut last_lines = tail.map(LastLines::new);
+    while let Some(piece) = pieces.next().await {
+        let text = String::from_utf8_lossy(&piece?).into_owned();
+        match last_lines.as_mut() {
+            Some(lines) => lines.push(&text),
+            None => sink.write(&text)?,
+        }
+    }
+    if let Some(lines) = last_lines {
+        sink.write(&lines.text())?;
+    }
+    sink.finish()?;
+    sink.end_line();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ci rerun <job_id> [--wait]`.
+pub async fn rerun(context: &Context, raw_job_id: &str, wait: bool) -> anyhow::Result<ExitCode> {
+    let api = context.api()?;
+    let job_id = resolve_job_id(&api, raw_job_id).await?;
+    let again = api.rerun_job(job_id).await.map_err(about_job(job_id))?;
+    if !wait {
+        println!("Job submitted: {again}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("Job ID: {again}");
+    eprintln!("You can reconnect from another terminal with: ci wait {again}");
+    eprintln!();
+    follow(context, &api, again, true).await
+}
+
+/// `ci config`: the server and key in use and where each came from.
+pub fn config(context: &Context) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::new(&context.server_url, None)?;
+    let mut text = format!(
+        "Server:  {} (from {})\n",
+        api.base_url(),
+        context.server_source
+    );
+    match (&context.api_key, context.key_source) {
+        (Some(key), Some(source)) => {
+            text.push_str(&format!("API key: {} (from {source})\n", mask_key(key)));
+        }
+        _ => text.push_str("API key: none (set --api-key, CI_API_KEY or ~/.ci/config)\n"),
+    }
+    write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// The last `n` lines of a text that arrives in pieces.
+struct LastLines {
+    n: usize,
+    lines: std::collections::VecDeque<String>,
+}
+
+impl LastLines {
+    fn new(n: usize) -> Self {
+        LastLines {
+            n,
+            lines: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) {
+        for piece in text.split_inclusive('\n') {
+            match self.lines.back_mut() {
+                Some(last) if !last.ends_with('\n') => last.push_str(piece),
+                _ => self.lines.push_back(piece.to_string()),
+            }
+            while self.lines.len() > self.n {
+                self.lines.pop_front();
+            }
+        }
+        if self.n == 0 {
+            self.lines.clear();
+        }
+    }
+
+    fn text(&self) -> String {
+        self.lines.iter().map(String::as_str).collect()
+    }
 }
 
 /// What a cancellation request achieved, from the job as the server answered.
@@ -290,6 +466,7 @@ fn cancel_outcome(job: &JobSummary) -> String {
 /// Prints a job's events until its `complete` event and turns its result into
 /// the exit code. Announces the job id of a submit stream on stderr.
 async fn print_events(
+    api: &ApiClient,
     events: &mut JobEvents,
     known_job: Option<JobId>,
     sink: &LogSink,
@@ -309,12 +486,7 @@ async fn print_events(
             StreamEvent::Complete { success, status } => {
                 sink.finish()?;
                 sink.end_line();
-                if status == Some(JobStatus::Cancelled) {
-                    match job_id {
-                        Some(id) => eprintln!("Job {id} was cancelled."),
-                        None => eprintln!("The job was cancelled."),
-                    }
-                }
+                eprintln!("{}", closing_line(api, job_id, success, status).await);
                 return Ok(exit_code_of(success));
             }
         }
@@ -324,11 +496,43 @@ async fn print_events(
     ))
 }
 
-/// The project in the current directory as a zip, packed off the async
-/// thread so Ctrl-C is still handled while a large project is read. Each
-/// symbolic link left out gets one warning line on stderr.
-async fn zip_current_dir() -> anyhow::Result<Vec<u8>> {
-    let dir = std::env::current_dir().context("cannot find the current directory")?;
+/// The one line `ci` ends a followed job with, on stderr: the result, exit
+/// code and duration from the job's summary, or what the stream said when
+/// the summary cannot be had.
+async fn closing_line(
+    api: &ApiClient,
+    job_id: Option<JobId>,
+    success: bool,
+    status: Option<JobStatus>,
+) -> String {
+    let Some(id) = job_id else {
+        return match (status, success) {
+            (Some(JobStatus::Cancelled), _) => "The job was cancelled.".to_string(),
+            (_, true) => "The job passed.".to_string(),
+            (_, false) => "The job failed.".to_string(),
+        };
+    };
+    match tokio::time::timeout(CANCEL_TIMEOUT, api.get_job(id)).await {
+        Ok(Ok(job)) if job.status.is_terminal() => describe_end(&job),
+        _ => {
+            let mut job = JobSummary::new(id, status.unwrap_or(JobStatus::Completed));
+            job.success = (job.status == JobStatus::Completed).then_some(success);
+            describe_end(&job)
+        }
+    }
+}
+
+/// The project the current directory belongs to, as a zip, packed off the
+/// async thread so Ctrl-C is still handled while a large project is read.
+/// Each symbolic link left out gets one warning line on stderr; a project
+/// with no files is refused before anything is sent.
+async fn zip_project() -> anyhow::Result<Vec<u8>> {
+    let cwd = std::env::current_dir().context("cannot find the current directory")?;
+    let root = project_root(&cwd);
+    if root != cwd {
+        eprintln!("Uploading the project at {}", root.display());
+    }
+    let dir = root.clone();
     let packed = tokio::task::spawn_blocking(move || pack_project(&dir))
         .await
         .context("packing the project stopped unexpectedly")?
@@ -336,14 +540,96 @@ async fn zip_current_dir() -> anyhow::Result<Vec<u8>> {
     for link in &packed.left_out {
         eprintln!("warning: {link}");
     }
+    let files = zip::ZipArchive::new(std::io::Cursor::new(&packed.zip))
+        .map(|archive| archive.file_names().filter(|n| !n.ends_with('/')).count())
+        .context("cannot read back the packed project")?;
+    if files == 0 {
+        return Err(anyhow!(
+            "nothing to upload: {} has no files (dot-files, dot-folders and what .gitignore ignores are left out)",
+            root.display()
+        ));
+    }
     Ok(packed.zip)
 }
 
-/// A job id from the command line. Nothing that is not a UUID can name a
-/// job, so it is "not found" without asking the server.
-fn parse_job_id(raw: &str) -> anyhow::Result<JobId> {
-    JobId::parse_str(raw.trim()).map_err(|_| anyhow!("Job not found: {raw:?} is not a job ID"))
+/// What marks a project's root folder.
+const PROJECT_MARKERS: [&str; 5] = [
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "requirements.txt",
+    ".git",
+];
+
+/// The nearest folder from `start` upwards that holds a project marker, or
+/// `start` itself when none does.
+fn project_root(start: &std::path::Path) -> std::path::PathBuf {
+    start
+        .ancestors()
+        .find(|dir| PROJECT_MARKERS.iter().any(|m| dir.join(m).exists()))
+        .unwrap_or(start)
+        .to_path_buf()
 }
+
+/// A byte count for people: `512 B`, `3.4 KB`, `61.2 MB`.
+fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The job a command names: a whole UUID, or a unique prefix of at least
+/// [`MIN_PREFIX`] characters of one of the caller's jobs. Nothing else can
+/// name a job, so it is "not found" without asking the server.
+async fn resolve_job_id(api: &ApiClient, raw: &str) -> anyhow::Result<JobId> {
+    let raw = raw.trim();
+    if let Ok(id) = JobId::parse_str(raw) {
+        return Ok(id);
+    }
+    let prefix = raw.to_ascii_lowercase();
+    let looks_like_prefix =
+        prefix.len() >= MIN_PREFIX && prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if !looks_like_prefix {
+        return Err(anyhow!(
+            "Job not found: {raw:?} is not a job ID (give the ID or at least {MIN_PREFIX} of its first characters)"
+        ));
+    }
+    let matches: Vec<JobSummary> = api
+        .list_jobs()
+        .await?
+        .into_iter()
+        .filter(|job| job.job_id.to_string().starts_with(&prefix))
+        .collect();
+    match matches.as_slice() {
+        [] => Err(anyhow!(
+            "Job not found: none of your jobs starts with {raw}"
+        )),
+        [job] => Ok(job.job_id),
+        many => {
+            let ids: Vec<String> = many
+                .iter()
+                .map(|j| format!("  {} ({})", j.job_id, j.status))
+                .collect();
+            Err(anyhow!(
+                "{raw} is ambiguous: it starts {} of your jobs:\n{}",
+                many.len(),
+                ids.join("\n")
+            ))
+        }
+    }
+}
+
+/// The shortest job-id prefix taken: 6 hex digits make a collision among
+/// one user's jobs unlikely, and are still easy to type.
+const MIN_PREFIX: usize = 6;
 
 /// Names the job in errors about that job (missing, someone else's).
 fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {

@@ -112,7 +112,11 @@ fn waiting_on_an_ended_job_says_how_it_ended() {
     let out = run(sys.ci().args(["wait", &id.to_string()]));
     out.assert_code(0);
     assert_eq!(out.stdout, "Job already completed.\n", "{out}");
-    assert!(out.stderr.contains(&format!("Job {id} passed.")), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("Job {id} passed (exit code 0) in ")),
+        "{out}"
+    );
     assert!(out.stderr.contains(&format!("ci wait --all {id}")), "{out}");
 
     let id = failed.job_id().unwrap();
@@ -120,8 +124,167 @@ fn waiting_on_an_ended_job_says_how_it_ended() {
     out.assert_code(1);
     assert!(
         out.stderr
-            .contains(&format!("Job {id} failed with exit code 1.")),
+            .contains(&format!("Job {id} failed with exit code 1 in ")),
         "{out}"
     );
+    sys.assert_settled();
+}
+
+/// Every followed job ends with one closing line on stderr; `ci show`,
+/// `ci logs`, `ci rerun` and id prefixes work on what it printed.
+#[test]
+fn a_finished_job_can_be_shown_read_and_rerun_by_a_prefix_of_its_id() {
+    let sys = TestSystem::start();
+    let failed = sys.submit_sync(&copy_fixture("failing"));
+    failed.assert_code(1);
+    let id = failed.job_id().unwrap();
+    let closing: Vec<&str> = failed
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("Job {id} ")))
+        .collect();
+    assert_eq!(closing.len(), 1, "{failed}");
+    assert!(
+        closing[0].starts_with(&format!("Job {id} failed with exit code 1 in ")),
+        "{failed}"
+    );
+    let prefix = &id.to_string()[..8];
+
+    let out = run(sys.ci().args(["show", prefix]));
+    out.assert_code(0);
+    for line in [
+        format!("Job ID:    {id}"),
+        "Status:    completed".to_string(),
+        "Result:    failed".to_string(),
+        "Exit code: 1".to_string(),
+    ] {
+        assert!(out.stdout.contains(&line), "{line:?}\n{out}");
+    }
+    let out = run(sys.ci().args(["show", "--json", prefix]));
+    out.assert_code(0);
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(shown["job_id"], id.to_string());
+    assert_eq!(shown["exit_code"], 1);
+    assert!(shown["duration_seconds"].as_f64().is_some(), "{shown}");
+
+    // The stored output, whole and its tail.
+    let stored = sys.stored_output(id).unwrap();
+    let out = run(sys.ci().args(["logs", prefix]));
+    out.assert_code(0);
+    assert_eq!(out.stdout, stored);
+    let out = run(sys.ci().args(["logs", "--tail", "3", prefix]));
+    let last3: Vec<&str> = stored.lines().rev().take(3).collect::<Vec<_>>();
+    let last3: Vec<&str> = last3.into_iter().rev().collect();
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), last3, "{out}");
+
+    // The same code again, followed: the same result.
+    let out = run(sys.ci().args(["rerun", "--wait", prefix]));
+    out.assert_code(1);
+    let again = out.job_id().expect("the rerun names its job");
+    assert_ne!(again, id);
+    assert!(out.stdout.contains("failed"), "{out}");
+    let jobs = [
+        sys.stored_job(id).unwrap().unwrap(),
+        sys.stored_job(again).unwrap().unwrap(),
+    ];
+    assert_eq!(jobs[0].archive_digest, jobs[1].archive_digest);
+
+    // Too short a prefix, or one nobody's job has.
+    let out = run(sys.ci().args(["show", &id.to_string()[..4]]));
+    out.assert_code(1);
+    assert!(out.stderr.contains("not found"), "{out}");
+    let out = run(sys.ci().args(["wait", "ffffffffff"]));
+    out.assert_code(1);
+    assert!(out.stderr.contains("not found"), "{out}");
+    sys.assert_settled();
+}
+
+/// Scripts get `{"job_id": …}` or the bare id; `ci list` shows local times
+/// with their offset and a submitted time for queued jobs; `--json` has
+/// every key.
+#[test]
+fn scripts_get_ids_and_lists_get_every_field() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("no-requirements");
+    let out = run(sys
+        .ci()
+        .args(["submit", "test", "--async", "--json"])
+        .current_dir(project.path()));
+    out.assert_code(0);
+    let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let first: uuid::Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    let out = run(sys
+        .ci()
+        .args(["submit", "test", "--async", "-q"])
+        .current_dir(project.path()));
+    out.assert_code(0);
+    let second: uuid::Uuid = out.stdout.trim().parse().unwrap();
+    sys.wait_for_job_end(first);
+    sys.wait_for_job_end(second);
+
+    let out = run(sys.ci().arg("list").env("TZ", "Asia/Kolkata"));
+    out.assert_code(0);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&first.to_string()))
+        .unwrap();
+    // Start, end and submitted: each with India's offset.
+    assert_eq!(row.matches("+05:30").count(), 3, "{out}");
+
+    let out = run(sys.ci().args(["list", "--json"]));
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    for job in &jobs {
+        for key in [
+            "job_id",
+            "status",
+            "success",
+            "start_time",
+            "end_time",
+            "submitted_at",
+            "duration_seconds",
+            "python",
+            "project",
+            "engine",
+            "exit_code",
+            "reason",
+            "tests",
+        ] {
+            assert!(job.get(key).is_some(), "{key} in {job}");
+        }
+        assert!(
+            job["submitted_at"].as_str().unwrap().ends_with('Z'),
+            "{job}"
+        );
+    }
+    sys.assert_settled();
+}
+
+/// From a subfolder, the project root is found and named; an empty folder
+/// is refused before anything is sent.
+#[test]
+fn the_project_root_is_found_from_a_subfolder() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("no-requirements");
+    project.write("requirements.txt", "");
+    project.write("docs/notes.md", "notes\n");
+    let out = run(sys
+        .ci()
+        .args(["submit", "test"])
+        .current_dir(project.path().join("docs")));
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains(&format!(
+            "Uploading the project at {}",
+            project.path().display()
+        )),
+        "{out}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join(".hidden"), "x").unwrap();
+    let out = run(sys.ci().args(["submit", "test"]).current_dir(empty.path()));
+    out.assert_code(1);
+    assert!(out.stderr.contains("nothing to upload"), "{out}");
     sys.assert_settled();
 }
