@@ -99,7 +99,7 @@ pub async fn dry_run() -> anyhow::Result<ExitCode> {
     let zip = zip_project().await?;
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&zip))
         .context("cannot read back the packed project")?;
-    let mut total = 0u64;
+    let (mut files, mut total) = (0usize, 0u64);
     for i in 0..archive.len() {
         let entry = archive
             .by_index(i)
@@ -107,12 +107,12 @@ pub async fn dry_run() -> anyhow::Result<ExitCode> {
         if entry.is_dir() {
             continue;
         }
+        files += 1;
         total += entry.size();
         println!("{:>10}  {}", format_size(entry.size()), entry.name());
     }
     println!(
-        "{} files, {} ({} compressed); nothing was uploaded.",
-        archive.len(),
+        "{files} files, {} ({} compressed); nothing was uploaded.",
         format_size(total),
         format_size(zip.len() as u64)
     );
