@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ci_common::api::{JobSummary, SubmitResponse};
 use ci_common::JobId;
+use futures::StreamExt as _;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -24,6 +25,13 @@ const MAX_QUOTED_BODY: usize = 200;
 /// of each outage, so a CLI can say why the output paused.
 pub type ReconnectNotice = Arc<dyn Fn(&ClientError) + Send + Sync>;
 
+/// Told how many bytes of an upload have been handed to the connection,
+/// so a CLI can show progress.
+pub type UploadProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Pieces an upload is sent in when its progress is watched.
+const UPLOAD_PIECE: usize = 256 * 1024;
+
 /// A client for one CI server, authenticated with one API key.
 ///
 /// Cheap to clone: clones share the connection pool.
@@ -35,6 +43,7 @@ pub struct ApiClient {
     api_key: Option<String>,
     pub(crate) policy: ReconnectPolicy,
     pub(crate) on_reconnect: Option<ReconnectNotice>,
+    on_upload: Option<UploadProgress>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -76,6 +85,7 @@ impl ApiClient {
             api_key: api_key.filter(|k| !k.is_empty()),
             policy: ReconnectPolicy::default(),
             on_reconnect: None,
+            on_upload: None,
         })
     }
 
@@ -89,6 +99,12 @@ impl ApiClient {
     /// resumed; the stream itself hides the outage from its consumer.
     pub fn on_reconnect(mut self, notice: impl Fn(&ClientError) + Send + Sync + 'static) -> Self {
         self.on_reconnect = Some(Arc::new(notice));
+        self
+    }
+
+    /// Registers a callback told the bytes sent so far of each upload.
+    pub fn on_upload_progress(mut self, progress: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.on_upload = Some(Arc::new(progress));
         self
     }
 
@@ -131,7 +147,7 @@ impl ApiClient {
     pub async fn submit_async(&self, project_zip: Vec<u8>) -> Result<JobId, ClientError> {
         let request = self
             .post("/submit-async")
-            .multipart(upload_form(project_zip)?)
+            .multipart(upload_form(project_zip, self.on_upload.clone())?)
             .timeout(UPLOAD_TIMEOUT);
         let response = self.send(request).await?;
         let body: SubmitResponse = read_json(response, &self.base_url).await?;
@@ -147,7 +163,7 @@ impl ApiClient {
         // connection is caught by the stream's idle timeout instead.
         let request = self
             .post("/submit-stream")
-            .multipart(upload_form(project_zip)?);
+            .multipart(upload_form(project_zip, self.on_upload.clone())?);
         let response = self.send(request).await?;
         let connection = Connection::open(response, self.policy.idle_timeout);
         Ok(follow::follow(
@@ -322,8 +338,30 @@ fn with_scheme(url: &str) -> String {
 }
 
 /// The multipart body the reference server expects: one field `file`.
-fn upload_form(project_zip: Vec<u8>) -> Result<reqwest::multipart::Form, ClientError> {
-    let part = reqwest::multipart::Part::bytes(project_zip)
+/// With `progress`, the zip is sent in pieces, each reported as it is taken.
+fn upload_form(
+    project_zip: Vec<u8>,
+    progress: Option<UploadProgress>,
+) -> Result<reqwest::multipart::Form, ClientError> {
+    let part = match progress {
+        None => reqwest::multipart::Part::bytes(project_zip),
+        Some(progress) => {
+            let length = project_zip.len() as u64;
+            let zip = bytes::Bytes::from(project_zip);
+            let pieces: Vec<bytes::Bytes> = (0..zip.len())
+                .step_by(UPLOAD_PIECE)
+                .map(|start| zip.slice(start..(start + UPLOAD_PIECE).min(zip.len())))
+                .collect();
+            let mut sent = 0u64;
+            let stream = futures::stream::iter(pieces).map(move |piece| {
+                sent += piece.len() as u64;
+                progress(sent);
+                Ok::<_, std::io::Error>(piece)
+            });
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), length)
+        }
+    };
+    let part = part
         .file_name("project.zip")
         .mime_str("application/zip")
         .map_err(|e| ClientError::Setup(e.to_string()))?;

@@ -2,7 +2,7 @@
 //! print and decide exit codes. What they print is built in
 //! [`ci_client::output`] where it can be tested.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use ci_client::{OutputFilter, OutputMode};
 use ci_common::api::{JobSummary, StreamEvent};
 use ci_common::{JobId, JobStatus};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// The shell's convention for "ended by SIGINT".
 const EXIT_INTERRUPTED: u8 = 130;
@@ -84,7 +85,10 @@ pub async fn submit_async(context: &Context, print: SubmittedAs) -> anyhow::Resu
     let api = context.api()?;
     api.check_key().await?;
     let zip = zip_project().await?;
-    let job_id = api.submit_async(zip).await?;
+    let (uploader, bar) = with_upload_progress(&api, zip.len());
+    let job_id = uploader.submit_async(zip).await;
+    end_upload_progress(bar);
+    let job_id = job_id?;
     match print {
         SubmittedAs::Sentence => println!("Job submitted: {job_id}"),
         SubmittedAs::Json => println!("{}", serde_json::json!({ "job_id": job_id })),
@@ -143,7 +147,10 @@ pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
     let run = async {
         let zip = zip_project().await?;
         progress_tx.send_replace(SubmitProgress::Uploading);
-        let mut events = api.submit_stream(zip).await?;
+        let (uploader, bar) = with_upload_progress(&api, zip.len());
+        let events = uploader.submit_stream(zip).await;
+        end_upload_progress(bar);
+        let mut events = events?;
         print_events(&api, &mut events, None, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
@@ -473,8 +480,31 @@ async fn print_events(
     mut on_job_id: impl FnMut(JobId),
 ) -> anyhow::Result<ExitCode> {
     let mut job_id = known_job;
-    while let Some(received) = events.next().await {
-        match received?.event {
+    let mut queued = QueuedLine { shown: false };
+    let watch_queue = std::io::stderr().is_terminal();
+    let mut seen_output = false;
+    let mut poll = tokio::time::interval(QUEUE_POLL);
+    loop {
+        let received = match job_id {
+            Some(id) if watch_queue && !seen_output => tokio::select! {
+                received = events.next() => received,
+                _ = poll.tick() => {
+                    queued.refresh(api, id).await;
+                    continue;
+                }
+            },
+            _ => events.next().await,
+        };
+        let Some(received) = received else { break };
+        let received = received?;
+        if matches!(
+            received.event,
+            StreamEvent::Log { .. } | StreamEvent::Complete { .. }
+        ) {
+            seen_output = true;
+            queued.clear();
+        }
+        match received.event {
             StreamEvent::JobId { job_id: id } => {
                 job_id = Some(id);
                 on_job_id(id);
@@ -494,6 +524,77 @@ async fn print_events(
     Err(anyhow!(
         "the server ended the stream without the job's result"
     ))
+}
+
+/// Uploads from this size on show a progress bar, on a terminal only.
+const PROGRESS_FROM_BYTES: usize = 4 * 1024 * 1024;
+
+/// A client that draws the upload's progress on stderr when that is a
+/// terminal and the upload is big enough for a wait to be noticed.
+fn with_upload_progress(api: &ApiClient, size: usize) -> (ApiClient, Option<ProgressBar>) {
+    if size < PROGRESS_FROM_BYTES || !std::io::stderr().is_terminal() {
+        return (api.clone(), None);
+    }
+    let bar = ProgressBar::new(size as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "Uploading {bar:30} {decimal_bytes}/{decimal_total_bytes} ({decimal_bytes_per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    let shown = bar.clone();
+    let api = api
+        .clone()
+        .on_upload_progress(move |sent| shown.set_position(sent));
+    (api, Some(bar))
+}
+
+/// Replaces the bar with one line saying what was sent.
+fn end_upload_progress(bar: Option<ProgressBar>) {
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+        eprintln!("Uploaded {}.", format_size(bar.length().unwrap_or(0)));
+    }
+}
+
+/// While a followed job is queued, how often its place is looked up.
+const QUEUE_POLL: Duration = Duration::from_secs(2);
+
+/// The status line of a queued job, on stderr while it is a terminal:
+/// shown until the job's first output, then cleared.
+struct QueuedLine {
+    shown: bool,
+}
+
+impl QueuedLine {
+    /// Looks the job up and shows whether it still waits, and behind how
+    /// many of the caller's jobs (the only ones a user may see).
+    async fn refresh(&mut self, api: &ApiClient, job_id: JobId) {
+        let Ok(Ok(jobs)) = tokio::time::timeout(QUEUE_POLL, api.list_jobs()).await else {
+            return;
+        };
+        let Some(job) = jobs.iter().find(|j| j.job_id == job_id) else {
+            return;
+        };
+        if job.status != JobStatus::Queued {
+            self.clear();
+            return;
+        }
+        let ahead = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Queued && j.submitted_at < job.submitted_at)
+            .count();
+        eprint!(
+            "\r\x1b[2KJob {job_id} is queued, waiting for a free runner (position {} among your queued jobs)…",
+            ahead + 1
+        );
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if std::mem::take(&mut self.shown) {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// The one line `ci` ends a followed job with, on stderr: the result, exit

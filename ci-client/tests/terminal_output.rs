@@ -55,6 +55,13 @@ async fn job(Path(id): Path<Uuid>) -> Json<JobSummary> {
     Json(job)
 }
 
+/// Takes a whole upload, then refuses it: what matters is what `ci`
+/// showed while sending.
+async fn upload(body: Body) -> axum::http::StatusCode {
+    let _ = axum::body::to_bytes(body, usize::MAX).await;
+    axum::http::StatusCode::SERVICE_UNAVAILABLE
+}
+
 async fn jobs() -> Json<Vec<JobSummary>> {
     Json(Vec::new())
 }
@@ -68,7 +75,9 @@ fn start_server() -> String {
             let app = Router::new()
                 .route("/jobs", get(jobs))
                 .route("/jobs/{id}", get(job))
-                .route("/jobs/{id}/stream", get(stream));
+                .route("/jobs/{id}/stream", get(stream))
+                .route("/submit-stream", axum::routing::post(upload))
+                .route("/submit-async", axum::routing::post(upload));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap().to_string()).unwrap();
             axum::serve(listener, app).await.unwrap();
@@ -90,13 +99,20 @@ fn ci(addr: &str, home: &std::path::Path) -> Command {
 /// what it writes to its own stdout.
 /// `cmd` only carries the environment.
 fn on_terminal(cmd: Command, args: &[&str]) -> Output {
+    on_terminal_in(cmd, std::path::Path::new("."), args)
+}
+
+/// [`on_terminal`] in the folder `dir`.
+fn on_terminal_in(cmd: Command, dir: &std::path::Path, args: &[&str]) -> Output {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ci"))
         .chain(args.iter().copied())
         .map(quote)
         .collect();
     let mut script = Command::new("script");
-    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    script
+        .args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .current_dir(dir);
     for (name, value) in cmd.get_envs() {
         match value {
             Some(value) => script.env(name, value),
@@ -207,4 +223,43 @@ fn a_server_url_without_a_scheme_is_http() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "No jobs found.\n");
+}
+
+/// A big upload shows its progress on a terminal, and nothing of it when
+/// stderr is piped.
+#[test]
+fn big_uploads_show_progress_on_a_terminal_only() {
+    let addr = start_server();
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("test_a.py"),
+        "def test_a():\n    pass\n",
+    )
+    .unwrap();
+    let mut state: u32 = 0x2545_F491;
+    let noise: Vec<u8> = (0..6 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(project.path().join("blob.bin"), noise).unwrap();
+
+    let mut cmd = ci(&addr, home.path());
+    cmd.current_dir(project.path());
+    let out = on_terminal_in(cmd, project.path(), &["submit", "test", "--async"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Uploaded 6.0 MB."), "{text:?}");
+
+    let out = ci(&addr, home.path())
+        .args(["submit", "test", "--async"])
+        .current_dir(project.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Uploaded"), "{stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
 }

@@ -288,3 +288,57 @@ fn the_project_root_is_found_from_a_subfolder() {
     assert!(out.stderr.contains("nothing to upload"), "{out}");
     sys.assert_settled();
 }
+
+/// `cmd` run on a pseudo-terminal made by util-linux `script`, which copies
+/// what the command writes (stdout and stderr both) to its own stdout.
+fn on_terminal(cmd: &std::process::Command) -> std::process::Command {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect();
+    let mut script = std::process::Command::new("script");
+    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
+    if let Some(dir) = cmd.get_current_dir() {
+        script.current_dir(dir);
+    }
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => script.env(name, value),
+            None => script.env_remove(name),
+        };
+    }
+    script
+}
+
+/// A job waiting for a free runner is not silent on a terminal: a status
+/// line says it is queued, and goes when the job ends.
+#[test]
+fn a_queued_job_says_so_on_a_terminal() {
+    let sys = TestSystem::options()
+        .controller_env("CI_MAX_CONCURRENT_JOBS", "1")
+        .start();
+    let running = sys.submit_async(&slow_project(60));
+    sys.wait_for_job(running, "running", JOB_DEADLINE, |j| {
+        j.status == JobStatus::Running
+    });
+    let queued = sys.submit_async(&copy_fixture("no-requirements"));
+    let mut cmd = sys.ci();
+    cmd.args(["wait", &queued.to_string()]);
+    let mut wait = RunningCi::spawn(&mut on_terminal(&cmd));
+    wait.wait_for_stdout("the queued line", JOB_DEADLINE, |out| {
+        out.contains(&format!("Job {queued} is queued")) && out.contains("position 1")
+    });
+    sys.cancel(queued).unwrap();
+    let out = wait.finish(COMMAND_DEADLINE);
+    assert!(
+        out.stdout.contains(&format!("Job {queued} was cancelled.")),
+        "{out}"
+    );
+    // Piped, the same wait shows no status line.
+    let piped = run(sys.ci().args(["wait", "--all", &queued.to_string()]));
+    assert!(!piped.stderr.contains("is queued"), "{piped}");
+    sys.cancel(running).unwrap();
+    sys.wait_for_job_end(running);
+    sys.assert_settled();
+}
