@@ -86,9 +86,10 @@ pub async fn submit_async(context: &Context, print: SubmittedAs) -> anyhow::Resu
     api.check_key().await?;
     let zip = zip_project().await?;
     let (uploader, bar) = with_upload_progress(&api, zip.len());
+    let size = zip.len();
     let job_id = uploader.submit_async(zip).await;
     end_upload_progress(bar);
-    let job_id = job_id?;
+    let job_id = job_id.map_err(|e| explain_upload_failure(e, size))?;
     match print {
         SubmittedAs::Sentence => println!("Job submitted: {job_id}"),
         SubmittedAs::Json => println!("{}", serde_json::json!({ "job_id": job_id })),
@@ -148,9 +149,10 @@ pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
         let zip = zip_project().await?;
         progress_tx.send_replace(SubmitProgress::Uploading);
         let (uploader, bar) = with_upload_progress(&api, zip.len());
+        let size = zip.len();
         let events = uploader.submit_stream(zip).await;
         end_upload_progress(bar);
-        let mut events = events?;
+        let mut events = events.map_err(|e| explain_upload_failure(e, size))?;
         print_events(&api, &mut events, None, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
@@ -524,6 +526,21 @@ async fn print_events(
     Err(anyhow!(
         "the server ended the stream without the job's result"
     ))
+}
+
+/// An upload the connection broke under, after the server took the key:
+/// the usual cause is a server that refused the size (413) and closed the
+/// connection before its answer could be read, which says only "broken
+/// pipe". The error keeps the cause, with what most likely happened.
+fn explain_upload_failure(error: ClientError, size: usize) -> anyhow::Error {
+    match error {
+        ClientError::Unreachable { .. } => anyhow::Error::new(error).context(format!(
+            "the CI server closed the connection during the upload of {} (a server \
+             refuses an upload over its limit, CI_MAX_UPLOAD_BYTES, 100 MiB by default, that way)",
+            format_size(size as u64)
+        )),
+        other => other.into(),
+    }
 }
 
 /// Uploads from this size on show a progress bar, on a terminal only.

@@ -46,6 +46,23 @@ async fn job(Path(id): Path<Uuid>) -> Response {
         .into_response()
 }
 
+/// A server with a 1 MiB limit, which refuses a bigger announced upload at
+/// once, without reading it, as `ci-server` does.
+async fn small_limit(headers: axum::http::HeaderMap) -> Response {
+    let announced = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > 1024 * 1024) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(serde_json::json!({"detail": "Upload too large: the limit is 1048576 bytes"})),
+        )
+            .into_response();
+    }
+    StatusCode::SERVICE_UNAVAILABLE.into_response()
+}
+
 async fn upload(State(seen): State<Seen>) -> StatusCode {
     seen.uploads.fetch_add(1, Ordering::SeqCst);
     StatusCode::SERVICE_UNAVAILABLE
@@ -61,6 +78,8 @@ fn start_server(seen: Seen) -> String {
                 .route("/jobs/{id}", get(job))
                 .route("/submit-stream", post(upload))
                 .route("/submit-async", post(upload))
+                .route("/small/submit-async", post(small_limit))
+                .route("/small/jobs/{id}", get(job))
                 .with_state(seen);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap().to_string()).unwrap();
@@ -213,4 +232,45 @@ fn a_dry_run_lists_the_files_and_uploads_nothing() {
     assert!(stdout.contains("1 files, 23 B"), "{stdout}");
     assert!(stdout.contains("nothing was uploaded"), "{stdout}");
     assert_eq!(seen.uploads.load(Ordering::SeqCst), 0);
+}
+
+/// Bug 1's 413: the server answers before the upload is through and closes;
+/// `ci` reports the 413 when the answer could be read, and otherwise says
+/// what a connection closed mid-upload means, never a bare broken pipe.
+#[test]
+fn an_upload_over_the_limit_is_explained() {
+    let addr = start_server(Seen::default());
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("test_a.py"),
+        "def test_a():\n    pass\n",
+    )
+    .unwrap();
+    let mut state: u32 = 0x2545_F491;
+    let noise: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(project.path().join("blob.bin"), noise).unwrap();
+    for _ in 0..5 {
+        let out = ci(home.path())
+            .env("CI_SERVER_URL", format!("http://{addr}/small"))
+            .env("CI_API_KEY", KEY)
+            .args(["submit", "test", "--async"])
+            .current_dir(project.path())
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("413")
+                || stderr.contains("closed the connection during the upload of 20.0 MB"),
+            "{stderr}"
+        );
+    }
 }
