@@ -342,3 +342,33 @@ fn a_queued_job_says_so_on_a_terminal() {
     sys.wait_for_job_end(running);
     sys.assert_settled();
 }
+
+/// Ctrl-C on a sync submit whose job is still queued cancels it, as it does
+/// a running one.
+#[test]
+fn ctrl_c_on_a_queued_submit_cancels_the_job() {
+    let sys = TestSystem::options()
+        .controller_env("CI_MAX_CONCURRENT_JOBS", "1")
+        .start();
+    let running = sys.submit_async(&slow_project(60));
+    sys.wait_for_job(running, "running", JOB_DEADLINE, |j| {
+        j.status == JobStatus::Running
+    });
+    let project = copy_fixture("no-requirements");
+    let mut submit = RunningCi::spawn(
+        sys.ci()
+            .args(["submit", "test"])
+            .current_dir(project.path()),
+    );
+    submit.wait_for_stderr("the job id", JOB_DEADLINE, |err| err.contains("Job ID: "));
+    let queued = ci_tests::id_after(&submit.stderr(), "Job ID: ").unwrap();
+    assert_eq!(sys.job(queued).unwrap().status, JobStatus::Queued);
+    submit.interrupt();
+    let out = submit.finish(COMMAND_DEADLINE);
+    out.assert_code(130);
+    assert!(out.stderr.contains("cancelled"), "{out}");
+    assert_eq!(sys.wait_for_job_end(queued).status, JobStatus::Cancelled);
+    sys.cancel(running).unwrap();
+    sys.wait_for_job_end(running);
+    sys.assert_settled();
+}
