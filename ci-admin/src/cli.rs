@@ -50,9 +50,21 @@ pub enum UserCommand {
         email: Option<String>,
     },
     /// Deactivate a user; their API keys stop working.
-    Deactivate { user_id: String },
+    Deactivate {
+        /// The user's ID (UUID).
+        user_id: Option<String>,
+        /// Name the user by email instead of ID.
+        #[arg(long)]
+        email: Option<String>,
+    },
     /// Activate a user again.
-    Activate { user_id: String },
+    Activate {
+        /// The user's ID (UUID).
+        user_id: Option<String>,
+        /// Name the user by email instead of ID.
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,14 +21,15 @@ pub(crate) async fn create(
 ) -> Result<()> {
     let user = find_user(store, who).await?;
     let key = generate_api_key().context("cannot generate an API key")?;
-    match store.create_api_key(user.id, name, &key).await {
-        Ok(_) => {}
+    let record = match store.create_api_key(user.id, name, &key).await {
+        Ok(record) => record,
         // Deleted between the look-up and the insert.
         Err(StoreError::NotFound(_)) => bail!("User not found: {}", who.as_str()),
         Err(e) => return Err(e).context("cannot store the API key"),
-    }
+    };
     writeln!(out, "\n✓ API key created successfully")?;
     writeln!(out, "\n  API Key: {}", key.secret)?;
+    writeln!(out, "  Key ID:  {}", record.id)?;
     writeln!(out, "  Name:    {name}")?;
     writeln!(out, "  User:    {}", user.email)?;
     writeln!(
@@ -125,6 +126,13 @@ pub(crate) async fn revoke(store: &Store, raw_id: &str, out: &mut impl Write) ->
     let Ok(id) = Uuid::parse_str(raw_id) else {
         bail!("API key not found: {raw_id}");
     };
+    match store.get_api_key(id).await {
+        Ok(Some(key)) if !key.is_active => {
+            bail!("API key {} is already revoked", display_name(&key.name))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(e).context("cannot read the API key"),
+    }
     let key = match store.revoke_api_key(id).await {
         Ok(key) => key,
         Err(StoreError::NotFound(_)) => bail!("API key not found: {raw_id}"),

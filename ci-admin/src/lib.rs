@@ -22,7 +22,13 @@ pub use cli::{Cli, Command, KeyCommand, UserCommand};
 /// a database file nor touches an existing one.
 pub fn check(command: &Command) -> Result<()> {
     match command {
-        Command::User(UserCommand::Create { email, .. }) => users::check_email(email),
+        Command::User(UserCommand::Create { name, email }) => {
+            users::check_name(name)?;
+            users::check_email(email)
+        }
+        Command::User(
+            UserCommand::Deactivate { user_id, email } | UserCommand::Activate { user_id, email },
+        ) => UserRef::required(user_id.as_deref(), email.as_deref(), "USER_ID").map(drop),
         Command::User(UserCommand::Get { user_id, email }) => {
             UserRef::required(user_id.as_deref(), email.as_deref(), "USER_ID").map(drop)
         }
@@ -36,6 +42,13 @@ pub fn check(command: &Command) -> Result<()> {
     }
 }
 
+/// Whether the command may create the database when there is none: only
+/// `user create`, the first thing done on a new installation. On anything
+/// else a missing file is a mistyped path, not an empty installation.
+pub fn may_create_database(command: &Command) -> bool {
+    matches!(command, Command::User(UserCommand::Create { .. }))
+}
+
 /// Runs one command against the store, writing what the user sees to `out`.
 pub async fn run(store: &Store, command: Command, out: &mut impl Write) -> Result<()> {
     check(&command)?;
@@ -47,11 +60,13 @@ pub async fn run(store: &Store, command: Command, out: &mut impl Write) -> Resul
                 let who = UserRef::required(user_id.as_deref(), email.as_deref(), "USER_ID")?;
                 users::get(store, &who, out).await
             }
-            UserCommand::Deactivate { user_id } => {
-                users::set_active(store, &user_id, false, out).await
+            UserCommand::Deactivate { user_id, email } => {
+                let who = UserRef::required(user_id.as_deref(), email.as_deref(), "USER_ID")?;
+                users::set_active(store, &who, false, out).await
             }
-            UserCommand::Activate { user_id } => {
-                users::set_active(store, &user_id, true, out).await
+            UserCommand::Activate { user_id, email } => {
+                let who = UserRef::required(user_id.as_deref(), email.as_deref(), "USER_ID")?;
+                users::set_active(store, &who, true, out).await
             }
         },
         Command::Key(cmd) => match cmd {

@@ -26,6 +26,14 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     ci_admin::check(&cli.command)?;
     let location = cli.database.location();
+    if let DatabaseLocation::SqliteFile(path) = &location {
+        if !ci_admin::may_create_database(&cli.command) && !path.exists() {
+            bail!(
+                "no database at {} (check CI_DB_PATH / --db-path; only 'ci-admin user create' creates one)",
+                path.display()
+            );
+        }
+    }
     let store = match Store::open(&location).await {
         Ok(store) => store,
         // Its message would repeat the URL, password and all.

@@ -8,13 +8,19 @@ use ci_common::user::is_valid_email;
 use ci_common::User;
 use ci_persistence::{Store, StoreError};
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::{find_user_by_id, user_status, write_json, UserRef};
+use crate::{find_user, find_user_by_id, user_status, write_json, UserRef};
 
 pub(crate) fn check_email(email: &str) -> Result<()> {
     if !is_valid_email(email) {
         bail!("Invalid email format: {email}");
+    }
+    Ok(())
+}
+
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        bail!("Name must not be blank");
     }
     Ok(())
 }
@@ -25,6 +31,7 @@ pub(crate) async fn create(
     email: &str,
     out: &mut impl Write,
 ) -> Result<()> {
+    check_name(name)?;
     check_email(email)?;
     // The unique index decides, so two admins racing on one address cannot both win.
     let user = match store.create_user(name, email).await {
@@ -112,16 +119,14 @@ fn write_details(user: &User, out: &mut impl Write) -> Result<()> {
 
 pub(crate) async fn set_active(
     store: &Store,
-    raw_id: &str,
+    who: &UserRef,
     active: bool,
     out: &mut impl Write,
 ) -> Result<()> {
-    let Ok(id) = Uuid::parse_str(raw_id) else {
-        bail!("User not found: {raw_id}");
-    };
-    let user = match store.set_user_active(id, active).await {
+    let user = find_user(store, who).await?;
+    let user = match store.set_user_active(user.id, active).await {
         Ok(user) => user,
-        Err(StoreError::NotFound(_)) => bail!("User not found: {raw_id}"),
+        Err(StoreError::NotFound(_)) => bail!("User not found: {}", who.as_str()),
         Err(e) => return Err(e).context("cannot update the user"),
     };
     let verb = if active { "activated" } else { "deactivated" };

@@ -52,6 +52,14 @@ impl Admin {
         }
     }
 
+    /// With an empty database file made, as `user create` (or a service)
+    /// would have: the other commands refuse a missing file.
+    fn initialised() -> Admin {
+        let admin = Admin::new();
+        with_store(&admin.location(), |_| async {});
+        admin
+    }
+
     /// On a fresh database of the server `CI_TEST_POSTGRES_URL` names
     /// (`scripts/postgres.sh` starts one and prints its URL).
     fn postgres() -> Admin {
@@ -432,9 +440,14 @@ macro_rules! backend_suite {
         fn key_create_shows_the_key_once_with_a_warning_and_the_key_works() {
             let admin = $make;
             let alice = admin.create_user("Alice", "alice@example.com");
-            let expected = |secret: &str, name: &str| {
+            let expected = |out: &str, secret: &str, name: &str| {
+                let id = out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("  Key ID:  "))
+                    .unwrap_or_else(|| panic!("no Key ID line in {out:?}"));
+                Uuid::parse_str(id).unwrap();
                 format!(
-                    "\n✓ API key created successfully\n\n  API Key: {secret}\n  Name:    {name}\n  \
+                    "\n✓ API key created successfully\n\n  API Key: {secret}\n  Key ID:  {id}\n  Name:    {name}\n  \
                      User:    alice@example.com\n\n  ⚠️  IMPORTANT: This is the only time you'll see this key!\n     \
                      Save it securely now.\n\n"
                 )
@@ -449,7 +462,7 @@ macro_rules! backend_suite {
                 "Alice's laptop key",
             ]);
             let by_id = secret_in(&out);
-            assert_eq!(out, expected(&by_id, "Alice's laptop key"));
+            assert_eq!(out, expected(&out, &by_id, "Alice's laptop key"));
             assert_eq!(by_id.len(), 3 + 40);
 
             let out = admin.ok(&[
@@ -461,7 +474,7 @@ macro_rules! backend_suite {
                 "CI runner",
             ]);
             let by_email = secret_in(&out);
-            assert_eq!(out, expected(&by_email, "CI runner"));
+            assert_eq!(out, expected(&out, &by_email, "CI runner"));
 
             assert_ne!(by_id, by_email);
             assert_eq!(admin.authenticate(&by_id), Some(alice));
@@ -659,7 +672,7 @@ macro_rules! backend_suite {
 
 mod sqlite {
     use super::*;
-    backend_suite!(Admin::new());
+    backend_suite!(Admin::initialised());
 }
 
 /// On a fresh database of the PostgreSQL server `CI_TEST_POSTGRES_URL` names.
@@ -774,4 +787,98 @@ fn an_unusable_database_is_an_error_not_a_panic() {
         1,
         "{err}"
     );
+}
+
+#[test]
+fn emails_are_unique_in_any_case_and_names_must_not_be_blank() {
+    let admin = Admin::new();
+    let ux = admin.create_user("UX", "ux@example.com");
+    let err = admin.fails(&[
+        "user",
+        "create",
+        "--name",
+        "Other",
+        "--email",
+        "UX@Example.com",
+    ]);
+    assert_eq!(
+        err,
+        "Error: User with email UX@Example.com already exists\n"
+    );
+    // Looked up in any case too.
+    let out = admin.ok(&["user", "get", "--email", "Ux@EXAMPLE.com"]);
+    assert!(out.contains(&ux.to_string()), "{out}");
+
+    for name in ["", "   "] {
+        let err = admin.fails(&["user", "create", "--name", name, "--email", "n@example.com"]);
+        assert_eq!(err, "Error: Name must not be blank\n");
+    }
+    assert_eq!(admin.json(&["user", "list", "--json"]).len(), 1);
+}
+
+#[test]
+fn only_user_create_makes_a_database() {
+    let admin = Admin::new();
+    for args in [
+        &["user", "list"][..],
+        &["user", "list", "--json"],
+        &["key", "list"],
+        &["user", "get", "--email", "a@example.com"],
+        &["key", "revoke", ZERO_ID],
+    ] {
+        let err = admin.fails(args);
+        assert!(
+            err.contains(&format!("no database at {}", admin.db.display())),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("CI_DB_PATH"), "{err}");
+    }
+    assert!(!admin.db.parent().unwrap().exists(), "no folder was made");
+    admin.create_user("A", "a@example.com");
+    assert_eq!(admin.json(&["user", "list", "--json"]).len(), 1);
+}
+
+#[test]
+fn keys_show_their_id_and_a_second_revoke_says_it_was_revoked() {
+    let admin = Admin::new();
+    let user = admin.create_user("K", "k@example.com");
+    let out = admin.ok(&[
+        "key",
+        "create",
+        "--user-id",
+        &user.to_string(),
+        "--name",
+        "laptop",
+    ]);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("  Key ID:  "))
+        .unwrap_or_else(|| panic!("no Key ID line in {out:?}"));
+    assert_eq!(admin.key_ids(), [id.to_string()]);
+    assert_eq!(
+        admin.ok(&["key", "revoke", id]),
+        "✓ API key revoked: laptop\n"
+    );
+    let err = admin.fails(&["key", "revoke", id]);
+    assert_eq!(err, "Error: API key laptop is already revoked\n");
+}
+
+#[test]
+fn users_are_deactivated_and_activated_by_email() {
+    let admin = Admin::new();
+    let id = admin.create_user("E", "e@example.com");
+    assert_eq!(
+        admin.ok(&["user", "deactivate", "--email", "e@example.com"]),
+        "✓ User deactivated: e@example.com\n"
+    );
+    assert!(!admin.user(id).is_active);
+    assert_eq!(
+        admin.ok(&["user", "activate", "--email", "E@example.com"]),
+        "✓ User activated: e@example.com\n"
+    );
+    assert!(admin.user(id).is_active);
+    let err = admin.fails(&["user", "activate", "--email", "nobody@example.com"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = admin.fails(&["user", "activate"]);
+    assert!(err.contains("--email"), "{err}");
 }

@@ -38,7 +38,7 @@ impl Api {
     /// `POST /submit-async`; returns when the API has committed the queued job.
     pub async fn submit_async(&self, zip: &[u8]) -> Result<Uuid> {
         self.client
-            .submit_async(zip.to_vec())
+            .submit_async(zip.to_vec(), &ci_common::JobOptions::default())
             .await
             .map_err(BenchError::api("POST /submit-async"))
     }
@@ -227,7 +227,10 @@ mod tests {
                 Some(StreamEvent::Log {
                     data: "hi\n".into()
                 }),
-                Some(StreamEvent::Complete { success: true }),
+                Some(StreamEvent::Complete {
+                    success: true,
+                    status: None
+                }),
                 None,
             ]
         );

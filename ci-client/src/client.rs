@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use ci_common::api::{JobSummary, SubmitResponse};
 use ci_common::JobId;
+use ci_common::JobOptions;
+use futures::StreamExt as _;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -24,6 +26,13 @@ const MAX_QUOTED_BODY: usize = 200;
 /// of each outage, so a CLI can say why the output paused.
 pub type ReconnectNotice = Arc<dyn Fn(&ClientError) + Send + Sync>;
 
+/// Told how many bytes of an upload have been handed to the connection,
+/// so a CLI can show progress.
+pub type UploadProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Pieces an upload is sent in when its progress is watched.
+const UPLOAD_PIECE: usize = 256 * 1024;
+
 /// A client for one CI server, authenticated with one API key.
 ///
 /// Cheap to clone: clones share the connection pool.
@@ -35,6 +44,7 @@ pub struct ApiClient {
     api_key: Option<String>,
     pub(crate) policy: ReconnectPolicy,
     pub(crate) on_reconnect: Option<ReconnectNotice>,
+    on_upload: Option<UploadProgress>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -53,7 +63,8 @@ impl ApiClient {
     /// Without a key no `Authorization` header is sent and the server answers
     /// 403 `Not authenticated`, which is how the user learns a key is needed.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, ClientError> {
-        let trimmed = base_url.trim().trim_end_matches('/');
+        let trimmed = with_scheme(base_url.trim().trim_end_matches('/'));
+        let trimmed = trimmed.as_str();
         let parsed = reqwest::Url::parse(trimmed).map_err(|e| ClientError::InvalidUrl {
             url: base_url.to_string(),
             reason: e.to_string(),
@@ -75,6 +86,7 @@ impl ApiClient {
             api_key: api_key.filter(|k| !k.is_empty()),
             policy: ReconnectPolicy::default(),
             on_reconnect: None,
+            on_upload: None,
         })
     }
 
@@ -91,16 +103,56 @@ impl ApiClient {
         self
     }
 
+    /// Registers a callback told the bytes sent so far of each upload.
+    pub fn on_upload_progress(mut self, progress: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.on_upload = Some(Arc::new(progress));
+        self
+    }
+
     /// The server's root URL, as errors name it.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
+    /// Whether the URL sends the key in the clear to another machine: plain
+    /// `http://` to a host that is not this one.
+    pub fn sends_key_in_the_clear(&self) -> bool {
+        let Ok(url) = reqwest::Url::parse(&self.base_url) else {
+            return false;
+        };
+        let host = url.host_str().unwrap_or("localhost");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.api_key.is_some() && url.scheme() == "http" && !loopback
+    }
+
+    /// Asks the server whether it takes the key, with a request that carries
+    /// no body: a server refuses a key before it reads an upload, and an
+    /// answer sent while the client is still uploading is often lost to a
+    /// broken pipe, so a submit checks first. A good key is told by the 404
+    /// for a job id no job has.
+    pub async fn check_key(&self) -> Result<(), ClientError> {
+        let request = self
+            .get(&format!("/jobs/{}", JobId::nil()))
+            .timeout(QUERY_TIMEOUT);
+        match self.send(request).await {
+            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Uploads the project and queues a job without waiting for it.
-    pub async fn submit_async(&self, project_zip: Vec<u8>) -> Result<JobId, ClientError> {
+    pub async fn submit_async(
+        &self,
+        project_zip: Vec<u8>,
+        options: &JobOptions,
+    ) -> Result<JobId, ClientError> {
         let request = self
             .post("/submit-async")
-            .multipart(upload_form(project_zip)?)
+            .multipart(upload_form(project_zip, options, self.on_upload.clone())?)
             .timeout(UPLOAD_TIMEOUT);
         let response = self.send(request).await?;
         let body: SubmitResponse = read_json(response, &self.base_url).await?;
@@ -111,12 +163,18 @@ impl ApiClient {
     /// output. The first event is [`ci_common::api::StreamEvent::JobId`];
     /// once it has arrived, a dropped connection is resumed at
     /// `/jobs/{id}/stream` exactly after the last event received.
-    pub async fn submit_stream(&self, project_zip: Vec<u8>) -> Result<JobEvents, ClientError> {
+    pub async fn submit_stream(
+        &self,
+        project_zip: Vec<u8>,
+        options: &JobOptions,
+    ) -> Result<JobEvents, ClientError> {
         // No overall timeout: the response is the job's whole run. A silent
         // connection is caught by the stream's idle timeout instead.
-        let request = self
-            .post("/submit-stream")
-            .multipart(upload_form(project_zip)?);
+        let request = self.post("/submit-stream").multipart(upload_form(
+            project_zip,
+            options,
+            self.on_upload.clone(),
+        )?);
         let response = self.send(request).await?;
         let connection = Connection::open(response, self.policy.idle_timeout);
         Ok(follow::follow(
@@ -178,6 +236,34 @@ impl ApiClient {
         read_json(self.send(request).await?, &self.base_url).await
     }
 
+    /// Queues the job's archive again as a new job (same code, no upload).
+    pub async fn rerun_job(&self, job_id: JobId) -> Result<JobId, ClientError> {
+        let request = self
+            .post(&format!("/jobs/{job_id}/rerun"))
+            .timeout(QUERY_TIMEOUT);
+        let body: SubmitResponse = read_json(self.send(request).await?, &self.base_url).await?;
+        Ok(body.job_id)
+    }
+
+    /// A job's stored output as it is now, as a stream of text pieces, so a
+    /// long log is written out as it arrives instead of held whole.
+    pub async fn job_log(
+        &self,
+        job_id: JobId,
+    ) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
+        let response = self.send(self.get(&format!("/jobs/{job_id}/log"))).await?;
+        let url = self.base_url.clone();
+        Ok(futures::StreamExt::map(
+            response.bytes_stream(),
+            move |piece| {
+                piece.map_err(|e| ClientError::StreamInterrupted {
+                    url: url.clone(),
+                    cause: root_cause(&e),
+                })
+            },
+        ))
+    }
+
     /// Reopens a job's stream after a drop: after the last event seen, or
     /// from now when none carried a sequence number.
     pub(crate) async fn reopen_stream(
@@ -234,21 +320,82 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
+        let url = response.url().to_string();
         let body = response.text().await.unwrap_or_default();
-        Err(ClientError::from_status(
-            status,
-            error_detail(status, &body),
-        ))
+        let detail = error_detail(status, &body);
+        // The router's own 404 (not "Job not found"): the path does not
+        // exist there, so the base URL is probably wrong. Say which answered.
+        if status == StatusCode::NOT_FOUND && detail == "Not Found" {
+            return Err(ClientError::Http {
+                status,
+                detail: format!(
+                    "{url} does not exist there; is {} the CI server's address?",
+                    self.base_url
+                ),
+            });
+        }
+        Err(ClientError::from_status(status, detail))
+    }
+}
+
+/// `host:port` as `http://host:port`: a URL without a scheme is the common
+/// way to name a server on the command line.
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") || url.is_empty() {
+        url.to_string()
+    } else {
+        format!("http://{url}")
     }
 }
 
 /// The multipart body the reference server expects: one field `file`.
-fn upload_form(project_zip: Vec<u8>) -> Result<reqwest::multipart::Form, ClientError> {
-    let part = reqwest::multipart::Part::bytes(project_zip)
+/// With `progress`, the zip is sent in pieces, each reported as it is taken.
+/// The upload: the project zip in `file`, as the reference client sends it,
+/// and beside it only the options that are set, so a job asked for nothing
+/// is the reference's request exactly.
+fn upload_form(
+    project_zip: Vec<u8>,
+    options: &JobOptions,
+    progress: Option<UploadProgress>,
+) -> Result<reqwest::multipart::Form, ClientError> {
+    let part = match progress {
+        None => reqwest::multipart::Part::bytes(project_zip),
+        Some(progress) => {
+            let length = project_zip.len() as u64;
+            let zip = bytes::Bytes::from(project_zip);
+            let pieces: Vec<bytes::Bytes> = (0..zip.len())
+                .step_by(UPLOAD_PIECE)
+                .map(|start| zip.slice(start..(start + UPLOAD_PIECE).min(zip.len())))
+                .collect();
+            let mut sent = 0u64;
+            let stream = futures::stream::iter(pieces).map(move |piece| {
+                sent += piece.len() as u64;
+                progress(sent);
+                Ok::<_, std::io::Error>(piece)
+            });
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), length)
+        }
+    };
+    let part = part
         .file_name("project.zip")
         .mime_str("application/zip")
         .map_err(|e| ClientError::Setup(e.to_string()))?;
-    Ok(reqwest::multipart::Form::new().part("file", part))
+    let mut form = reqwest::multipart::Form::new().part("file", part);
+    if let Some(python) = options.python {
+        form = form.text("python", python.to_string());
+    }
+    if let Some(project) = &options.project {
+        form = form.text("project", project.clone());
+    }
+    if options.fresh_env {
+        form = form.text("fresh_env", "true");
+    }
+    if !options.pytest_args.is_empty() {
+        let args = serde_json::to_string(&options.pytest_args)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        form = form.text("pytest_args", args);
+    }
+    Ok(form)
 }
 
 async fn read_json<T: DeserializeOwned>(
@@ -314,11 +461,30 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_http_to_other_hosts_sends_the_key_in_the_clear() {
+        let key = || Some("ci_k".to_string());
+        let clear = |url: &str, key: Option<String>| {
+            ApiClient::new(url, key)
+                .expect("valid")
+                .sends_key_in_the_clear()
+        };
+        assert!(clear("http://ci.example.com:8000", key()));
+        assert!(clear("10.0.0.5:8000", key()));
+        assert!(!clear("https://ci.example.com", key()));
+        assert!(!clear("http://localhost:8000", key()));
+        assert!(!clear("http://127.0.0.1:8000", key()));
+        assert!(!clear("http://[::1]:8000", key()));
+        assert!(!clear("http://ci.example.com", None));
+    }
+
+    #[test]
     fn base_urls_are_checked_and_trimmed() {
         let client = ApiClient::new("http://localhost:8000/", None).expect("valid");
         assert_eq!(client.base_url(), "http://localhost:8000");
+        let bare = ApiClient::new("127.0.0.1:8000", None).expect("valid");
+        assert_eq!(bare.base_url(), "http://127.0.0.1:8000");
         assert!(matches!(
-            ApiClient::new("localhost:8000", None),
+            ApiClient::new("ftp://localhost:8000", None),
             Err(ClientError::InvalidUrl { .. })
         ));
         assert!(matches!(

@@ -8,12 +8,13 @@
 //! use futures::StreamExt;
 //!
 //! let api = ApiClient::new("http://localhost:8000", Some("ci_…".to_string()))?;
-//! let job_id = api.submit_async(pack_project(std::path::Path::new("."))?.zip).await?;
+//! let project = pack_project(std::path::Path::new("."))?;
+//! let job_id = api.submit_async(project.zip, &Default::default()).await?;
 //! let mut events = api.follow_job(job_id, FollowFrom::Beginning).await?;
 //! while let Some(received) = events.next().await {
 //!     match received?.event {
 //!         StreamEvent::Log { data } => print!("{data}"),
-//!         StreamEvent::Complete { success } => println!("passed: {success}"),
+//!         StreamEvent::Complete { success, .. } => println!("passed: {success}"),
 //!         StreamEvent::JobId { .. } => {}
 //!     }
 //! }
@@ -24,10 +25,12 @@ mod client;
 pub mod config;
 mod error;
 mod follow;
+mod job_text;
 pub mod output;
 mod project;
 
 pub use client::{ApiClient, ReconnectNotice};
 pub use error::{ClientError, ProjectZipError};
 pub use follow::{FollowFrom, JobEvents, ReceivedEvent, ReconnectPolicy};
-pub use project::{pack_project, LeftOutLink, LinkRefusal, PackedProject};
+pub use job_text::{OutputFilter, OutputMode};
+pub use project::{pack_project, project_name, LeftOutLink, LinkRefusal, PackedProject};

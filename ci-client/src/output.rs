@@ -1,7 +1,8 @@
 //! What `ci` prints, kept apart from the printing so tests can check it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use ci_common::api::JobSummary;
+use ci_common::JobStatus;
 
 /// Printed on stderr after an authentication failure, as the reference client does.
 pub const AUTH_HELP: &str =
@@ -10,44 +11,114 @@ pub const AUTH_HELP: &str =
 2. Environment variable: CI_API_KEY=<key>\n  \
 3. Config file: ~/.ci/config (format: api_key=<key>)\n";
 
-/// Column widths of `ci list`, the reference client's layout.
+/// How an ended job ended, in one sentence: passed, failed with its exit
+/// code, could not run (with the reason), or was cancelled; with how long it
+/// ran when that is known. `ci` ends every followed job with it.
+pub fn describe_end(job: &JobSummary) -> String {
+    let id = job.job_id;
+    let took = job
+        .duration_seconds
+        .map(|s| format!(" in {}", format_duration(s)))
+        .unwrap_or_default();
+    match (job.status, job.success) {
+        (JobStatus::Cancelled, _) => format!("Job {id} was cancelled."),
+        (_, Some(true)) => match job.exit_code {
+            Some(code) => format!("Job {id} passed (exit code {code}){took}."),
+            None => format!("Job {id} passed{took}."),
+        },
+        (_, _) => match (job.exit_code, job.reason.as_deref()) {
+            (Some(code), _) => format!("Job {id} failed with exit code {code}{took}."),
+            (None, Some(reason)) => format!("Job {id} could not run: {}", reason.trim_end()),
+            (None, None) => format!("Job {id} failed{took}."),
+        },
+    }
+}
+
+/// Seconds for people: `0.4s`, `12.3s`, `2m 05s`, `1h 02m`.
+pub fn format_duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0);
+    if seconds < 60.0 {
+        return format!("{seconds:.1}s");
+    }
+    let whole = seconds.round() as u64;
+    if whole < 3600 {
+        format!("{}m {:02}s", whole / 60, whole % 60)
+    } else {
+        format!("{}h {:02}m", whole / 3600, (whole % 3600) / 60)
+    }
+}
+
+/// Column widths of `ci list`: the reference's first five columns (times
+/// wider, for their offset), then the additions.
 const ID_WIDTH: usize = 38;
 const STATUS_WIDTH: usize = 12;
-const TIME_WIDTH: usize = 22;
+const TIME_WIDTH: usize = 26;
 const SUCCESS_WIDTH: usize = 8;
-/// The rule under the header is longer than the header, as in the reference.
-const RULE_WIDTH: usize = 110;
+const DURATION_WIDTH: usize = 10;
+const PROJECT_WIDTH: usize = 20;
 
 /// The `ci list` table, one line per job, or `No jobs found.`; every line ends
-/// in a newline. Times are shown in UTC to the second.
-pub fn format_job_table(jobs: &[JobSummary]) -> String {
+/// in a newline. The contract's five columns come first, in its order, then
+/// duration, submitted time, project and Python. Times are shown in `zone`
+/// to the second, with its offset.
+pub fn format_job_table<Tz: TimeZone>(jobs: &[JobSummary], zone: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     if jobs.is_empty() {
         return "No jobs found.\n".to_string();
     }
-    let mut out = table_row("JOB ID", "STATUS", "START TIME", "END TIME", "SUCCESS");
-    out.push_str(&"-".repeat(RULE_WIDTH));
+    let header = table_row([
+        "JOB ID",
+        "STATUS",
+        "START TIME",
+        "END TIME",
+        "SUCCESS",
+        "DURATION",
+        "SUBMITTED",
+        "PROJECT",
+        "PYTHON",
+    ]);
+    let mut out = header.clone();
+    out.push_str(&"-".repeat(header.trim_end().chars().count()));
     out.push('\n');
     for job in jobs {
-        out.push_str(&table_row(
+        let duration = job.duration_seconds.map(format_duration);
+        out.push_str(&table_row([
             &job.job_id.to_string(),
             job.status.as_str(),
-            &format_time(job.start_time),
-            &format_time(job.end_time),
+            &format_time(job.start_time, zone),
+            &format_time(job.end_time, zone),
             format_success(job.success),
-        ));
+            duration.as_deref().unwrap_or("-"),
+            &format_time(job.submitted_at, zone),
+            job.project.as_deref().unwrap_or("-"),
+            job.python.as_deref().unwrap_or("-"),
+        ]));
     }
     out
 }
 
-fn table_row(id: &str, status: &str, start: &str, end: &str, success: &str) -> String {
+fn table_row(
+    [id, status, start, end, success, duration, submitted, project, python]: [&str; 9],
+) -> String {
     format!(
-        "{id:<ID_WIDTH$} {status:<STATUS_WIDTH$} {start:<TIME_WIDTH$} {end:<TIME_WIDTH$} {success:<SUCCESS_WIDTH$}\n"
+        "{id:<ID_WIDTH$} {status:<STATUS_WIDTH$} {start:<TIME_WIDTH$} {end:<TIME_WIDTH$} \
+         {success:<SUCCESS_WIDTH$} {duration:<DURATION_WIDTH$} {submitted:<TIME_WIDTH$} \
+         {project:<PROJECT_WIDTH$} {python}\n"
     )
 }
 
-fn format_time(time: Option<DateTime<Utc>>) -> String {
-    time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| "N/A".to_string())
+fn format_time<Tz: TimeZone>(time: Option<DateTime<Utc>>, zone: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    time.map(|t| {
+        t.with_timezone(zone)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string()
+    })
+    .unwrap_or_else(|| "N/A".to_string())
 }
 
 fn format_success(success: Option<bool>) -> &'static str {
@@ -56,6 +127,50 @@ fn format_success(success: Option<bool>) -> &'static str {
         Some(true) => "✓",
         Some(false) => "✗",
     }
+}
+
+/// `ci show`: the summary, one field a line.
+pub fn format_job_details<Tz: TimeZone>(job: &JobSummary, zone: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let result = match (job.status, job.success) {
+        (JobStatus::Completed, Some(true)) => "passed",
+        (JobStatus::Completed, _) => "failed",
+        (JobStatus::Cancelled, _) => "cancelled",
+        _ => "-",
+    };
+    let tests = job.tests.as_ref().map(|t| {
+        format!(
+            "{} passed, {} failed, {} errors, {} skipped",
+            t.passed, t.failed, t.errors, t.skipped
+        )
+    });
+    let rows = [
+        ("Job ID", job.job_id.to_string()),
+        ("Status", job.status.to_string()),
+        ("Result", result.to_string()),
+        ("Exit code", or_dash(job.exit_code.map(|c| c.to_string()))),
+        (
+            "Reason",
+            or_dash(job.reason.as_deref().map(|r| r.trim_end().to_string())),
+        ),
+        ("Python", or_dash(job.python.clone())),
+        ("Project", or_dash(job.project.clone())),
+        ("Submitted", format_time(job.submitted_at, zone)),
+        ("Started", format_time(job.start_time, zone)),
+        ("Ended", format_time(job.end_time, zone)),
+        (
+            "Duration",
+            or_dash(job.duration_seconds.map(format_duration)),
+        ),
+        ("Engine", or_dash(job.engine.clone())),
+        ("Tests", or_dash(tests)),
+    ];
+    rows.iter()
+        .map(|(name, value)| format!("{:<11}{value}\n", format!("{name}:")))
+        .collect()
 }
 
 /// `ci list --json`: the summaries as a JSON array, two-space indented.
@@ -67,7 +182,6 @@ pub fn format_job_json(jobs: &[JobSummary]) -> Result<String, serde_json::Error>
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use ci_common::JobStatus;
     use uuid::Uuid;
 
     fn job(
@@ -83,67 +197,136 @@ mod tests {
                 .expect("valid time")
         };
         JobSummary {
-            job_id: Uuid::parse_str(id).expect("uuid"),
-            status,
             success,
             start_time: start.map(at),
             end_time: end.map(at),
-            exit_code: None,
-            last_event_id: None,
+            ..JobSummary::new(Uuid::parse_str(id).expect("uuid"), status)
         }
     }
 
     #[test]
-    fn empty_list_says_so() {
-        assert_eq!(format_job_table(&[]), "No jobs found.\n");
+    fn ends_are_described_by_how_they_happened() {
+        let id = "1222e26a-e4d2-4dda-8ffa-ba333257cc1b";
+        let mut j = job(id, JobStatus::Completed, Some(true), None, None);
+        assert_eq!(describe_end(&j), format!("Job {id} passed."));
+        j.exit_code = Some(0);
+        j.duration_seconds = Some(3.25);
+        assert_eq!(
+            describe_end(&j),
+            format!("Job {id} passed (exit code 0) in 3.2s.")
+        );
+        j.duration_seconds = None;
+        j.success = Some(false);
+        j.exit_code = Some(2);
+        assert_eq!(
+            describe_end(&j),
+            format!("Job {id} failed with exit code 2.")
+        );
+        j.exit_code = None;
+        j.reason = Some("Job timed out after 5 seconds\n".into());
+        assert_eq!(
+            describe_end(&j),
+            format!("Job {id} could not run: Job timed out after 5 seconds")
+        );
+        let c = job(id, JobStatus::Cancelled, None, None, None);
+        assert_eq!(describe_end(&c), format!("Job {id} was cancelled."));
     }
 
     #[test]
-    fn table_matches_the_reference_layout() {
+    fn empty_list_says_so() {
+        assert_eq!(format_job_table(&[], &Utc), "No jobs found.\n");
+    }
+
+    #[test]
+    fn table_keeps_the_contract_columns_first_and_shows_the_offset() {
         // 2025-10-12 19:30:00 UTC
         let t0 = 1_760_297_400;
-        let jobs = [
-            job(
+        let mut done = job(
+            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b",
+            JobStatus::Completed,
+            Some(true),
+            Some(t0),
+            Some(t0 + 5),
+        );
+        done.duration_seconds = Some(5.0);
+        done.submitted_at = done.start_time;
+        done.project = Some("demo".into());
+        done.python = Some("3.13".into());
+        let queued = job(
+            "00000000-0000-4000-8000-000000000002",
+            JobStatus::Queued,
+            None,
+            None,
+            None,
+        );
+        let zone = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
+        let table = format_job_table(&[done, queued], &zone);
+        let lines: Vec<&str> = table.lines().collect();
+        let header = "JOB ID                                 STATUS       START TIME                 END TIME                   SUCCESS  DURATION   SUBMITTED                  PROJECT              PYTHON";
+        assert_eq!(lines[0], header);
+        // The rule is as wide as the header.
+        assert_eq!(lines[1], "-".repeat(header.chars().count()));
+        assert_eq!(
+            lines[2],
+            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 21:30:00 +02:00 2025-10-12 21:30:05 +02:00 ✓        5.0s       2025-10-12 21:30:00 +02:00 demo                 3.13"
+        );
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>(),
+            [
+                "00000000-0000-4000-8000-000000000002",
+                "queued",
+                "N/A",
+                "N/A",
+                "-",
+                "-",
+                "N/A",
+                "-",
+                "-"
+            ]
+        );
+        let utc = format_job_table(
+            &[job(
                 "1222e26a-e4d2-4dda-8ffa-ba333257cc1b",
-                JobStatus::Completed,
-                Some(true),
-                Some(t0),
-                Some(t0 + 5),
-            ),
-            job(
-                "7ad3f8c9-2b41-4e89-9c12-5a8e7b3d1f4e",
                 JobStatus::Running,
                 None,
-                Some(t0 + 70),
-                None,
-            ),
-            job(
-                "00000000-0000-4000-8000-000000000001",
-                JobStatus::Completed,
-                Some(false),
                 Some(t0),
-                Some(t0 + 1),
-            ),
-            job(
-                "00000000-0000-4000-8000-000000000002",
-                JobStatus::Queued,
                 None,
-                None,
-                None,
-            ),
-        ];
-        let table = format_job_table(&jobs);
-        let lines: Vec<&str> = table.lines().collect();
-        let expected = [
-            "JOB ID                                 STATUS       START TIME             END TIME               SUCCESS ",
-            "--------------------------------------------------------------------------------------------------------------",
-            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 19:30:00    2025-10-12 19:30:05    ✓       ",
-            "7ad3f8c9-2b41-4e89-9c12-5a8e7b3d1f4e   running      2025-10-12 19:31:10    N/A                    -       ",
-            "00000000-0000-4000-8000-000000000001   completed    2025-10-12 19:30:00    2025-10-12 19:30:01    ✗       ",
-            "00000000-0000-4000-8000-000000000002   queued       N/A                    N/A                    -       ",
-        ];
-        assert_eq!(lines, expected);
-        assert_eq!(lines[0].chars().count(), 106);
+            )],
+            &Utc,
+        );
+        assert!(utc.contains("2025-10-12 19:30:00 +00:00"), "{utc}");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(format_duration(0.42), "0.4s");
+        assert_eq!(format_duration(125.0), "2m 05s");
+        assert_eq!(format_duration(3725.0), "1h 02m");
+    }
+
+    #[test]
+    fn details_show_every_field() {
+        let mut j = job(
+            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b",
+            JobStatus::Completed,
+            Some(false),
+            Some(0),
+            Some(3),
+        );
+        j.exit_code = Some(1);
+        j.duration_seconds = Some(3.0);
+        let text = format_job_details(&j, &Utc);
+        for line in [
+            "Status:    completed",
+            "Result:    failed",
+            "Exit code: 1",
+            "Reason:    -",
+            "Python:    -",
+            "Duration:  3.0s",
+            "Tests:     -",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 
     #[test]

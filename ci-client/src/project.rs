@@ -177,6 +177,30 @@ impl Packer {
     }
 }
 
+/// The project's name, as jobs are grouped by it: `[project].name` of its
+/// `pyproject.toml`, else the name of its folder.
+pub fn project_name(root: &Path) -> Option<String> {
+    let from_pyproject = std::fs::read_to_string(root.join("pyproject.toml"))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| {
+            Some(
+                table
+                    .get("project")?
+                    .get("name")?
+                    .as_str()?
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .filter(|name| !name.is_empty());
+    from_pyproject.or_else(|| {
+        root.file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+    })
+}
+
 /// A relative path as a zip entry name: its parts joined with `/`, whatever
 /// the platform's separator.
 fn archive_name(relative: &Path) -> Result<String, ProjectZipError> {
@@ -353,6 +377,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let bytes = pack_project(dir.path()).expect("zip").zip;
         assert!(entries(&bytes).is_empty());
+    }
+
+    #[test]
+    fn the_project_is_named_by_its_pyproject_else_its_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("my-checkout");
+        write(&root, "app.py", "x = 1\n");
+        assert_eq!(project_name(&root).as_deref(), Some("my-checkout"));
+        write(&root, "pyproject.toml", "[project]\nname = \"attrs\"\n");
+        assert_eq!(project_name(&root).as_deref(), Some("attrs"));
+        // A pyproject.toml without a name (or broken) names nothing.
+        write(&root, "pyproject.toml", "[tool.black]\n[project\n");
+        assert_eq!(project_name(&root).as_deref(), Some("my-checkout"));
     }
 
     #[test]

@@ -180,7 +180,13 @@ fn respond(step: Step, after: i64, prefix: Option<String>) -> Response {
         }
         End::Hang => head.chain(futures::stream::pending()).boxed(),
         End::Complete(success) => {
-            let done = frame(Some(upto), &StreamEvent::Complete { success });
+            let done = frame(
+                Some(upto),
+                &StreamEvent::Complete {
+                    success,
+                    status: None,
+                },
+            );
             head.chain(futures::stream::iter([Ok(Bytes::from(done))]))
                 .boxed()
         }
@@ -327,7 +333,13 @@ async fn serve_raw(mut socket: tokio::net::TcpStream, script: Script) {
     };
     let mut text = log_frames(after, upto);
     if let End::Complete(success) = end {
-        text.push_str(&frame(Some(upto), &StreamEvent::Complete { success }));
+        text.push_str(&frame(
+            Some(upto),
+            &StreamEvent::Complete {
+                success,
+                status: None,
+            },
+        ));
     }
     let mut response = String::from(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -414,7 +426,10 @@ async fn every_event_arrives_once_across_closed_and_cut_streams() {
     assert_eq!(logs(&received), expected_logs(1..=10));
     assert_eq!(
         received.last().map(|e| &e.event),
-        Some(&StreamEvent::Complete { success: true })
+        Some(&StreamEvent::Complete {
+            success: true,
+            status: None
+        })
     );
     let seqs: Vec<Option<i64>> = received.iter().map(|e| e.seq).collect();
     assert_eq!(seqs[..3], [Some(1), Some(2), Some(3)]);
@@ -475,7 +490,7 @@ async fn a_submit_stream_resumes_at_the_job_stream() {
     let url = start(script.clone()).await;
 
     let events = client(&url)
-        .submit_stream(b"PK-test".to_vec())
+        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
         .await
         .expect("upload accepted");
     let (received, error) = drain(events).await;
@@ -488,7 +503,10 @@ async fn a_submit_stream_resumes_at_the_job_stream() {
     assert_eq!(logs(&received), expected_logs(1..=4));
     assert_eq!(
         received.last().map(|e| &e.event),
-        Some(&StreamEvent::Complete { success: false })
+        Some(&StreamEvent::Complete {
+            success: false,
+            status: None
+        })
     );
     let seen = script.seen();
     assert_eq!(seen[0].path, "/submit-stream");
@@ -505,7 +523,7 @@ async fn a_drop_before_any_output_resumes_after_zero() {
     let url = start(script.clone()).await;
 
     let events = client(&url)
-        .submit_stream(b"PK-test".to_vec())
+        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
         .await
         .expect("upload accepted");
     let (received, error) = drain(events).await;
@@ -524,7 +542,7 @@ async fn a_submit_stream_lost_before_the_job_id_cannot_resume() {
     let url = start(script.clone()).await;
 
     let events = client(&url)
-        .submit_stream(b"PK-test".to_vec())
+        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
         .await
         .expect("upload accepted");
     let (received, error) = drain(events).await;
@@ -700,7 +718,7 @@ async fn uploads_and_listing_use_the_reference_shapes() {
     let api = client(&url);
 
     let id = api
-        .submit_async(b"PK-test".to_vec())
+        .submit_async(b"PK-test".to_vec(), &ci_common::JobOptions::default())
         .await
         .expect("upload accepted");
     assert_eq!(id, job_id());

@@ -53,15 +53,14 @@ async fn submit_stream(State(server): State<Server>, mut form: Multipart) -> Res
 
 async fn cancel(State(server): State<Server>, Path(id): Path<Uuid>) -> Json<JobSummary> {
     server.cancelled.lock().unwrap().push(id);
-    Json(JobSummary {
-        job_id: id,
-        status: JobStatus::Cancelled,
-        success: None,
-        start_time: None,
-        end_time: None,
-        exit_code: None,
-        last_event_id: None,
-    })
+    Json(JobSummary::new(id, JobStatus::Cancelled))
+}
+
+async fn unknown_job() -> (axum::http::StatusCode, Json<serde_json::Value>) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"detail": "Job not found"})),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,6 +75,8 @@ async fn ctrl_c_during_the_upload_cancels_the_job_the_server_then_names() {
     let app = Router::new()
         .route("/submit-stream", post(submit_stream))
         .route("/jobs/{id}/cancel", post(cancel))
+        // `ci` checks the key first: a good key gets 404 for an unknown job.
+        .route("/jobs/{id}", axum::routing::get(unknown_job))
         .with_state(server.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

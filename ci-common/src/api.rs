@@ -27,27 +27,94 @@ pub struct JobSummary {
     pub start_time: Option<DateTime<Utc>>,
     #[serde(with = "crate::time::api_format_opt")]
     pub end_time: Option<DateTime<Utc>>,
-    /// Beyond the reference: the exit code of the test command, when it ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Beyond the reference: the exit code of the test command; always
+    /// present, null when it did not run.
+    #[serde(default)]
     pub exit_code: Option<i64>,
     /// Beyond the reference: the sequence number of the job's latest event
     /// (its SSE `id:`), so a client can follow "from now" and still resume
     /// exactly after a dropped connection that delivered no event yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_id: Option<i64>,
+    /// Beyond the reference: when the job was accepted, so a queued job has a
+    /// time too. `None` only from servers that do not send it.
+    #[serde(default, with = "crate::time::api_format_opt")]
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Beyond the reference: start to end of the job's container, in seconds.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// Why a job that could not run, or was stopped, ended so.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The Python the job ran (`"3.13"`); null until its image is chosen, or
+    /// when its image says no Python.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// The project name the client sent, if any.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// The Docker engine the job ran on; null until engines are recorded.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// Counts from the job's test report; null until reports are read.
+    #[serde(default)]
+    pub tests: Option<TestCounts>,
+}
+
+/// `{"passed", "failed", "errors", "skipped", "duration_seconds"}` of a job's test report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    pub duration_seconds: Option<f64>,
+}
+
+impl JobSummary {
+    /// A summary with only the identity and status known, every optional
+    /// field absent: the start for servers' and tests' summaries alike.
+    pub fn new(job_id: JobId, status: JobStatus) -> Self {
+        JobSummary {
+            job_id,
+            status,
+            success: None,
+            start_time: None,
+            end_time: None,
+            exit_code: None,
+            last_event_id: None,
+            submitted_at: None,
+            duration_seconds: None,
+            reason: None,
+            python: None,
+            project: None,
+            engine: None,
+            tests: None,
+        }
+    }
+}
+
+/// Seconds from a job's start to its end, when it has both.
+pub fn duration_seconds(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Option<f64> {
+    let (start, end) = (start?, end?);
+    Some((end - start).num_microseconds()? as f64 / 1e6)
 }
 
 impl From<&Job> for JobSummary {
     fn from(job: &Job) -> Self {
         JobSummary {
-            job_id: job.id,
-            status: job.status,
             success: job.success,
             // As in the reference: when the job started running, null while queued.
             start_time: job.started_at,
             end_time: job.ended_at,
             exit_code: job.exit_code,
             last_event_id: Some(job.last_seq),
+            submitted_at: Some(job.created_at),
+            duration_seconds: duration_seconds(job.started_at, job.ended_at),
+            reason: job.failure_reason.clone(),
+            python: job.python.map(|p| p.to_string()),
+            project: job.options.project.clone(),
+            ..JobSummary::new(job.id, job.status)
         }
     }
 }
@@ -60,8 +127,14 @@ pub enum StreamEvent {
     JobId { job_id: JobId },
     /// A piece of the job's output, newlines included.
     Log { data: String },
-    /// Last event: the job has ended.
-    Complete { success: bool },
+    /// Last event: the job has ended. `status` (beyond the reference, which
+    /// ignores unknown keys) tells a cancelled job from a failed one; absent
+    /// from servers that do not send it.
+    Complete {
+        success: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<JobStatus>,
+    },
 }
 
 #[cfg(test)]
@@ -80,26 +153,66 @@ mod tests {
             r#"{"type":"log","data":"a\n"}"#
         );
         assert_eq!(
-            serde_json::to_string(&StreamEvent::Complete { success: true }).unwrap(),
+            serde_json::to_string(&StreamEvent::Complete {
+                success: true,
+                status: None
+            })
+            .unwrap(),
             r#"{"type":"complete","success":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&StreamEvent::Complete {
+                success: false,
+                status: Some(JobStatus::Cancelled)
+            })
+            .unwrap(),
+            r#"{"type":"complete","success":false,"status":"cancelled"}"#
+        );
+        let old: StreamEvent =
+            serde_json::from_str(r#"{"type":"complete","success":true}"#).unwrap();
+        assert_eq!(
+            old,
+            StreamEvent::Complete {
+                success: true,
+                status: None
+            }
         );
     }
 
     #[test]
     fn summaries_print_null_for_absent_times() {
-        let s = JobSummary {
-            job_id: uuid::Uuid::nil(),
-            status: JobStatus::Queued,
-            success: None,
-            start_time: None,
-            end_time: None,
-            exit_code: None,
-            last_event_id: None,
-        };
+        let s = JobSummary::new(uuid::Uuid::nil(), JobStatus::Queued);
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["status"], "queued");
         assert!(v["success"].is_null() && v["start_time"].is_null() && v["end_time"].is_null());
+        // The contract's fields are always present, null when empty.
+        for key in [
+            "submitted_at",
+            "duration_seconds",
+            "python",
+            "project",
+            "engine",
+            "exit_code",
+            "reason",
+            "tests",
+        ] {
+            assert!(v.get(key).is_some_and(|v| v.is_null()), "{key} in {v}");
+        }
         let back: JobSummary = serde_json::from_value(v).unwrap();
         assert_eq!(back, s);
+        // A reference server's summary, without the additions, still reads.
+        let reference: JobSummary = serde_json::from_str(
+            r#"{"job_id":"00000000-0000-0000-0000-000000000000","status":"queued",
+                "success":null,"start_time":null,"end_time":null}"#,
+        )
+        .unwrap();
+        assert_eq!(reference, s);
+    }
+
+    #[test]
+    fn durations_need_both_ends() {
+        let t = |s| DateTime::<Utc>::from_timestamp(s, 500_000_000);
+        assert_eq!(duration_seconds(t(10), t(12)), Some(2.0));
+        assert_eq!(duration_seconds(t(10), None), None);
     }
 }

@@ -108,10 +108,13 @@ pub fn job_container_spec(
             labels: BTreeMap::new(),
         });
         vec![
-            ("/tmp".to_string(), "mode=1777".to_string()),
+            // `exec`: Docker mounts tmpfs `noexec` unless told, and tests
+            // load what they build there (a C extension in pytest's
+            // `tmp_path`), as on any fresh Python image.
+            ("/tmp".to_string(), "mode=1777,exec".to_string()),
             (
                 JOB_HOME.to_string(),
-                format!("uid={JOB_UID},gid={JOB_UID},mode=0755"),
+                format!("uid={JOB_UID},gid={JOB_UID},mode=0755,exec"),
             ),
         ]
     } else {
@@ -262,10 +265,10 @@ mod tests {
         assert_eq!(
             spec.tmpfs,
             [
-                ("/tmp".to_string(), "mode=1777".to_string()),
+                ("/tmp".to_string(), "mode=1777,exec".to_string()),
                 (
                     "/home/runner".to_string(),
-                    "uid=1000,gid=1000,mode=0755".to_string()
+                    "uid=1000,gid=1000,mode=0755,exec".to_string()
                 ),
             ]
         );

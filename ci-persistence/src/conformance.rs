@@ -498,6 +498,26 @@ pub async fn failure_reason_is_the_last_output(s: Store, _: Store) {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].text, "Job timed out after 5 seconds\n");
     assert_eq!(done.last_seq, 2);
+
+    // Output that stopped mid-line: the reason still starts a line.
+    let cut = job(&s, user(&s).await).await;
+    s.append_log(cut, &["test_hog.py::test_hog ".into()], None)
+        .await
+        .unwrap();
+    s.finish_job(cut, &JobOutcome::failed("The job was killed"))
+        .await
+        .unwrap();
+    let log = s.read_log(cut, 0, 100).await.unwrap();
+    let text: String = log.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(text, "test_hog.py::test_hog \nThe job was killed\n");
+
+    // No output at all: no empty line before the reason.
+    let silent = job(&s, user(&s).await).await;
+    s.finish_job(silent, &JobOutcome::failed("No image"))
+        .await
+        .unwrap();
+    let log = s.read_log(silent, 0, 100).await.unwrap();
+    assert_eq!(log[0].text, "No image\n");
 }
 
 pub async fn cancellation_is_recorded_once(s: Store, _: Store) {

@@ -214,7 +214,18 @@ impl Store {
             tx.rollback().await?;
             return Err(self.refused_transition(id, outcome.status).await);
         };
-        if let Some(line) = reason_line {
+        if let Some(mut line) = reason_line {
+            // Output cut mid-line (a killed test's progress dots) would
+            // otherwise run into the reason: it gets a line of its own.
+            let previous: Option<String> =
+                sqlx::query_scalar("SELECT text FROM job_events WHERE job_id = $1 AND seq = $2")
+                    .bind(id.to_string())
+                    .bind(last_seq - 1)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if previous.is_some_and(|text| !text.is_empty() && !text.ends_with('\n')) {
+                line.insert(0, '\n');
+            }
             sqlx::query(
                 "INSERT INTO job_events (job_id, seq, kind, text) VALUES ($1, $2, 'log', $3)",
             )

@@ -1,7 +1,7 @@
 //! Turning rows back into domain types. Ids are stored as text, times as
 //! microseconds, flags as 0/1 (see the migrations).
 
-use ci_common::api::JobSummary;
+use ci_common::api::{duration_seconds, JobSummary};
 use ci_common::time::from_micros;
 use ci_common::{ApiKeyRecord, Job, JobOptions, JobStatus, PythonVersion, User};
 use sqlx::any::AnyRow;
@@ -20,7 +20,8 @@ pub(crate) const JOB_COLUMNS: &str =
 
 /// What a [`JobSummary`] needs of a job.
 pub(crate) const SUMMARY_COLUMNS: &str =
-    "id, status, success, exit_code, started_at, ended_at, last_seq";
+    "id, status, success, exit_code, created_at, started_at, ended_at, failure_reason, last_seq, \
+     python, project";
 
 /// `columns` of the table aliased `alias`, each renamed `prefix` + name, for
 /// selecting two tables' rows as one.
@@ -78,16 +79,22 @@ pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKeyRecord> {
 }
 
 pub(crate) fn job_summary(row: &AnyRow) -> Result<JobSummary> {
+    let start_time = row
+        .try_get::<Option<i64>, _>("started_at")?
+        .map(from_micros);
+    let end_time = row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros);
     Ok(JobSummary {
-        job_id: uuid(row, "id")?,
-        status: status(row)?,
         success: row.try_get::<Option<i64>, _>("success")?.map(|v| v != 0),
-        start_time: row
-            .try_get::<Option<i64>, _>("started_at")?
-            .map(from_micros),
-        end_time: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
+        start_time,
+        end_time,
         exit_code: row.try_get("exit_code")?,
         last_event_id: Some(row.try_get("last_seq")?),
+        submitted_at: Some(from_micros(row.try_get("created_at")?)),
+        duration_seconds: duration_seconds(start_time, end_time),
+        reason: row.try_get("failure_reason")?,
+        python: python(row, "python")?.map(|p| p.to_string()),
+        project: row.try_get("project")?,
+        ..JobSummary::new(uuid(row, "id")?, status(row)?)
     })
 }
 

@@ -53,7 +53,8 @@ static AUTHENTICATE_WITH_SUMMARY_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl Store {
-    /// Creates an active user. A taken e-mail address is [`StoreError::AlreadyExists`].
+    /// Creates an active user. A taken e-mail address, in any case, is
+    /// [`StoreError::AlreadyExists`].
     pub async fn create_user(&self, name: &str, email: &str) -> Result<User> {
         let user = User {
             id: Uuid::new_v4(),
@@ -98,7 +99,8 @@ impl Store {
     }
 
     pub async fn get_user_by_email(&self, email: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
+        // Addresses are unique without regard to case (see the migrations).
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE LOWER(email) = LOWER($1)");
         let row = sqlx::query(&sql)
             .bind(email)
             .fetch_optional(&self.reader)

@@ -80,6 +80,8 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}", get(routes::get_job))
         .route("/jobs/{id}/stream", get(routes::stream_job))
         .route("/jobs/{id}/cancel", post(routes::cancel_job))
+        .route("/jobs/{id}/log", get(routes::job_log))
+        .route("/jobs/{id}/rerun", post(routes::rerun_job))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -92,7 +92,7 @@ pub fn job_events(
             StartAt::Ended { last_seq, success } => {
                 let log = StreamEvent::Log { data: "Job already completed.\n".to_string() };
                 yield Ok(sse_event(Some(last_seq), &log));
-                yield Ok(sse_event(Some(last_seq), &StreamEvent::Complete { success }));
+                yield Ok(sse_event(Some(last_seq), &StreamEvent::Complete { success, status: None }));
                 return;
             }
         };
@@ -126,7 +126,7 @@ pub fn job_events(
                     if job.last_seq > after {
                         continue;
                     }
-                    let done = StreamEvent::Complete { success: job.success.unwrap_or(false) };
+                    let done = StreamEvent::Complete { success: job.success.unwrap_or(false), status: Some(job.status) };
                     yield Ok(sse_event(Some(after), &done));
                     return;
                 }

@@ -12,9 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use ci_common::python::InvalidPythonVersion;
+use ci_common::JobOptions;
+
 use crate::error::ApiError;
 
-/// An uploaded project zip, spooled to a scratch file (deleted when dropped).
+/// An uploaded project zip, spooled to a scratch file (deleted when dropped),
+/// and how the job is asked to run.
 #[derive(Debug)]
 pub struct ProjectUpload {
     /// At its start, ready to be read.
@@ -22,7 +26,18 @@ pub struct ProjectUpload {
     /// SHA-256 of the bytes, hex encoded: the archive's key in the store.
     pub digest: String,
     pub size: u64,
+    /// From the optional fields beside `file` (the reference client sends none).
+    pub options: JobOptions,
 }
+
+/// The most a text field (`python`, `project`, `fresh_env`, `pytest_args`)
+/// may hold.
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// The most arguments `pytest_args` may hold, and the longest one.
+const MAX_PYTEST_ARGS: usize = 256;
+const MAX_PYTEST_ARG_BYTES: usize = 4096;
+/// The longest project name.
+const MAX_PROJECT_CHARS: usize = 200;
 
 /// The field the reference client uploads the project zip in.
 const FILE_FIELD: &str = "file";
@@ -54,32 +69,116 @@ pub async fn read_project_zip(
         ))
     })?;
 
-    loop {
-        let field = multipart
-            .next_field()
-            .await
-            .map_err(|e| multipart_error(e, limit))?;
-        let Some(mut field) = field else {
-            return Err(ApiError::bad_request(format!(
-                "Missing '{FILE_FIELD}' field: upload the project zip as the multipart field '{FILE_FIELD}'"
-            )));
-        };
-        if field.name() != Some(FILE_FIELD) {
-            continue;
+    let mut project = None;
+    let mut options = JobOptions::default();
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            FILE_FIELD if project.is_none() => {
+                let (mut file, size, digest) = spool(&mut field, limit).await?;
+                let std_file = file
+                    .try_clone()
+                    .await
+                    .map_err(scratch_error)?
+                    .into_std()
+                    .await;
+                tokio::task::spawn_blocking(move || check_zip(std_file))
+                    .await
+                    .map_err(|e| scratch_error(std::io::Error::other(e)))??;
+                file.rewind().await.map_err(scratch_error)?;
+                project = Some((file, size, digest));
+            }
+            "python" | "project" | "fresh_env" | "pytest_args" => {
+                let text = text_field(&mut field, &name, limit).await?;
+                read_option(&mut options, &name, &text)?;
+            }
+            // Unknown fields are skipped, as a form handler would.
+            _ => {}
         }
-        let (mut file, size, digest) = spool(&mut field, limit).await?;
-        let std_file = file
-            .try_clone()
-            .await
-            .map_err(scratch_error)?
-            .into_std()
-            .await;
-        tokio::task::spawn_blocking(move || check_zip(std_file))
-            .await
-            .map_err(|e| scratch_error(std::io::Error::other(e)))??;
-        file.rewind().await.map_err(scratch_error)?;
-        return Ok(ProjectUpload { file, digest, size });
     }
+    let Some((file, size, digest)) = project else {
+        return Err(ApiError::bad_request(format!(
+            "Missing '{FILE_FIELD}' field: upload the project zip as the multipart field '{FILE_FIELD}'"
+        )));
+    };
+    Ok(ProjectUpload {
+        file,
+        digest,
+        size,
+        options,
+    })
+}
+
+/// A small text field, whole.
+async fn text_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    name: &str,
+    limit: u64,
+) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        if bytes.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "The '{name}' field is longer than {MAX_FIELD_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request(format!("The '{name}' field is not UTF-8 text")))
+}
+
+/// Sets the option `name` from its field's text; a value that cannot be
+/// meant gets 400 before any job exists.
+fn read_option(options: &mut JobOptions, name: &str, text: &str) -> Result<(), ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("Invalid '{name}' field: {why}"));
+    match name {
+        "python" => {
+            options.python = Some(
+                text.parse()
+                    .map_err(|e: InvalidPythonVersion| bad(e.to_string()))?,
+            );
+        }
+        "project" => {
+            let project = text.trim();
+            if project.is_empty()
+                || project.chars().count() > MAX_PROJECT_CHARS
+                || project.chars().any(char::is_control)
+            {
+                return Err(bad(format!(
+                    "a project name is 1 to {MAX_PROJECT_CHARS} characters, without control characters"
+                )));
+            }
+            options.project = Some(project.to_string());
+        }
+        "fresh_env" => {
+            options.fresh_env = match text.trim() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                other => return Err(bad(format!("expected true or false, not {other:?}"))),
+            };
+        }
+        "pytest_args" => {
+            let args: Vec<String> = serde_json::from_str(text)
+                .map_err(|e| bad(format!("expected a JSON array of strings: {e}")))?;
+            if args.len() > MAX_PYTEST_ARGS
+                || args
+                    .iter()
+                    .any(|a| a.len() > MAX_PYTEST_ARG_BYTES || a.contains('\0'))
+            {
+                return Err(bad(format!(
+                    "at most {MAX_PYTEST_ARGS} arguments of at most {MAX_PYTEST_ARG_BYTES} bytes each, without NUL"
+                )));
+            }
+            options.pytest_args = args;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Writes the field into a scratch file as it arrives, refusing it once it

@@ -75,11 +75,88 @@ async fn an_upload_that_is_not_a_zip_is_400_with_a_reason() {
 }
 
 #[tokio::test]
+async fn the_optional_fields_say_how_the_job_runs() {
+    let app = spawn_app().await;
+    // Before and after the file: the order of the parts does not matter.
+    let form = Form::new()
+        .text("python", "3.13")
+        .text("project", "  démo ")
+        .part("file", Part::bytes(project_zip("t.py")).file_name("p.zip"))
+        .text("fresh_env", "true")
+        .text("pytest_args", r#"["-k", "not slow; rm -rf /", "-x"]"#)
+        .text("unknown", "ignored");
+    let response = app
+        .post("/submit-async")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id = body["job_id"].as_str().unwrap().parse().unwrap();
+    let job = app.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(
+        job.options.python.map(|p| p.to_string()).as_deref(),
+        Some("3.13")
+    );
+    assert_eq!(job.options.project.as_deref(), Some("démo"));
+    assert!(job.options.fresh_env);
+    assert_eq!(job.options.pytest_args, ["-k", "not slow; rm -rf /", "-x"]);
+    let summary: serde_json::Value = app
+        .get(&format!("/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["project"], "démo");
+    // The reference client's upload asks for nothing.
+    let plain = app.submit_async().await;
+    let plain = app.store.get_job(plain).await.unwrap().unwrap();
+    assert_eq!(plain.options, ci_common::JobOptions::default());
+}
+
+#[tokio::test]
+async fn optional_fields_that_cannot_be_meant_are_400_before_any_job() {
+    let app = spawn_app().await;
+    for (field, value, says) in [
+        ("python", "3", "Invalid 'python' field"),
+        ("python", "three.thirteen", "Invalid 'python' field"),
+        ("project", "   ", "Invalid 'project' field"),
+        ("project", "a\u{7}b", "Invalid 'project' field"),
+        ("fresh_env", "maybe", "Invalid 'fresh_env' field"),
+        ("pytest_args", "-k foo", "Invalid 'pytest_args' field"),
+        ("pytest_args", r#"[1, 2]"#, "Invalid 'pytest_args' field"),
+    ] {
+        let form = zip_form(project_zip("t.py")).text(field, value.to_string());
+        let response = app
+            .post("/submit-async")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let detail = error_detail(response, 400).await;
+        assert!(detail.contains(says), "{field}={value:?}: {detail}");
+    }
+    let too_many = serde_json::to_string(&vec!["-x"; 257]).unwrap();
+    let form = zip_form(project_zip("t.py")).text("pytest_args", too_many);
+    let response = app
+        .post("/submit-async")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    error_detail(response, 400).await;
+    assert_no_jobs(&app).await;
+}
+
+#[tokio::test]
 async fn an_upload_without_the_file_field_is_400_with_the_reason() {
     let app = spawn_app().await;
     for route in SUBMIT_ROUTES {
         let form = Form::new().text("name", "project").part(
-            "project",
+            "archive",
             Part::bytes(project_zip("t.py")).file_name("p.zip"),
         );
         let response = app.post(route).multipart(form).send().await.unwrap();
@@ -300,6 +377,14 @@ async fn jobs_lists_the_callers_jobs_newest_first() {
     assert_eq!(j["success"], true);
     assert_eq!(j["start_time"], to_api_string(done.started_at.unwrap()));
     assert_eq!(j["end_time"], to_api_string(done.ended_at.unwrap()));
+    assert_eq!(j["submitted_at"], to_api_string(done.created_at));
+    assert_eq!(j["exit_code"], 0);
+    let took = (done.ended_at.unwrap() - done.started_at.unwrap()).num_microseconds();
+    assert_eq!(
+        j["duration_seconds"].as_f64(),
+        took.map(|us| us as f64 / 1e6),
+        "{j}"
+    );
 
     // The other user sees only theirs.
     let response = app
@@ -324,12 +409,18 @@ async fn a_job_is_shown_to_its_owner_only() {
     let response = app.get(&format!("/jobs/{mine}")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let summary: Value = response.json().await.unwrap();
+    let submitted_at = summary["submitted_at"].clone();
+    assert!(submitted_at.as_str().is_some_and(is_api_time), "{summary}");
     assert_eq!(
         summary,
         json!({"job_id": mine.to_string(), "status": "queued", "success": null,
                "start_time": null, "end_time": null,
                // Beyond the reference: where "from now" is for a stream.
-               "last_event_id": 0})
+               "last_event_id": 0,
+               // The contract's summary fields, always present, null when empty.
+               "submitted_at": submitted_at, "duration_seconds": null,
+               "exit_code": null, "reason": null, "python": null,
+               "project": null, "engine": null, "tests": null})
     );
 
     // The same summary as in the list.
@@ -352,6 +443,10 @@ async fn a_job_is_shown_to_its_owner_only() {
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["success"], false);
     assert!(summary["end_time"].as_str().is_some_and(is_api_time));
+    assert_eq!(summary["reason"], "Could not unpack the project");
+    assert!(summary["exit_code"].is_null());
+    // It never started, so it has no duration.
+    assert!(summary["duration_seconds"].is_null());
 
     let response = app.get(&format!("/jobs/{theirs}")).send().await.unwrap();
     assert_eq!(error_detail(response, 403).await, "Access denied");

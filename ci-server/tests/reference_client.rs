@@ -136,14 +136,14 @@ async fn the_reference_style_python_client_works_unchanged() {
             json!({"type": "job_id", "job_id": streamed_job}),
             json!({"type": "log", "data": "collected 1 item\n"}),
             json!({"type": "log", "data": "test_sample.py::test_ok PASSED\n"}),
-            json!({"type": "complete", "success": true}),
+            json!({"type": "complete", "success": true, "status": "completed"}),
         ]
     );
     assert_eq!(
         events(step("wait_all")),
         &vec![
             json!({"type": "log", "data": "1 failed\n"}),
-            json!({"type": "complete", "success": false}),
+            json!({"type": "complete", "success": false, "status": "completed"}),
         ]
     );
     assert_eq!(

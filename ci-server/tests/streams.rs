@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use ci_common::api::StreamEvent;
-use ci_common::JobId;
+use ci_common::{JobId, JobStatus};
 use ci_persistence::{JobOutcome, Store};
 use ci_server::ServerConfig;
 use support::{
@@ -16,8 +16,20 @@ use support::{
     Received, SseItem, SseStream, TestApp,
 };
 
-fn complete(success: bool) -> StreamEvent {
-    StreamEvent::Complete { success }
+/// Checks a `complete` event's result; the status it carries, when it
+/// carries one, must be an ended one (the cases are pinned on their own).
+#[track_caller]
+fn assert_complete(event: &StreamEvent, success: bool) {
+    match event {
+        StreamEvent::Complete {
+            success: got,
+            status,
+        } => {
+            assert_eq!(*got, success, "{event:?}");
+            assert!(status.is_none_or(|s| s.is_terminal()), "{event:?}");
+        }
+        other => panic!("expected the complete event, got {other:?}"),
+    }
 }
 
 async fn append(store: &Store, job: JobId, chunks: &[&str]) -> i64 {
@@ -28,7 +40,7 @@ async fn append(store: &Store, job: JobId, chunks: &[&str]) -> i64 {
 /// The `complete` event, which must be the last: nothing may follow it.
 async fn expect_complete(stream: &mut SseStream, success: bool) -> Received {
     let event = stream.expect_event().await;
-    assert_eq!(event.event, complete(success), "{event:?}");
+    assert_complete(&event.event, success);
     stream.expect_end().await;
     event
 }
@@ -169,7 +181,7 @@ async fn after_and_last_event_id_give_exactly_the_events_after_n() {
             let events = s.rest().await;
             let (last, rest) = events.split_last().unwrap();
             assert_eq!(rest, logs(n + 1..=5), "after {n}");
-            assert_eq!(last.event, complete(true), "after {n}");
+            assert_complete(&last.event, true);
         }
     }
 }
@@ -237,7 +249,7 @@ async fn a_long_backlog_is_sent_in_order_without_gaps() {
         let events = stream.rest().await;
         let (last, rest) = events.split_last().unwrap();
         assert_eq!(rest, logs(from..=1234), "{query}");
-        assert_eq!(last.event, complete(true));
+        assert_complete(&last.event, true);
     }
 }
 
@@ -307,7 +319,14 @@ async fn a_cancelled_job_completes_unsuccessfully() {
         .finish_job(job, &JobOutcome::cancelled())
         .await
         .unwrap();
-    expect_complete(&mut stream, false).await;
+    let done = expect_complete(&mut stream, false).await;
+    assert_eq!(
+        done.event,
+        StreamEvent::Complete {
+            success: false,
+            status: Some(JobStatus::Cancelled)
+        }
+    );
 
     // A queued job cancelled before it ran.
     let job = app.submit_async().await;
@@ -316,7 +335,33 @@ async fn a_cancelled_job_completes_unsuccessfully() {
         .finish_job(job, &JobOutcome::cancelled())
         .await
         .unwrap();
-    expect_complete(&mut stream, false).await;
+    let done = expect_complete(&mut stream, false).await;
+    assert_eq!(
+        done.event,
+        StreamEvent::Complete {
+            success: false,
+            status: Some(JobStatus::Cancelled)
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_failed_job_completes_with_the_completed_status() {
+    let app = spawn_app().await;
+    let job = running_job_with_output(&app, 1).await;
+    app.store
+        .finish_job(job, &JobOutcome::exited(1))
+        .await
+        .unwrap();
+    let mut stream = app.stream(job, "?from_beginning=true", None).await;
+    let events = stream.rest().await;
+    assert_eq!(
+        events.last().map(|e| &e.event),
+        Some(&StreamEvent::Complete {
+            success: false,
+            status: Some(JobStatus::Completed)
+        })
+    );
 }
 
 #[tokio::test]

@@ -18,20 +18,26 @@ struct Row {
     success: String,
 }
 
-/// Parses the table: header, rule, rows. Times are `YYYY-MM-DD HH:MM:SS`
-/// (two words) or `N/A`.
+/// Parses the table: header, rule, rows. Times are `YYYY-MM-DD HH:MM:SS
+/// +HH:MM` (three words) or `N/A`.
 fn table(out: &CiOutput) -> Vec<Row> {
     let mut lines = out.stdout.lines();
     let header = lines.next().unwrap_or_default();
+    // The contract's five columns first, then the additions.
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>().join(" "),
-        "JOB ID STATUS START TIME END TIME SUCCESS",
+        "JOB ID STATUS START TIME END TIME SUCCESS DURATION SUBMITTED PROJECT PYTHON",
         "table header\n{out}"
     );
     let rule = lines.next().unwrap_or_default();
     assert!(
-        !rule.is_empty() && rule.chars().all(|c| c == '-'),
+        rule.chars().all(|c| c == '-'),
         "a rule under the header\n{out}"
+    );
+    assert_eq!(
+        rule.chars().count(),
+        header.trim_end().chars().count(),
+        "the rule is as wide as the header\n{out}"
     );
     lines
         .filter(|line| !line.trim().is_empty())
@@ -45,7 +51,7 @@ fn table(out: &CiOutput) -> Vec<Row> {
                 if first == "N/A" {
                     first
                 } else {
-                    format!("{first} {}", next())
+                    format!("{first} {} {}", next(), next())
                 }
             };
             let start = time(&mut next);
@@ -84,9 +90,10 @@ fn iso_time(value: &Value, what: &str) -> Option<DateTime<Utc>> {
     }
 }
 
-/// The table's rendering of a JSON time: UTC to the second, or `N/A`.
+/// The table's rendering of a JSON time with `--utc`: to the second with
+/// its offset, or `N/A`.
 fn as_table_time(time: Option<DateTime<Utc>>) -> String {
-    time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    time.map(|t| t.format("%Y-%m-%d %H:%M:%S +00:00").to_string())
         .unwrap_or_else(|| "N/A".to_string())
 }
 
@@ -148,8 +155,8 @@ fn list_shows_the_callers_jobs_newest_first_as_a_table_and_as_json() {
         .map(Uuid::to_string)
         .collect();
 
-    // The table.
-    let out = run(sys.ci().arg("list"));
+    // The table, in UTC to compare with the JSON.
+    let out = run(sys.ci().args(["list", "--utc"]));
     out.assert_code(0);
     let rows = table(&out);
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();

@@ -29,7 +29,9 @@ fn a_pinned_requirement_is_downloaded_and_used() {
         "a real download\n{out}"
     );
     assert!(
-        out.stdout.contains("Successfully installed pytest-7.4.3"),
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("Successfully installed") && l.contains(" pytest-7.4.3")),
         "{out}"
     );
     assert!(

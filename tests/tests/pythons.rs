@@ -11,11 +11,25 @@ use ci_testkit::{copy_fixture, run_within, Project, TestSystem, JOB_DEADLINE};
 /// The Pythons on offer, as the engine's image labels say (the controller
 /// reads the same labels).
 fn offered() -> Vec<PythonVersion> {
-    let out = Command::new("docker")
-        .args(["images", "--filter", "label=ci.python", "--format"])
-        .arg("{{.Label \"ci.python\"}}")
+    let ids = Command::new("docker")
+        .args(["image", "ls", "-q", "--filter", "label=ci.python"])
         .output()
-        .expect("docker images");
+        .expect("docker image ls");
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!ids.is_empty(), "scripts/test builds runner images");
+    let out = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"ci.python\"}}",
+        ])
+        .args(&ids)
+        .output()
+        .expect("docker image inspect");
     let mut versions: Vec<PythonVersion> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().parse().ok())

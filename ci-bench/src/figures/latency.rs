@@ -115,8 +115,8 @@ async fn follow_to_end(stream: &mut EventStream, id: uuid::Uuid) -> Result<Insta
     loop {
         match stream.next_event().await? {
             Some(StreamEvent::Log { .. }) if first.is_none() => first = Some(Instant::now()),
-            Some(StreamEvent::Complete { success: true }) => break,
-            Some(StreamEvent::Complete { success: false }) => {
+            Some(StreamEvent::Complete { success: true, .. }) => break,
+            Some(StreamEvent::Complete { success: false, .. }) => {
                 return Err(BenchError::protocol(
                     format!("job {id}"),
                     "the passing project failed",

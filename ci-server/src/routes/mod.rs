@@ -1,5 +1,11 @@
 //! The API's handlers, one per route of the contract.
 
+mod job_log;
+mod rerun;
+
+pub use job_log::job_log;
+pub use rerun::rerun_job;
+
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -8,7 +14,7 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
-use ci_common::{Job, JobId, JobOptions, User};
+use ci_common::{Job, JobId, User};
 use ci_persistence::NewJob;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -81,7 +87,7 @@ async fn queue_job(
             id: Uuid::new_v4(),
             user_id: user.id,
             archive_digest,
-            options: JobOptions::default(),
+            options: upload.options,
         })
         .await?;
     tracing::info!(job_id = %job.id, user = %user.email, bytes = upload.size, "job queued");
