@@ -15,12 +15,14 @@ mod events;
 mod jobs;
 mod lease;
 mod rows;
+mod sessions;
 mod store;
 mod users;
 
 pub use change_feed::{ChangeFeed, Channel};
 pub use error::StoreError;
 pub use jobs::{JobOutcome, NewJob};
+pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
 
 /// What the conformance suite needs to run against any backend.

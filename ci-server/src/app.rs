@@ -11,7 +11,7 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes;
+use crate::{routes, session};
 
 /// Settings of one replica.
 #[derive(Debug, Clone)]
@@ -68,6 +68,10 @@ pub fn router(app: App) -> Router {
     .unwrap_or(usize::MAX);
     Router::new()
         .route("/health", get(routes::health))
+        .route(
+            "/session",
+            post(session::create_session).delete(session::delete_session),
+        )
         .route("/submit-async", post(routes::submit_async))
         .route("/submit-stream", post(routes::submit_stream))
         .route("/submit", post(routes::submit))

@@ -9,6 +9,7 @@ mod app;
 mod auth;
 mod error;
 mod routes;
+mod session;
 mod sse;
 mod upload;
 
