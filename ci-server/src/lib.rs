@@ -12,6 +12,7 @@ mod routes;
 mod session;
 mod sse;
 mod upload;
+mod web;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;
