@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures six figures, each against a baseline
+//! made with `ci-admin`) and measures seven figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The six figures, by the name `--only` takes.
+/// The seven figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -64,6 +64,7 @@ pub enum FigureKind {
     Api,
     Logs,
     Memory,
+    Page,
 }
 
 impl Options {
@@ -111,6 +112,12 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         big_output: fixtures::big_output(scratch.path(), plan.log_lines)?,
         long_sleeper: fixtures::sleeper(scratch.path(), 600)?,
         sleeper: fixtures::sleeper(scratch.path(), plan.controller_job_secs)?,
+        page_log: fixtures::page_log(scratch.path(), plan.log_lines)?,
+        live_log: fixtures::live_log(
+            scratch.path(),
+            figures::page::LIVE_RATE,
+            figures::page::live_lines(plan.quick),
+        )?,
     };
     let system_options = SystemOptions {
         bin_dir: options.bin_dir()?,
@@ -137,6 +144,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         FigureKind::Throughput,
         FigureKind::Api,
         FigureKind::Logs,
+        FigureKind::Page,
     ];
     if on_main_system.iter().any(|k| options.wants(*k)) {
         progress(format!("starting the system ({})", ctx.database));
@@ -194,6 +202,10 @@ async fn main_figures(
     if options.wants(FigureKind::Logs) {
         progress("figure 5: big output");
         add(figures, figures::logs::measure(system, &key, ctx).await?);
+    }
+    if options.wants(FigureKind::Page) {
+        progress("figure 7: the web page in headless Chromium");
+        add(figures, figures::page::measure(system, &key, ctx).await?);
     }
     Ok(())
 }

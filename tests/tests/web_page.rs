@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ci_tests::{assert_same_lines, slow_project, slow_ticks, TestSystem, JOB_DEADLINE};
+use ci_tests::{
+    assert_same_lines, copy_fixture, slow_project, slow_ticks, TestSystem, JOB_DEADLINE,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -414,4 +416,45 @@ fn cancel_sign_out_revocation_and_cross_site_requests() {
         "return document.getElementById('sign-in-error').textContent.includes('not valid');",
         Value::Null,
     );
+}
+
+#[test]
+fn the_first_failure_is_one_click_away() {
+    let sys = TestSystem::start();
+    let server = sys.server_url();
+    let browser = Browser::start();
+    browser.sign_in(&server, &sys.user.api_key);
+    let job = sys.submit_async(&copy_fixture("failing"));
+    browser.goto(&format!("{server}/jobs/{job}"));
+    browser.wait_js(
+        "the failed job's whole log",
+        "return window.ciJobPage && window.ciJobPage.streamEnded();",
+        Value::Null,
+    );
+    let deadline = Instant::now() + JOB_DEADLINE;
+    while browser.text("#job-status") != "failed" {
+        assert!(Instant::now() < deadline, "status never became failed");
+        std::thread::sleep(PAGE_POLL);
+    }
+    // The log's end is on screen (following); the first failure is above it.
+    browser.wait_for("the button enabled", "#first-failure:not([disabled])");
+    browser.click("#first-failure");
+    let line = browser.wait_js(
+        "the first failure highlighted",
+        "const row = document.querySelector('.row.highlight'); \
+         return row ? [Number(row.dataset.line), row.querySelector('.tx').textContent] : null;",
+        Value::Null,
+    );
+    let number = line[0].as_u64().unwrap() as usize;
+    let text = line[1].as_str().unwrap();
+    assert!(
+        browser.js("return location.hash;", Value::Null) == json!(format!("#L{number}")),
+        "the failure's line is not in the address"
+    );
+    let lines = page_lines(&browser);
+    let first_failure = lines
+        .iter()
+        .position(|l| l.starts_with("FAILED ") || l.starts_with("___") || l.starts_with("E   "))
+        .unwrap();
+    assert_eq!(number, first_failure + 1, "highlighted {text:?}");
 }

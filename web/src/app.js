@@ -286,9 +286,27 @@ async function showJob(id) {
   const runSearch = () => {
     term = searchBox.value;
     ({ lines: matches, count: total } = model.search(term));
+    countTail();
     const top = view.topLine();
     at = matches.length ? Math.max(0, matches.findIndex((l) => l >= top)) : -1;
     showMatch();
+  };
+  // New output while a search is shown: its matches join the list.
+  // The last line may still grow: its matches are counted again.
+  let tail = { index: -1, count: 0 };
+  const countTail = () => {
+    const index = model.length - 1;
+    tail = { index, count: index >= 0 ? model.search(term, index).count : 0 };
+  };
+  const extendSearch = (first) => {
+    const kept = matches.filter((l) => l < first);
+    const fresh = model.search(term, first);
+    if (tail.index === first) total -= tail.count;
+    total += fresh.count;
+    countTail();
+    matches = kept.concat(fresh.lines);
+    view.setMatches(matches, matches[at] ?? -1);
+    found.textContent = matches.length ? `${Math.max(at, 0) + 1} / ${matches.length} lines (${total} matches)` : "no matches";
   };
   const step = (delta) => {
     if (searchBox.value !== term) return runSearch();
@@ -337,6 +355,7 @@ async function showJob(id) {
   // takes precedence over from_beginning): no chunk is lost or repeated.
   const source = new EventSource(`/jobs/${id}/stream?from_beginning=true`);
   let ended = false;
+  let readyAt = null;
   source.onopen = () => {
     streamState.textContent = ended ? "" : "live";
   };
@@ -348,12 +367,19 @@ async function showJob(id) {
       return;
     }
     if (data.type === "log") {
-      view.linesChanged(model.append(data.data));
+      const first = model.append(data.data);
+      view.linesChanged(first);
+      if (term) extendSearch(first);
       if (model.firstFailure >= 0) failureButton.disabled = false;
     } else if (data.type === "complete") {
       ended = true;
       source.close();
       streamState.textContent = "";
+      // The whole log is on screen at the next frame: what the benchmark's
+      // "interactive" time reads.
+      requestAnimationFrame(() => {
+        readyAt = performance.now();
+      });
       refresh();
     }
   };
@@ -391,6 +417,8 @@ async function showJob(id) {
     lineCount: () => model.length,
     following: () => view.following,
     streamEnded: () => ended,
+    /** ms after navigation when the ended job's whole log was rendered. */
+    readyAt: () => readyAt,
   };
   stopView = () => {
     stopped = true;

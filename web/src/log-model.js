@@ -86,16 +86,16 @@ export class LogModel {
   }
 
   /**
-   * Every line that contains `term` (case-insensitive), and the number of
-   * occurrences, over the whole log.
+   * Every line from `from` on that contains `term` (case-insensitive), and
+   * the number of occurrences, over the whole log.
    */
-  search(term) {
+  search(term, from = 0) {
     const needle = term.toLowerCase();
     const lines = [];
     let count = 0;
     if (!needle) return { lines, count };
     const lower = this.lower;
-    for (let i = 0; i < lower.length; i++) {
+    for (let i = from; i < lower.length; i++) {
       let at = lower[i].indexOf(needle);
       if (at < 0) continue;
       lines.push(i);

@@ -11,6 +11,12 @@ import {
 } from "@tanstack/virtual-core";
 
 export const ROW_PX = 18;
+
+const HTML_ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
+}
 /** Rendered lines kept as HTML; beyond this the cache starts over. */
 const HTML_CACHE_LINES = 5000;
 
@@ -45,7 +51,7 @@ export class LogView {
       scrollToFn: elementScroll,
       observeElementRect,
       observeElementOffset,
-      overscan: 30,
+      overscan: 12,
       onChange: () => this.render(),
     };
     this.virtualizer = new Virtualizer(this.options);
@@ -138,8 +144,10 @@ export class LogView {
   lineHtml(index) {
     let html = this.html.get(index);
     if (html === undefined) {
-      // A reset first: every line is converted on its own, in any order.
-      html = this.ansi.ansi_to_html(`\x1b[0m${this.model.renderable(index)}`);
+      const text = this.model.renderable(index);
+      // Most lines have no escape sequence: escaping is all they need. The
+      // others start from a reset, so each converts on its own, in any order.
+      html = text.indexOf("\x1b") < 0 ? escapeHtml(text) : this.ansi.ansi_to_html(`\x1b[0m${text}`);
       if (this.html.size >= HTML_CACHE_LINES) this.html.clear();
       this.html.set(index, html);
     }

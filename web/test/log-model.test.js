@@ -28,6 +28,7 @@ test("search looks at every line, without escape sequences, ignoring case", () =
   assert.deepEqual(m.search("red"), { lines: [0, 2], count: 3 });
   assert.deepEqual(m.search("31m"), { lines: [], count: 0 });
   assert.deepEqual(m.search(""), { lines: [], count: 0 });
+  assert.deepEqual(m.search("red", 1), { lines: [2], count: 1 });
 });
 
 test("the first failure is pytest's first failure line", () => {

@@ -1,4 +1,4 @@
-//! The six figures. Each takes its baseline in the same run, interleaved with
+//! The seven figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -7,6 +7,7 @@ pub mod latency;
 pub mod logs;
 pub mod memory;
 pub mod overhead;
+pub mod page;
 pub mod throughput;
 
 use std::time::Duration;
@@ -86,6 +87,10 @@ pub struct Fixtures {
     pub long_sleeper: Project,
     /// Runs long enough for all of the memory figure's jobs to run at once.
     pub sleeper: Project,
+    /// The page figure's big log (`log_lines` lines).
+    pub page_log: Project,
+    /// The page figure's running job, printing 2 000 lines a second.
+    pub live_log: Project,
 }
 
 /// What every figure gets.
