@@ -458,3 +458,49 @@ fn the_first_failure_is_one_click_away() {
         .unwrap();
     assert_eq!(number, first_failure + 1, "highlighted {text:?}");
 }
+
+#[test]
+fn colours_are_rendered_and_markup_in_the_log_is_only_text() {
+    let sys = TestSystem::start();
+    let server = sys.server_url();
+    let browser = Browser::start();
+    browser.sign_in(&server, &sys.user.api_key);
+    let project = copy_fixture("passing");
+    project.write(
+        "tests/test_printing.py",
+        "def test_prints(capsys):\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print()\n\
+         \x20       print('\\x1b[31mRED-WORD\\x1b[0m plain')\n\
+         \x20       print('<img src=x onerror=\"window.injected = 1\"><b>BOLD-TAG</b>')\n",
+    );
+    let job = sys.submit_async(&project);
+    browser.goto(&format!("{server}/jobs/{job}"));
+    browser.wait_js(
+        "the whole log",
+        "return window.ciJobPage && window.ciJobPage.streamEnded();",
+        Value::Null,
+    );
+    let rendered = browser.wait_js(
+        "both lines on screen",
+        "const rows = [...document.querySelectorAll('#log .row .tx')]; \
+         const red = rows.find(r => r.textContent.includes('RED-WORD')); \
+         const tag = rows.find(r => r.textContent.includes('BOLD-TAG')); \
+         if (!red || !tag) return null; \
+         const span = [...red.querySelectorAll('span')].find(s => s.textContent === 'RED-WORD'); \
+         return [span ? getComputedStyle(span).color : 'no span', tag.textContent, \
+                 tag.querySelectorAll('img, b').length, window.injected === undefined];",
+        Value::Null,
+    );
+    assert_eq!(
+        rendered[0],
+        json!("rgb(187, 0, 0)"),
+        "the red word: {rendered}"
+    );
+    assert_eq!(
+        rendered[1],
+        json!("<img src=x onerror=\"window.injected = 1\"><b>BOLD-TAG</b>")
+    );
+    assert_eq!(rendered[2], json!(0), "markup from the log became elements");
+    assert_eq!(rendered[3], json!(true), "a script from the log ran");
+}
