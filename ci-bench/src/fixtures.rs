@@ -10,6 +10,13 @@ use crate::error::{BenchError, Result};
 /// lines can be picked out of pytest's own output and compared.
 pub const BIG_LINE_PREFIX: &str = "bench-line ";
 
+/// What every line of the live fixture starts with, before its number and the
+/// container's clock reading when it was printed.
+pub const LIVE_LINE_PREFIX: &str = "live-line ";
+
+/// The term on every 50th line of the page fixture.
+pub const PAGE_NEEDLE: &str = "needle-mark";
+
 /// One generated project: a folder and the zip `ci` would upload for it.
 #[derive(Debug, Clone)]
 pub struct Project {
@@ -47,6 +54,46 @@ pub fn big_output(root: &Path, lines: usize) -> Result<Project> {
     write_project(
         &root.join(format!("big-output-{lines}")),
         &[("test_big_output.py", test)],
+    )
+}
+
+/// One passing test printing `lines` lines for the page's figure; every 50th
+/// is coloured and holds [`PAGE_NEEDLE`], so a search finds `lines / 50`.
+pub fn page_log(root: &Path, lines: usize) -> Result<Project> {
+    let test = format!(
+        "def test_page_log(capsys):\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print()\n\
+         \x20       for i in range({lines}):\n\
+         \x20           if i % 50 == 0:\n\
+         \x20               print(f\"\\x1b[33mpage-line {{i:06d}} {PAGE_NEEDLE} the quick brown fox\\x1b[0m\")\n\
+         \x20           else:\n\
+         \x20               print(f\"page-line {{i:06d}} the quick brown fox jumps over the lazy dog\")\n"
+    );
+    write_project(
+        &root.join(format!("page-log-{lines}")),
+        &[("test_page_log.py", test)],
+    )
+}
+
+/// One passing test printing `total` lines at `rate` lines a second, each
+/// with the container's clock when it was printed.
+pub fn live_log(root: &Path, rate: usize, total: usize) -> Result<Project> {
+    let test = format!(
+        "import time\n\n\n\
+         def test_live(capsys):\n\
+         \x20   with capsys.disabled():\n\
+         \x20       print(flush=True)\n\
+         \x20       start = time.time()\n\
+         \x20       for i in range({total}):\n\
+         \x20           delay = start + i / {rate} - time.time()\n\
+         \x20           if delay > 0:\n\
+         \x20               time.sleep(delay)\n\
+         \x20           print(f\"{LIVE_LINE_PREFIX}{{i:06d}} {{time.time():.6f}}\", flush=True)\n"
+    );
+    write_project(
+        &root.join(format!("live-log-{rate}-{total}")),
+        &[("test_live.py", test)],
     )
 }
 

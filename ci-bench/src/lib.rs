@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures nine figures, each against a baseline
+//! made with `ci-admin`) and measures ten figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The nine figures, by the name `--only` takes.
+/// The ten figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -68,6 +68,7 @@ pub enum FigureKind {
     Watcher,
     /// Memory under big inputs: a zip bomb, near-limit uploads, unread streams.
     BigInputs,
+    Page,
 }
 
 impl Options {
@@ -116,6 +117,12 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         long_sleeper: fixtures::sleeper(scratch.path(), 600)?,
         sleeper: fixtures::sleeper(scratch.path(), plan.controller_job_secs)?,
         printer: fixtures::printer(scratch.path(), 600, PRINT_EVERY_MS)?,
+        page_log: fixtures::page_log(scratch.path(), plan.log_lines)?,
+        live_log: fixtures::live_log(
+            scratch.path(),
+            figures::page::LIVE_RATE,
+            figures::page::live_lines(plan.quick),
+        )?,
     };
     let system_options = SystemOptions {
         bin_dir: options.bin_dir()?,
@@ -143,6 +150,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         FigureKind::Throughput,
         FigureKind::Api,
         FigureKind::Logs,
+        FigureKind::Page,
     ];
     if on_main_system.iter().any(|k| options.wants(*k)) {
         progress(format!("starting the system ({})", ctx.database));
@@ -222,6 +230,10 @@ async fn main_figures(
     if options.wants(FigureKind::Logs) {
         progress("figure 5: big output");
         add(figures, figures::logs::measure(system, &key, ctx).await?);
+    }
+    if options.wants(FigureKind::Page) {
+        progress("figure 10: the web page in headless Chromium");
+        add(figures, figures::page::measure(system, &key, ctx).await?);
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use ci_common::api::JobSummary;
 use ci_common::{generate_api_key, JobOptions, JobStatus};
 use uuid::Uuid;
 
-use crate::{Channel, JobOutcome, NewJob, Store, StoreError};
+use crate::{Channel, JobOutcome, NewJob, SessionLookup, Store, StoreError};
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
 /// expression of type `impl Fn() -> impl Future<Output = (Store, Store)>`,
@@ -26,6 +26,8 @@ macro_rules! conformance_suite {
             users_can_be_deactivated_and_activated,
             api_keys_authenticate_until_revoked,
             a_key_and_a_job_are_read_together,
+            sessions_stand_for_their_key_until_it_stops,
+            a_session_ends_for_good_with_its_owner,
             archives_are_content_addressed,
             large_archives_are_stored_in_chunks,
             an_archive_stored_twice_is_kept_once,
@@ -209,6 +211,78 @@ pub async fn api_keys_authenticate_until_revoked(s: Store, other: Store) {
         s.revoke_api_key(Uuid::new_v4()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+pub async fn sessions_stand_for_their_key_until_it_stops(s: Store, other: Store) {
+    let uid = user(&s).await;
+    let key = generate_api_key().unwrap();
+    let rec = s.create_api_key(uid, "browser", &key).await.unwrap();
+    let active = SessionLookup::Active {
+        key_hash: key.hash.clone(),
+    };
+
+    assert!(s.create_session("session-a", &key.hash).await.unwrap());
+    assert!(s.create_session("session-b", &key.hash).await.unwrap());
+    // Another replica sees both.
+    assert_eq!(other.look_up_session("session-a").await.unwrap(), active);
+    assert_eq!(other.look_up_session("session-b").await.unwrap(), active);
+    assert_eq!(
+        s.look_up_session("never-made").await.unwrap(),
+        SessionLookup::Unknown
+    );
+    // No session for a key that does not exist; the same id cannot be taken twice.
+    assert!(!s
+        .create_session("session-c", &ci_common::hash_api_key("ci_unknown"))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.look_up_session("session-c").await.unwrap(),
+        SessionLookup::Unknown
+    );
+    assert!(s.create_session("session-a", &key.hash).await.is_err());
+
+    // Signing out ends one session, not the other.
+    assert!(other.delete_session("session-a").await.unwrap());
+    assert!(!other.delete_session("session-a").await.unwrap());
+    assert_eq!(
+        s.look_up_session("session-a").await.unwrap(),
+        SessionLookup::Unknown
+    );
+    assert_eq!(s.look_up_session("session-b").await.unwrap(), active);
+
+    // Revoking the key ends its sessions on the next look-up, on any replica,
+    // and a revoked key cannot make new ones.
+    s.revoke_api_key(rec.id).await.unwrap();
+    assert_eq!(
+        other.look_up_session("session-b").await.unwrap(),
+        SessionLookup::Ended
+    );
+    assert_eq!(
+        s.look_up_session("session-b").await.unwrap(),
+        SessionLookup::Unknown
+    );
+    assert!(!s.create_session("session-d", &key.hash).await.unwrap());
+}
+
+pub async fn a_session_ends_for_good_with_its_owner(s: Store, other: Store) {
+    let uid = user(&s).await;
+    let key = generate_api_key().unwrap();
+    s.create_api_key(uid, "browser", &key).await.unwrap();
+    assert!(s.create_session("session", &key.hash).await.unwrap());
+
+    s.set_user_active(uid, false).await.unwrap();
+    assert!(!s.create_session("later", &key.hash).await.unwrap());
+    assert_eq!(
+        other.look_up_session("session").await.unwrap(),
+        SessionLookup::Ended
+    );
+    // Reactivating the user revives the key, not the session that was ended.
+    s.set_user_active(uid, true).await.unwrap();
+    assert_eq!(
+        other.look_up_session("session").await.unwrap(),
+        SessionLookup::Unknown
+    );
+    assert!(s.create_session("later", &key.hash).await.unwrap());
 }
 
 pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {

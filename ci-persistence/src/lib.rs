@@ -16,6 +16,7 @@ mod jobs;
 mod lease;
 mod readiness;
 mod rows;
+mod sessions;
 mod store;
 mod users;
 
@@ -24,6 +25,7 @@ pub use change_feed::{ChangeFeed, Channel, JobWatch};
 pub use error::StoreError;
 pub use events::LogPage;
 pub use jobs::{JobOutcome, NewJob};
+pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
 
 /// What the conformance suite needs to run against any backend.

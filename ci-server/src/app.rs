@@ -11,8 +11,8 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes;
 use crate::sse::StreamReads;
+use crate::{routes, session, web};
 
 /// Settings of one replica.
 #[derive(Debug, Clone)]
@@ -71,13 +71,20 @@ pub fn router(app: App) -> Router {
     )
     .unwrap_or(usize::MAX);
     Router::new()
+        .route("/", get(web::page))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/app.css", get(web::app_css))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
+        .route(
+            "/session",
+            post(session::create_session).delete(session::delete_session),
+        )
         .route("/submit-async", post(routes::submit_async))
         .route("/submit-stream", post(routes::submit_stream))
         .route("/submit", post(routes::submit))
         .route("/jobs", get(routes::list_jobs))
-        .route("/jobs/{id}", get(routes::get_job))
+        .route("/jobs/{id}", get(web::job_page_or_summary))
         .route("/jobs/{id}/stream", get(routes::stream_job))
         .route("/jobs/{id}/cancel", post(routes::cancel_job))
         .route("/jobs/{id}/log", get(routes::job_log))

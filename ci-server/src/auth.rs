@@ -1,6 +1,10 @@
 //! The bearer-key extractors: every handler that takes an [`AuthUser`] is
 //! authenticated, and gets the key's owner. Handlers about one job take a
 //! [`BearerKey`] instead and check key and job in one database round trip.
+//!
+//! A request without an `Authorization` header may carry the page's session
+//! cookie instead; it stands for the key the session was made from, which the
+//! handler then checks like any bearer key (see [`crate::session`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -9,6 +13,7 @@ use ci_common::{hash_api_key, looks_like_api_key, User};
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::session;
 
 /// The user whose active key authorised this request.
 #[derive(Debug, Clone)]
@@ -23,8 +28,8 @@ impl FromRequestParts<App> for AuthUser {
     }
 }
 
-/// A well-formed bearer key from the `Authorization` header, hashed, not yet
-/// checked against the database.
+/// A well-formed bearer key from the `Authorization` header, or the key behind
+/// a live session cookie, hashed, not yet checked against the database.
 #[derive(Debug, Clone)]
 pub struct BearerKey {
     pub hash: String,
@@ -43,13 +48,16 @@ impl BearerKey {
 impl FromRequestParts<App> for BearerKey {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            let Some(session_id) = session::session_cookie(&parts.headers) else {
+                return Err(ApiError::not_authenticated());
+            };
+            let hash = session::key_hash_from_session(parts, app, session_id).await?;
+            return Ok(BearerKey { hash });
+        };
         // As FastAPI's HTTPBearer: no usable `Bearer <credentials>` header is 403.
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::not_authenticated)?;
+        let header = header.to_str().map_err(|_| ApiError::not_authenticated())?;
         let (scheme, key) = header
             .trim()
             .split_once(' ')

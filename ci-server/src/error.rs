@@ -29,6 +29,18 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Invalid or revoked API key")
     }
 
+    /// A session cookie that names no live session (signed out, or its key
+    /// was revoked or its owner deactivated).
+    pub fn session_ended() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Session ended; sign in again")
+    }
+
+    /// A state-changing request resting on the session cookie, from a page
+    /// that is not this server's own.
+    pub fn cross_site() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Cross-site request refused")
+    }
+
     pub fn job_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "Job not found")
     }

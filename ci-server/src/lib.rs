@@ -9,8 +9,10 @@ mod app;
 mod auth;
 mod error;
 mod routes;
+mod session;
 mod sse;
 mod upload;
+mod web;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;

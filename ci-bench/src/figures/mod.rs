@@ -1,4 +1,4 @@
-//! The eight figures. Each takes its baseline in the same run, interleaved with
+//! The ten figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -9,6 +9,7 @@ pub mod latency;
 pub mod logs;
 pub mod memory;
 pub mod overhead;
+pub mod page;
 pub mod throughput;
 pub mod watcher;
 
@@ -125,6 +126,10 @@ pub struct Fixtures {
     pub sleeper: Project,
     /// Prints steadily far longer than any figure waits.
     pub printer: Project,
+    /// The page figure's big log (`log_lines` lines).
+    pub page_log: Project,
+    /// The page figure's running job, printing 2 000 lines a second.
+    pub live_log: Project,
 }
 
 /// What every figure gets.
