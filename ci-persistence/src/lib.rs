@@ -28,5 +28,6 @@ pub use jobs::{JobOutcome, NewJob};
 pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
 
-/// What the conformance suite needs to run against any backend.
+/// What every backend must do, as tests (the `conformance` feature).
+#[cfg(feature = "conformance")]
 pub mod conformance;
