@@ -1,6 +1,6 @@
 //! The command line, as the reference implementation's `ci-admin` spells it.
 
-use ci_common::config::DatabaseArgs;
+use ci_config::DatabaseArgs;
 use clap::{Parser, Subcommand};
 
 /// CI Admin - Manage users and API keys for the CI system.

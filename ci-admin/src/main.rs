@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use ci_admin::Cli;
-use ci_common::config::DatabaseLocation;
+use ci_persistence::DatabaseLocation;
 use ci_persistence::{Store, StoreError};
 use clap::Parser;
 

@@ -12,9 +12,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ci_common::config::DatabaseLocation;
 use ci_common::time::{parse_api_string, to_api_string};
 use ci_common::{hash_api_key, looks_like_api_key, User};
+use ci_persistence::DatabaseLocation;
 use ci_persistence::Store;
 use ci_testkit::postgres as scratch_postgres;
 use ci_testkit::process;

@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod api_key;
-pub mod config;
 pub mod job;
 pub mod python;
 pub mod time;

@@ -112,7 +112,7 @@ pub async fn run(
 mod tests {
     use std::time::Duration;
 
-    use ci_common::config::DatabaseLocation;
+    use ci_persistence::DatabaseLocation;
 
     use super::*;
     use crate::fake_runtime::{FakeRuntime, PATIENCE};

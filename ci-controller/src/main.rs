@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ci_common::config::DatabaseArgs;
+use ci_config::DatabaseArgs;
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
 use ci_controller::leader::LeaseConfig;
 use ci_controller::leadership::{self, Controller};
@@ -75,7 +75,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ci_common::config::init_logging();
+    ci_config::init_logging();
     let args = Args::parse();
 
     let mut config = ControllerConfig {

@@ -263,8 +263,8 @@ impl Reconciler {
 mod tests {
     use std::io::Write;
 
-    use ci_common::config::DatabaseLocation;
     use ci_common::JobOptions;
+    use ci_persistence::DatabaseLocation;
     use ci_persistence::NewJob;
     use tokio::task::JoinHandle;
 

@@ -9,10 +9,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_common::config::DatabaseLocation;
 use ci_common::{Job, JobStatus};
 use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
 use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
+use ci_persistence::DatabaseLocation;
 use ci_persistence::Store;
 use support::project;
 use tokio_util::sync::CancellationToken;

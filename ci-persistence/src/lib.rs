@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod jobs;
 mod lease;
+mod location;
 mod readiness;
 mod rows;
 mod sessions;
@@ -25,6 +26,7 @@ pub use change_feed::{ChangeFeed, Channel, JobWatch};
 pub use error::StoreError;
 pub use events::LogPage;
 pub use jobs::{JobOutcome, NewJob};
+pub use location::DatabaseLocation;
 pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
 

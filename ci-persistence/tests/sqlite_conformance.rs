@@ -1,7 +1,7 @@
 //! The conformance suite on SQLite: two independently opened stores on one
 //! fresh file, as the server and the controller would have.
 
-use ci_common::config::DatabaseLocation;
+use ci_persistence::DatabaseLocation;
 use ci_persistence::{Store, StoreOptions};
 
 async fn two_handles() -> (ci_persistence::Store, ci_persistence::Store) {

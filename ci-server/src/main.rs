@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use ci_common::config::DatabaseArgs;
+use ci_config::DatabaseArgs;
 use ci_persistence::Store;
 use ci_server::{serve, App, ServerConfig};
 use clap::Parser;
@@ -31,7 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ci_common::config::init_logging();
+    ci_config::init_logging();
     let args = Args::parse();
 
     let location = args.db.location();

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use ci_common::config::DatabaseLocation;
+use ci_persistence::DatabaseLocation;
 use ci_persistence::{JobWatch, NewJob, Store, StoreOptions};
 use uuid::Uuid;
 

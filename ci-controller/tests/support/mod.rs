@@ -6,8 +6,8 @@ use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ci_common::config::DatabaseLocation;
 use ci_common::Job;
+use ci_persistence::DatabaseLocation;
 use ci_persistence::{NewJob, Store};
 use ci_testkit::process::{self, Service};
 use ci_testkit::{docker, status};

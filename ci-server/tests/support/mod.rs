@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ci_common::api::StreamEvent;
-use ci_common::config::DatabaseLocation;
 use ci_common::{generate_api_key, ApiKeyRecord, JobId, JobOptions, User};
+use ci_persistence::DatabaseLocation;
 use ci_persistence::{NewJob, Store, StoreOptions};
 use ci_server::{serve, App, ServerConfig, StreamReads};
 use ci_testkit::sse::{SseBlock, SseBuffer};

@@ -1,7 +1,11 @@
-//! Configuration shared by every binary that opens the database.
+//! What the service binaries (`ci-server`, `ci-controller`, `ci-admin`)
+//! share before they start: the database flags, where the embedded database
+//! lives by default, and the logging set-up. Kept out of `ci-common`, the
+//! domain, which knows nothing of command lines or log output.
 
 use std::path::PathBuf;
 
+use ci_persistence::DatabaseLocation;
 use clap::Args;
 
 /// Where the database is: `--database-url` (any sqlx URL) wins over `--db-path`
@@ -15,13 +19,6 @@ pub struct DatabaseArgs {
     /// A full database URL (`sqlite://…` or `postgres://…`); wins over --db-path.
     #[arg(long, env = "CI_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-}
-
-/// Which database to open, once the flags and environment are resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatabaseLocation {
-    SqliteFile(PathBuf),
-    Url(String),
 }
 
 impl DatabaseArgs {
