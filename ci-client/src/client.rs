@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_common::api::{JobSummary, SubmitResponse};
+use ci_common::api::{JobSummary, StreamStart, SubmitResponse};
 use ci_common::JobId;
 use ci_common::JobOptions;
 use futures::StreamExt as _;
@@ -11,7 +11,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::{root_cause, ClientError};
-use crate::follow::{self, Connection, FollowFrom, JobEvents, ReconnectPolicy, Resume};
+use crate::follow::{self, Connection, JobEvents, ReconnectPolicy};
 
 /// How long to wait for a TCP (and TLS) connection before calling the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,7 +180,7 @@ impl ApiClient {
         Ok(follow::follow(
             self.clone(),
             None,
-            Resume::After(0),
+            StreamStart::After(0),
             connection,
         ))
     }
@@ -192,18 +192,17 @@ impl ApiClient {
     pub async fn follow_job(
         &self,
         job_id: JobId,
-        from: FollowFrom,
+        from: StreamStart,
     ) -> Result<JobEvents, ClientError> {
-        let (query, resume): (Vec<(&str, String)>, Resume) = match from {
-            FollowFrom::Now => (Vec::new(), Resume::Now),
-            FollowFrom::Beginning => (
-                vec![("from_beginning", "true".to_string())],
-                Resume::After(0),
-            ),
-            FollowFrom::After(seq) => (vec![("after", seq.to_string())], Resume::After(seq)),
+        // Once the first events are in, "from the beginning" is "after 0".
+        let resume = match from {
+            StreamStart::Beginning => StreamStart::After(0),
+            other => other,
         };
-        let mut request = self.get(&format!("/jobs/{job_id}/stream")).query(&query);
-        if let FollowFrom::After(seq) = from {
+        let mut request = self
+            .get(&format!("/jobs/{job_id}/stream"))
+            .query(&from.query());
+        if let StreamStart::After(seq) = from {
             request = request.header("Last-Event-ID", seq);
         }
         let connection = self.open_stream(request).await?;
@@ -269,13 +268,13 @@ impl ApiClient {
     pub(crate) async fn reopen_stream(
         &self,
         job_id: JobId,
-        resume: Resume,
+        resume: StreamStart,
     ) -> Result<Connection, ClientError> {
-        let mut request = self.get(&format!("/jobs/{job_id}/stream"));
-        if let Resume::After(seq) = resume {
-            request = request
-                .query(&[("after", seq)])
-                .header("Last-Event-ID", seq);
+        let mut request = self
+            .get(&format!("/jobs/{job_id}/stream"))
+            .query(&resume.query());
+        if let StreamStart::After(seq) = resume {
+            request = request.header("Last-Event-ID", seq);
         }
         self.open_stream(request).await
     }

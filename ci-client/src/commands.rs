@@ -11,7 +11,7 @@ use ci_client::config::{mask_key, KeySource};
 use ci_client::output::{
     describe_end, format_job_details, format_job_json, format_job_table, AUTH_HELP,
 };
-use ci_client::{pack_project, project_name, ApiClient, ClientError, FollowFrom, JobEvents};
+use ci_client::{pack_project, project_name, ApiClient, ClientError, JobEvents, StreamStart};
 use ci_client::{OutputFilter, OutputMode};
 use ci_common::api::{JobSummary, StreamEvent};
 use ci_common::{JobId, JobOptions, JobStatus};
@@ -243,7 +243,7 @@ async fn follow(
     let sink = context.sink();
     let run = async {
         let from = if all {
-            FollowFrom::Beginning
+            StreamStart::Beginning
         } else {
             match from_now(api, job_id).await? {
                 Joined::Follow(from) => from,
@@ -278,7 +278,7 @@ async fn follow(
 /// What joining a job "from now" found.
 enum Joined {
     /// Follow its stream from here.
-    Follow(FollowFrom),
+    Follow(StreamStart),
     /// It has ended already: nothing to follow.
     Ended(Box<JobSummary>),
 }
@@ -291,9 +291,9 @@ enum Joined {
 async fn from_now(api: &ApiClient, job_id: JobId) -> anyhow::Result<Joined> {
     let job = match api.get_job(job_id).await {
         Ok(job) => job,
-        Err(ClientError::Unreachable { .. }) => return Ok(Joined::Follow(FollowFrom::Now)),
+        Err(ClientError::Unreachable { .. }) => return Ok(Joined::Follow(StreamStart::Now)),
         Err(ClientError::Http { status, .. }) if status.is_server_error() => {
-            return Ok(Joined::Follow(FollowFrom::Now))
+            return Ok(Joined::Follow(StreamStart::Now))
         }
         Err(error) => return Err(about_job(job_id)(error)),
     };
@@ -301,8 +301,8 @@ async fn from_now(api: &ApiClient, job_id: JobId) -> anyhow::Result<Joined> {
         return Ok(Joined::Ended(Box::new(job)));
     }
     Ok(Joined::Follow(match job.last_event_id {
-        Some(seq) => FollowFrom::After(seq),
-        None => FollowFrom::Now,
+        Some(seq) => StreamStart::After(seq),
+        None => StreamStart::Now,
     }))
 }
 

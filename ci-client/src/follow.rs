@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ci_common::api::StreamEvent;
+use ci_common::api::{StreamEvent, StreamStart};
 use ci_common::JobId;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::stream::BoxStream;
@@ -26,18 +26,6 @@ use crate::error::{root_cause, ClientError};
 const KNOWN_EVENT_TYPES: [&str; 3] = ["job_id", "log", "complete"];
 /// How much of a malformed event is quoted in the error.
 const MAX_QUOTED_EVENT: usize = 200;
-
-/// Where following a job's output starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FollowFrom {
-    /// Only output from now on; a job that has already ended says
-    /// `Job already completed.` and completes.
-    Now,
-    /// All output from the start, then whatever follows.
-    Beginning,
-    /// Exactly the events after this sequence number.
-    After(i64),
-}
 
 /// How a job's event stream retries after its connection drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,16 +80,6 @@ impl std::fmt::Debug for JobEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("JobEvents")
     }
-}
-
-/// What to ask for when a stream has to be reopened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Resume {
-    /// No event with a sequence number has been seen on a "from now" stream:
-    /// ask for "from now" again.
-    Now,
-    /// Everything after this sequence number.
-    After(i64),
 }
 
 /// Why the bytes of a stream stopped.
@@ -174,7 +152,7 @@ impl Connection {
 pub(crate) fn follow(
     api: ApiClient,
     job_id: Option<JobId>,
-    resume: Resume,
+    resume: StreamStart,
     connection: Connection,
 ) -> JobEvents {
     let follower = Follower {
@@ -202,7 +180,9 @@ struct Outage {
 struct Follower {
     api: ApiClient,
     job_id: Option<JobId>,
-    resume: Resume,
+    /// What a reopened stream asks for: `Now` while no event with a sequence
+    /// number has arrived on a "from now" stream, else `After` the last one.
+    resume: StreamStart,
     connection: Option<Connection>,
     outage: Option<Outage>,
     /// The `complete` event was delivered, or an error that ends the stream.
@@ -332,7 +312,7 @@ impl Follower {
                 self.job_id.get_or_insert(*job_id);
             }
             StreamEvent::Log { .. } => {
-                if let (Some(seq), Resume::After(last)) = (seq, self.resume) {
+                if let (Some(seq), StreamStart::After(last)) = (seq, self.resume) {
                     if seq <= last {
                         return Ok(None);
                     }
@@ -342,8 +322,8 @@ impl Follower {
         }
         if let Some(seq) = seq {
             self.resume = match self.resume {
-                Resume::After(last) => Resume::After(last.max(seq)),
-                Resume::Now => Resume::After(seq),
+                StreamStart::After(last) => StreamStart::After(last.max(seq)),
+                StreamStart::Now | StreamStart::Beginning => StreamStart::After(seq),
             };
         }
         Ok(Some(ReceivedEvent { seq, event }))

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ci_client::{ApiClient, ClientError, FollowFrom, ReceivedEvent, ReconnectPolicy};
+use ci_client::{ApiClient, ClientError, ReceivedEvent, ReconnectPolicy, StreamStart};
 use ci_common::api::StreamEvent;
 use futures::StreamExt;
 use uuid::Uuid;
@@ -417,7 +417,7 @@ async fn every_event_arrives_once_across_closed_and_cut_streams() {
     });
 
     let events = api
-        .follow_job(job_id(), FollowFrom::Beginning)
+        .follow_job(job_id(), StreamStart::Beginning)
         .await
         .expect("stream opens");
     let (received, error) = drain(events).await;
@@ -462,7 +462,7 @@ async fn every_event_arrives_once_across_broken_connections() {
     let url = start_raw(script.clone()).await;
 
     let events = client(&url)
-        .follow_job(job_id(), FollowFrom::After(0))
+        .follow_job(job_id(), StreamStart::After(0))
         .await
         .expect("stream opens");
     let (received, error) = drain(events).await;
@@ -571,7 +571,7 @@ async fn events_a_replica_repeats_are_not_shown_twice() {
     let url = start(script).await;
 
     let events = client(&url)
-        .follow_job(job_id(), FollowFrom::After(0))
+        .follow_job(job_id(), StreamStart::After(0))
         .await
         .expect("stream opens");
     let (received, error) = drain(events).await;
@@ -593,7 +593,7 @@ async fn a_silent_connection_is_replaced() {
     });
 
     let events = api
-        .follow_job(job_id(), FollowFrom::Beginning)
+        .follow_job(job_id(), StreamStart::Beginning)
         .await
         .expect("stream opens");
     let (received, error) = drain(events).await;
@@ -619,7 +619,7 @@ async fn reconnecting_gives_up_after_the_policy_limit() {
     });
 
     let events = api
-        .follow_job(job_id(), FollowFrom::Beginning)
+        .follow_job(job_id(), StreamStart::Beginning)
         .await
         .expect("stream opens");
     let (received, error) = drain(events).await;
@@ -651,7 +651,7 @@ async fn a_refusal_while_reconnecting_ends_the_stream_at_once() {
     let url = start(script.clone()).await;
 
     let events = client(&url)
-        .follow_job(job_id(), FollowFrom::Beginning)
+        .follow_job(job_id(), StreamStart::Beginning)
         .await
         .expect("stream opens");
     let (_, error) = drain(events).await;
@@ -676,21 +676,21 @@ async fn opening_errors_are_typed() {
     let api = client(&url);
 
     let unknown = api
-        .follow_job(Uuid::nil(), FollowFrom::Now)
+        .follow_job(Uuid::nil(), StreamStart::Now)
         .await
         .expect_err("unknown job");
     assert!(matches!(&unknown, ClientError::NotFound(d) if d == "Job not found"));
     assert!(unknown.to_string().contains("not found"));
 
     let denied = api
-        .follow_job(job_id(), FollowFrom::Now)
+        .follow_job(job_id(), StreamStart::Now)
         .await
         .expect_err("someone else's job");
     assert!(matches!(&denied, ClientError::Forbidden(d) if d == "Access denied"));
 
     let anonymous = ApiClient::new(&url, None).expect("client");
     let refused = anonymous
-        .follow_job(job_id(), FollowFrom::Now)
+        .follow_job(job_id(), StreamStart::Now)
         .await
         .expect_err("no key");
     assert!(refused.is_auth_failure(), "{refused:?}");

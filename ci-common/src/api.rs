@@ -119,6 +119,39 @@ impl From<&Job> for JobSummary {
     }
 }
 
+/// Where a job's event stream starts, as a client asks for it and the server
+/// reads it from `GET /jobs/{id}/stream`: only what comes from now on (the
+/// default), everything from the first event (`?from_beginning=true`), or
+/// exactly the events after a sequence number (`?after=N`, or `Last-Event-ID:
+/// N` when a stream is resumed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    Now,
+    Beginning,
+    After(i64),
+}
+
+impl StreamStart {
+    /// The start a request asks for: a sequence number (`after`, else
+    /// `Last-Event-ID`) wins over `from_beginning`.
+    pub fn requested(after: Option<i64>, last_event_id: Option<i64>, from_beginning: bool) -> Self {
+        match (after.or(last_event_id), from_beginning) {
+            (Some(seq), _) => StreamStart::After(seq.max(0)),
+            (None, true) => StreamStart::Beginning,
+            (None, false) => StreamStart::Now,
+        }
+    }
+
+    /// The query parameters that ask for this start.
+    pub fn query(self) -> Vec<(&'static str, String)> {
+        match self {
+            StreamStart::Now => Vec::new(),
+            StreamStart::Beginning => vec![("from_beginning", "true".to_string())],
+            StreamStart::After(seq) => vec![("after", seq.to_string())],
+        }
+    }
+}
+
 /// The JSON payload of one SSE `data:` line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -140,6 +173,36 @@ pub enum StreamEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_start_reads_back_from_its_own_query() {
+        for start in [
+            StreamStart::Now,
+            StreamStart::Beginning,
+            StreamStart::After(7),
+        ] {
+            let query = start.query();
+            let get = |k: &str| query.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            let after = get("after").map(|v| v.parse().unwrap());
+            assert_eq!(
+                StreamStart::requested(after, None, get("from_beginning").is_some()),
+                start
+            );
+        }
+        // A resumed stream's Last-Event-ID wins over from_beginning; ?after over both.
+        assert_eq!(
+            StreamStart::requested(None, Some(5), true),
+            StreamStart::After(5)
+        );
+        assert_eq!(
+            StreamStart::requested(Some(2), Some(5), false),
+            StreamStart::After(2)
+        );
+        assert_eq!(
+            StreamStart::requested(Some(-3), None, false),
+            StreamStart::After(0)
+        );
+    }
 
     #[test]
     fn stream_events_have_the_reference_shape() {

@@ -54,9 +54,11 @@ impl StreamReads {
     }
 }
 
-/// Where a stream starts. "From now on" is resolved by the handler from the
-/// job row it read before answering, so that whatever is stored after the
-/// response has begun is sent, whenever the body is first polled.
+/// Where a stream starts, resolved: the handler turns the
+/// [`ci_common::api::StreamStart`] a client asked for into this against the
+/// job row it read before answering ("from now on" is that row's last event),
+/// so that whatever is stored after the response has begun is sent, whenever
+/// the body is first polled.
 #[derive(Debug, Clone, Copy)]
 pub enum StartAt {
     /// After this sequence number (0 = from the beginning).

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ci_common::api::{JobSummary, StreamEvent, SubmitResponse};
+use ci_common::api::{JobSummary, StreamEvent, StreamStart, SubmitResponse};
 use ci_common::{Job, JobId, User};
 use ci_persistence::NewJob;
 use futures::{Stream, StreamExt};
@@ -222,18 +222,20 @@ pub async fn stream_job(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let start = match (
-        query.after.or(last_event_id),
+    let requested = StreamStart::requested(
+        query.after,
+        last_event_id,
         query.from_beginning.as_deref().is_some_and(truthy),
-    ) {
-        (Some(seq), _) => StartAt::After(seq.max(0)),
-        (None, true) => StartAt::After(0),
+    );
+    let start = match requested {
+        StreamStart::After(seq) => StartAt::After(seq),
+        StreamStart::Beginning => StartAt::After(0),
         // Only new output: "now" is the job as read above, before answering.
-        (None, false) if job.status.is_terminal() => StartAt::Ended {
+        StreamStart::Now if job.status.is_terminal() => StartAt::Ended {
             last_seq: job.last_seq,
             success: job.success.unwrap_or(false),
         },
-        (None, false) => StartAt::After(job.last_seq),
+        StreamStart::Now => StartAt::After(job.last_seq),
     };
     Ok(sse_response(&app, events(&app, job.id, start)))
 }
