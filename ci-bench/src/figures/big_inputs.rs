@@ -149,7 +149,7 @@ async fn measure_on(
         figure(
             "mem_controller_zip_bomb_mb",
             format!(
-                "7 ci-controller running a {:.1} MB zip of {} MiB of zeros, peak RSS",
+                "9 ci-controller running a {:.1} MB zip of {} MiB of zeros, peak RSS",
                 bomb.len() as f64 / 1e6,
                 plan.bomb_mib
             ),
@@ -160,7 +160,7 @@ async fn measure_on(
         figure(
             "mem_server_uploads_mb",
             format!(
-                "7 ci-server taking {} uploads of {} MiB at once, peak RSS",
+                "9 ci-server taking {} uploads of {} MiB at once, peak RSS",
                 plan.uploads, plan.upload_mib
             ),
             server_uploads,
@@ -170,7 +170,7 @@ async fn measure_on(
         figure(
             "mem_server_unread_streams_mb",
             format!(
-                "7 ci-server, {} unread streams from the start of {} MiB of output, peak RSS",
+                "9 ci-server, {} unread streams from the start of {} MiB of output, peak RSS",
                 plan.idle_streams, plan.idle_stream_log_mib
             ),
             server_streams,
