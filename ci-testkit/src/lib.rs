@@ -17,6 +17,7 @@
 //! - [`system`]: a whole installation (database, server, replicas,
 //!   controller, a user with a key) per test.
 
+pub mod browser;
 pub mod cli;
 pub mod docker;
 mod error;

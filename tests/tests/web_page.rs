@@ -7,15 +7,15 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
+use ci_testkit::browser::{start_chromium, Chromium};
 use ci_testkit::{
     assert_same_lines, copy_fixture, slow_project, slow_ticks, TestSystem, JOB_DEADLINE,
 };
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
 /// The longest a page may take to show what a step waits for.
@@ -23,12 +23,11 @@ const PAGE_DEADLINE: Duration = Duration::from_secs(30);
 /// How often a waiting step looks at the page again.
 const PAGE_POLL: Duration = Duration::from_millis(50);
 
-/// One headless Chromium with a fresh profile, and the chromedriver that drives it.
+/// One headless Chromium with a fresh profile (the kit's), driven from these
+/// synchronous tests through a runtime of its own.
 struct Browser {
     runtime: tokio::runtime::Runtime,
-    client: Option<Client>,
-    driver: Child,
-    _profile: tempfile::TempDir,
+    chromium: Option<Chromium>,
 }
 
 impl Browser {
@@ -37,60 +36,17 @@ impl Browser {
             .enable_all()
             .build()
             .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start chromedriver ({e}); apt-get install chromium chromium-driver")
-            });
-        let profile = tempfile::Builder::new()
-            .prefix("ci-chromium-")
-            .tempdir()
-            .unwrap();
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".to_string(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--window-size=1280,860",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + PAGE_DEADLINE;
-        // chromedriver answers once it listens; until then connecting fails.
-        let client = loop {
-            let attempt = runtime.block_on(
-                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                    .capabilities(capabilities.clone())
-                    .connect(&url),
-            );
-            match attempt {
-                Ok(client) => break client,
-                Err(e) if Instant::now() >= deadline => panic!("no WebDriver session: {e}"),
-                Err(_) => std::thread::sleep(PAGE_POLL),
-            }
-        };
+        let chromium = runtime
+            .block_on(start_chromium(&[]))
+            .unwrap_or_else(|e| panic!("{e}"));
         Browser {
             runtime,
-            client: Some(client),
-            driver,
-            _profile: profile,
+            chromium: Some(chromium),
         }
     }
 
     fn client(&self) -> &Client {
-        self.client.as_ref().unwrap()
+        &self.chromium.as_ref().unwrap().client
     }
 
     fn goto(&self, url: &str) {
@@ -207,11 +163,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            let _ = self.runtime.block_on(client.close());
+        if let Some(chromium) = self.chromium.take() {
+            // chromedriver goes with it.
+            let _ = self.runtime.block_on(chromium.client.close());
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 

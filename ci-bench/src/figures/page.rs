@@ -9,12 +9,11 @@
 //! (p95), against the same job's stream read by a plain HTTP client.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use ci_testkit::browser::{start_chromium, Chromium};
+use fantoccini::Client;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use super::{progress, Context};
@@ -291,76 +290,27 @@ fn unix_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Headless Chromium with a fresh profile, through chromedriver.
+/// Headless Chromium with a fresh profile (the test kit's), with exact heap
+/// figures and a collection on demand.
 struct Browser {
     client: Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
+    _chromium: Chromium,
 }
 
 impl Browser {
     async fn start() -> Result<Browser> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(BenchError::io("finding a free port for chromedriver"))?
-            .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                BenchError::Setup(format!(
-                    "cannot start chromedriver ({e}): apt-get install chromium chromium-driver"
-                ))
-            })?;
-        let profile = tempfile::Builder::new()
-            .prefix("ci-bench-chromium-")
-            .tempdir()
-            .map_err(BenchError::io("creating a browser profile"))?;
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".to_string(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--window-size=1280,860",
-                    // Exact heap figures, and a collection before reading them.
-                    "--enable-precise-memory-info", "--js-flags=--expose-gc",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // chromedriver answers once it listens; until then connecting fails.
-        let client = loop {
-            let attempt =
-                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                    .capabilities(capabilities.clone())
-                    .connect(&url)
-                    .await;
-            match attempt {
-                Ok(client) => break client,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(BenchError::Setup(format!("no WebDriver session: {e}")))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let chromium = start_chromium(&["--enable-precise-memory-info", "--js-flags=--expose-gc"])
+            .await
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
         Ok(Browser {
-            client,
-            driver,
-            _profile: profile,
+            client: chromium.client.clone(),
+            _chromium: chromium,
         })
     }
 
-    async fn close(mut self) {
-        let _ = self.client.clone().close().await;
-        let _ = self.driver.kill().await;
+    async fn close(self) {
+        // chromedriver goes with the kit's handle.
+        let _ = self.client.close().await;
     }
 
     async fn goto(&self, url: &str) -> Result<()> {
