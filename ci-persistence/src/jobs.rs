@@ -76,28 +76,27 @@ impl Store {
     /// Queues a job for an archive already stored.
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
         let now = now();
-        sqlx::query(
+        let sql = format!(
             "INSERT INTO jobs (id, user_id, status, created_at, archive_digest, \
              python_requested, project, fresh_env, pytest_args) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(new.id.to_string())
-        .bind(new.user_id.to_string())
-        .bind(to_micros(now))
-        .bind(&new.archive_digest)
-        .bind(new.options.python.map(|p| p.to_string()))
-        .bind(new.options.project.as_deref())
-        .bind(i64::from(new.options.fresh_env))
-        .bind(
-            serde_json::to_string(&new.options.pytest_args)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        )
-        .execute(&self.writer)
-        .await?;
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING {JOB_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(new.id.to_string())
+            .bind(new.user_id.to_string())
+            .bind(to_micros(now))
+            .bind(&new.archive_digest)
+            .bind(new.options.python.map(|p| p.to_string()))
+            .bind(new.options.project.as_deref())
+            .bind(i64::from(new.options.fresh_env))
+            .bind(
+                serde_json::to_string(&new.options.pytest_args)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
+            .fetch_one(&self.writer)
+            .await?;
         self.feed.notify(Channel::Jobs);
-        self.get_job(new.id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {}", new.id)))
+        rows::job(&row)
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -131,16 +130,19 @@ impl Store {
 
     /// Asks for a job to be cancelled. An ended job is returned unchanged.
     pub async fn request_cancel(&self, id: JobId) -> Result<Job> {
-        let changed = sqlx::query(
-            "UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running') AND cancel_requested = 0",
-        )
-        .bind(id.to_string())
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        if changed > 0 {
+        let sql = format!(
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running') \
+             AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"
+        );
+        let changed = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        if let Some(row) = changed {
             self.feed.notify(Channel::Jobs);
+            return rows::job(&row);
         }
+        // Ended, or asked already: as it is.
         self.get_job(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
@@ -156,7 +158,7 @@ impl Store {
     ) -> Result<Job> {
         let sql = format!(
             "UPDATE jobs SET status = 'running', started_at = $1, container_id = $2, image = $3, \
-             python = $4 WHERE id = $5 AND status IN ({})",
+             python = $4 WHERE id = $5 AND status IN ({}) RETURNING {JOB_COLUMNS}",
             statuses_leading_to(JobStatus::Running)
         );
         let changed = sqlx::query(&sql)
@@ -165,16 +167,13 @@ impl Store {
             .bind(image)
             .bind(python.map(|p| p.to_string()))
             .bind(id.to_string())
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-        if changed == 0 {
+            .fetch_optional(&self.writer)
+            .await?;
+        let Some(row) = changed else {
             return Err(self.refused_transition(id, JobStatus::Running).await);
-        }
+        };
         self.feed.notify(Channel::Jobs);
-        self.get_job(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+        rows::job(&row)
     }
 
     /// Ends a job. A reason, when there is one, becomes the job's last output in
@@ -196,11 +195,11 @@ impl Store {
         });
         let sql = format!(
             "UPDATE jobs SET status = $1, success = $2, exit_code = $3, ended_at = $4, failure_reason = $5, \
-             last_seq = last_seq + $6 WHERE id = $7 AND status IN ({}) RETURNING last_seq",
+             last_seq = last_seq + $6 WHERE id = $7 AND status IN ({}) RETURNING {JOB_COLUMNS}",
             statuses_leading_to(outcome.status)
         );
         let mut tx = self.writer.begin().await?;
-        let last_seq: Option<i64> = sqlx::query_scalar(&sql)
+        let ended = sqlx::query(&sql)
             .bind(outcome.status.as_str())
             .bind(outcome.success.map(i64::from))
             .bind(outcome.exit_code)
@@ -210,10 +209,12 @@ impl Store {
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(last_seq) = last_seq else {
+        let Some(ended) = ended else {
             tx.rollback().await?;
             return Err(self.refused_transition(id, outcome.status).await);
         };
+        let ended = rows::job(&ended)?;
+        let last_seq = ended.last_seq;
         if let Some(mut line) = reason_line {
             // Output cut mid-line (a killed test's progress dots) would
             // otherwise run into the reason: it gets a line of its own.
@@ -238,9 +239,7 @@ impl Store {
         tx.commit().await?;
         self.feed.notify(Channel::Jobs);
         self.feed.notify_job(id);
-        self.get_job(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+        Ok(ended)
     }
 
     /// The error for a guarded update that matched no row.
