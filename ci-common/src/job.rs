@@ -123,9 +123,9 @@ pub struct Job {
     pub cancel_requested: bool,
     /// Why the job could not run or was stopped, when that is the case.
     pub failure_reason: Option<String>,
-    /// The Docker log timestamp of the last output line stored, so that a
+    /// Where the stored output ends in the container's log, so that a
     /// restarted controller resumes the output exactly after it.
-    pub log_cursor: Option<String>,
+    pub log_cursor: Option<LogCursor>,
     /// Sequence number of the last stored output chunk (0 when none).
     pub last_seq: i64,
     /// How the user asked for the job to run.
@@ -175,6 +175,23 @@ impl Job {
             options: JobOptions::default(),
             python: None,
         }
+    }
+}
+
+/// Where a job's stored output ends in its container's log: the engine's
+/// timestamp (RFC 3339, to the nanosecond) of the last line stored. A follower
+/// that resumes asks the engine for the lines after it, so nothing is stored
+/// twice or lost across a restart or a broken read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogCursor(String);
+
+impl LogCursor {
+    pub fn new(timestamp: impl Into<String>) -> Self {
+        LogCursor(timestamp.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use ci_common::JobId;
+use ci_common::{JobId, LogCursor};
 use ci_persistence::{Store, StoreError};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -79,7 +79,7 @@ struct Batch {
     text: String,
     /// Bytes of a UTF-8 character split across two log frames.
     carry: Vec<u8>,
-    cursor: Option<String>,
+    cursor: Option<LogCursor>,
     started: Option<Instant>,
     stored_bytes: u64,
     truncated: bool,
@@ -89,7 +89,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(cursor: Option<String>, stored_bytes: u64, max: u64) -> Self {
+    fn new(cursor: Option<LogCursor>, stored_bytes: u64, max: u64) -> Self {
         Batch {
             text: String::new(),
             carry: Vec::new(),
@@ -124,7 +124,7 @@ impl Batch {
     fn push(&mut self, line: &LogLine, max: u64) {
         self.noticed = false;
         if !line.timestamp.is_empty() {
-            self.cursor = Some(line.timestamp.clone());
+            self.cursor = Some(LogCursor::new(line.timestamp.clone()));
         }
         if self.truncated {
             return;
@@ -169,7 +169,7 @@ pub async fn pump_logs(
     runtime: Arc<dyn ContainerRuntime>,
     job_id: JobId,
     container_id: String,
-    resume_after: Option<String>,
+    resume_after: Option<LogCursor>,
     config: PumpConfig,
 ) -> Result<PumpEnd, PumpError> {
     // After an adoption the budget goes on from what is stored already.
@@ -177,7 +177,11 @@ pub async fn pump_logs(
     let mut batch = Batch::new(resume_after, stored_bytes, config.max_log_bytes);
     // Lines at or before this are stored already (Docker resumes at a whole
     // second, so some come again).
-    let mut skip_until = batch.cursor.as_deref().and_then(parse_ts);
+    let mut skip_until = batch
+        .cursor
+        .as_ref()
+        .map(LogCursor::as_str)
+        .and_then(parse_ts);
     let mut lines = runtime.logs(&container_id, skip_until.map(|t| t.timestamp()));
     let mut broken_reads = 0u32;
     loop {
@@ -212,7 +216,7 @@ pub async fn pump_logs(
                 let resume = match resume_after_broken_read(
                     broken_reads,
                     config.max_broken_reads,
-                    batch.cursor.as_deref(),
+                    batch.cursor.as_ref().map(LogCursor::as_str),
                     chrono::Utc::now(),
                 ) {
                     Resume::FromCursor(at) => at,
@@ -220,8 +224,9 @@ pub async fn pump_logs(
                         // The same stretch keeps failing: give it up, say so,
                         // and follow what comes after it.
                         batch.push_notice(&missing_output_marker(&reason));
-                        batch.cursor =
-                            Some(now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+                        batch.cursor = Some(LogCursor::new(
+                            now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                        ));
                         broken_reads = 0;
                         Some(now.fixed_offset())
                     }
@@ -290,7 +295,7 @@ async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<PumpEn
     let mut attempt = 0u32;
     loop {
         match store
-            .append_log(job_id, std::slice::from_ref(&text), batch.cursor.as_deref())
+            .append_log(job_id, std::slice::from_ref(&text), batch.cursor.as_ref())
             .await
         {
             Ok(_) => {
@@ -497,8 +502,8 @@ mod tests {
             .log_cursor
             .unwrap();
         assert!(
-            parse_ts(&cursor).unwrap() > parse_ts("2026-11-22T19:00:01Z").unwrap(),
-            "the cursor moved past the stretch given up: {cursor}"
+            parse_ts(cursor.as_str()).unwrap() > parse_ts("2026-11-22T19:00:01Z").unwrap(),
+            "the cursor moved past the stretch given up: {cursor:?}"
         );
     }
 
@@ -510,7 +515,7 @@ mod tests {
             .append_log(
                 job,
                 &["x".repeat(80)],
-                Some("2026-11-22T19:00:01.000000001Z"),
+                Some(&LogCursor::new("2026-11-22T19:00:01.000000001Z")),
             )
             .await
             .unwrap();
@@ -529,7 +534,7 @@ mod tests {
             runtime.clone(),
             job,
             "c".into(),
-            Some("2026-11-22T19:00:01.000000001Z".into()),
+            Some(LogCursor::new("2026-11-22T19:00:01.000000001Z")),
             config,
         )
         .await

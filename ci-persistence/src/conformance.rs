@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use ci_common::api::JobSummary;
-use ci_common::{generate_api_key, JobOptions, JobStatus};
+use ci_common::{generate_api_key, JobOptions, JobStatus, LogCursor};
 use uuid::Uuid;
 
 use crate::{Channel, JobOutcome, NewJob, SessionLookup, Store, StoreError};
@@ -468,9 +468,13 @@ pub async fn stored_output_is_counted_in_bytes(s: Store, other: Store) {
     s.append_log(id, &["héllo\n".to_string(), "wörld\n".to_string()], None)
         .await
         .unwrap();
-    s.append_log(id, &["!".to_string()], Some("2026-01-01T00:00:00Z"))
-        .await
-        .unwrap();
+    s.append_log(
+        id,
+        &["!".to_string()],
+        Some(&LogCursor::new("2026-01-01T00:00:00Z")),
+    )
+    .await
+    .unwrap();
     assert_eq!(other.stored_log_bytes(id).await.unwrap(), 7 + 7 + 1);
     let another = job(&s, uid).await;
     assert_eq!(other.stored_log_bytes(another).await.unwrap(), 0);
@@ -613,11 +617,18 @@ pub async fn cancellation_is_recorded_once(s: Store, _: Store) {
 pub async fn output_is_read_after_a_sequence_number(s: Store, other: Store) {
     let id = job(&s, user(&s).await).await;
     let last = s
-        .append_log(id, &["a\n".into(), "b\n".into()], Some("t1"))
+        .append_log(
+            id,
+            &["a\n".into(), "b\n".into()],
+            Some(&LogCursor::new("t1")),
+        )
         .await
         .unwrap();
     assert_eq!(last, 2);
-    let last = s.append_log(id, &["c\n".into()], Some("t2")).await.unwrap();
+    let last = s
+        .append_log(id, &["c\n".into()], Some(&LogCursor::new("t2")))
+        .await
+        .unwrap();
     assert_eq!(last, 3);
     assert_eq!(s.append_log(id, &[], None).await.unwrap(), 3);
     let all = other.read_log(id, 0, 100).await.unwrap();
@@ -628,7 +639,10 @@ pub async fn output_is_read_after_a_sequence_number(s: Store, other: Store) {
     assert!(other.read_log(id, 3, 100).await.unwrap().is_empty());
     assert_eq!(other.read_log(id, 0, 2).await.unwrap().len(), 2);
     let j = other.get_job(id).await.unwrap().unwrap();
-    assert_eq!((j.last_seq, j.log_cursor.as_deref()), (3, Some("t2")));
+    assert_eq!(
+        (j.last_seq, j.log_cursor.as_ref().map(LogCursor::as_str)),
+        (3, Some("t2"))
+    );
     // A batch larger than one INSERT statement holds.
     let many: Vec<String> = (0..1234).map(|i| format!("line {i}\n")).collect();
     assert_eq!(s.append_log(id, &many, None).await.unwrap(), 3 + 1234);

@@ -1,6 +1,6 @@
 //! Job output, stored in chunks numbered per job.
 
-use ci_common::{JobId, LogChunk};
+use ci_common::{JobId, LogChunk, LogCursor};
 use sqlx::Row;
 
 use crate::error::{Result, StoreError};
@@ -29,7 +29,7 @@ impl Store {
         &self,
         job_id: JobId,
         chunks: &[String],
-        cursor: Option<&str>,
+        cursor: Option<&LogCursor>,
     ) -> Result<i64> {
         let count = chunks.len() as i64;
         let mut tx = self.writer.begin().await?;
@@ -38,7 +38,7 @@ impl Store {
              WHERE id = $3 AND status IN ('queued', 'running') RETURNING last_seq",
         )
         .bind(count)
-        .bind(cursor)
+        .bind(cursor.map(LogCursor::as_str))
         .bind(job_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;

@@ -3,7 +3,7 @@
 
 use ci_common::api::{duration_seconds, JobSummary};
 use ci_common::time::from_micros;
-use ci_common::{ApiKeyRecord, Job, JobOptions, JobStatus, PythonVersion, User};
+use ci_common::{ApiKeyRecord, Job, JobOptions, JobStatus, LogCursor, PythonVersion, User};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
@@ -122,7 +122,9 @@ pub(crate) fn job(row: &AnyRow) -> Result<Job> {
         image: row.try_get("image")?,
         cancel_requested: flag(row, "cancel_requested")?,
         failure_reason: row.try_get("failure_reason")?,
-        log_cursor: row.try_get("log_cursor")?,
+        log_cursor: row
+            .try_get::<Option<String>, _>("log_cursor")?
+            .map(LogCursor::new),
         last_seq: row.try_get("last_seq")?,
         options: JobOptions {
             python: python(row, "python_requested")?,
