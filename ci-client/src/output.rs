@@ -90,6 +90,7 @@ mod tests {
             end_time: end.map(at),
             exit_code: None,
             last_event_id: None,
+            tests: None,
         }
     }
 

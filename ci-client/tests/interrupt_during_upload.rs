@@ -61,6 +61,7 @@ async fn cancel(State(server): State<Server>, Path(id): Path<Uuid>) -> Json<JobS
         end_time: None,
         exit_code: None,
         last_event_id: None,
+        tests: None,
     })
 }
 

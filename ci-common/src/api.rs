@@ -35,6 +35,10 @@ pub struct JobSummary {
     /// exactly after a dropped connection that delivered no event yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_id: Option<i64>,
+    /// Beyond the reference: the totals of the job's test report; null when
+    /// there is none (yet).
+    #[serde(default)]
+    pub tests: Option<crate::test_results::TestTotals>,
 }
 
 impl From<&Job> for JobSummary {
@@ -48,6 +52,7 @@ impl From<&Job> for JobSummary {
             end_time: job.ended_at,
             exit_code: job.exit_code,
             last_event_id: Some(job.last_seq),
+            tests: None,
         }
     }
 }
@@ -95,10 +100,12 @@ mod tests {
             end_time: None,
             exit_code: None,
             last_event_id: None,
+            tests: None,
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["status"], "queued");
         assert!(v["success"].is_null() && v["start_time"].is_null() && v["end_time"].is_null());
+        assert!(v["tests"].is_null(), "present, null without a report");
         let back: JobSummary = serde_json::from_value(v).unwrap();
         assert_eq!(back, s);
     }

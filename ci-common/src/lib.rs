@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod config;
 pub mod job;
 pub mod python;
+pub mod test_results;
 pub mod time;
 pub mod user;
 

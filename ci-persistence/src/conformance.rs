@@ -12,6 +12,8 @@ use ci_common::api::JobSummary;
 use ci_common::{generate_api_key, JobStatus};
 use uuid::Uuid;
 
+use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
+
 use crate::{Channel, JobOutcome, NewJob, Store, StoreError};
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
@@ -37,6 +39,9 @@ macro_rules! conformance_suite {
             concurrent_job_creation_from_two_processes,
             lease_has_one_holder_at_a_time,
             changes_wake_other_processes,
+            test_reports_are_stored_once_with_their_totals,
+            a_job_without_a_report_says_why,
+            flaky_tests_disagree_on_the_same_code_of_the_same_owner,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -529,4 +534,153 @@ pub async fn changes_wake_other_processes(s: Store, other: Store) {
     )
     .await
     .unwrap();
+}
+
+fn test_case(id: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
+    TestCase {
+        id: id.to_string(),
+        file: id.split("::").next().map(str::to_string),
+        name: id.rsplit("::").next().unwrap().to_string(),
+        outcome,
+        duration_seconds: seconds,
+        message: outcome.is_failure().then(|| format!("{id} broke")),
+        traceback: outcome
+            .is_failure()
+            .then(|| "Traceback\n  line 1\n".to_string()),
+    }
+}
+
+/// A job on `archive` (bytes) owned by `user_id`.
+async fn job_on(store: &Store, user_id: Uuid, archive: &[u8]) -> Uuid {
+    let digest = store.put_archive(archive).await.unwrap();
+    let id = Uuid::new_v4();
+    store
+        .create_job(&NewJob {
+            id,
+            user_id,
+            archive_digest: digest,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+pub async fn test_reports_are_stored_once_with_their_totals(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let id = job(&s, owner).await;
+    assert_eq!(s.job_report(id, None).await.unwrap(), None);
+    assert_eq!(s.job_test_totals(id).await.unwrap(), None);
+    // More cases than one INSERT carries, in report order, every outcome.
+    let cases: Vec<TestCase> = (0..1203)
+        .map(|i| {
+            let outcome = TestOutcome::ALL[i % TestOutcome::ALL.len()];
+            test_case(&format!("tests/test_x.py::TestA::test_{i}"), outcome, 0.25)
+        })
+        .collect();
+    s.put_job_report(id, &JobReport::Cases(cases.clone()))
+        .await
+        .unwrap();
+    // A second store (a retry) keeps the first.
+    s.put_job_report(
+        id,
+        &JobReport::Missing {
+            reason: "late".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.job_report(id, None).await.unwrap(),
+        Some(JobReport::Cases(cases.clone()))
+    );
+    let failed: Vec<_> = cases
+        .iter()
+        .filter(|c| c.outcome == TestOutcome::Failed)
+        .cloned()
+        .collect();
+    assert_eq!(
+        other
+            .job_report(id, Some(TestOutcome::Failed))
+            .await
+            .unwrap(),
+        Some(JobReport::Cases(failed))
+    );
+    let totals = TestTotals::of(&cases);
+    assert_eq!(totals.passed, 201);
+    assert_eq!(other.job_test_totals(id).await.unwrap(), Some(totals));
+    // The job summary carries them, in GET /jobs and GET /jobs/{id}.
+    let listed = other.list_jobs_for_user(owner).await.unwrap();
+    assert_eq!(listed[0].tests, Some(totals));
+    let key = generate_api_key().unwrap();
+    s.create_api_key(owner, "k", &key).await.unwrap();
+    let (_, summary) = other
+        .authenticate_with_job_summary(&key.hash, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.unwrap().1.tests, Some(totals));
+}
+
+pub async fn a_job_without_a_report_says_why(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let id = job(&s, owner).await;
+    let reason = "pytest wrote no report: the job ended before its tests ran";
+    s.put_job_report(
+        id,
+        &JobReport::Missing {
+            reason: reason.into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.job_report(id, None).await.unwrap(),
+        Some(JobReport::Missing {
+            reason: reason.into()
+        })
+    );
+    assert_eq!(other.job_test_totals(id).await.unwrap(), None);
+    let listed = other.list_jobs_for_user(owner).await.unwrap();
+    assert_eq!(listed[0].tests, None);
+}
+
+pub async fn flaky_tests_disagree_on_the_same_code_of_the_same_owner(s: Store, other: Store) {
+    let (owner, stranger) = (user(&s).await, user(&s).await);
+    let code = b"PK\x05\x06 the same code";
+    let first = job_on(&s, owner, code).await;
+    let second = job_on(&s, owner, code).await;
+    let third = job_on(&s, owner, code).await;
+    let elsewhere = job_on(&s, owner, b"PK\x05\x06 other code").await;
+    let strangers = job_on(&s, stranger, code).await;
+    let report = |flip: TestOutcome| {
+        JobReport::Cases(vec![
+            test_case("t.py::test_flips", flip, 0.1),
+            test_case("t.py::test_steady", TestOutcome::Failed, 0.1),
+        ])
+    };
+    s.put_job_report(first, &report(TestOutcome::Failed))
+        .await
+        .unwrap();
+    s.put_job_report(second, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    s.put_job_report(third, &report(TestOutcome::Failed))
+        .await
+        .unwrap();
+    s.put_job_report(elsewhere, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    s.put_job_report(strangers, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    let flaky = other.flaky_tests(first).await.unwrap();
+    assert_eq!(
+        flaky.get("t.py::test_flips"),
+        Some(&vec![second]),
+        "only the owner's jobs on the same digest: {flaky:?}"
+    );
+    assert!(!flaky.contains_key("t.py::test_steady"), "{flaky:?}");
+    let flaky = other.flaky_tests(second).await.unwrap();
+    assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![first, third]));
+    assert!(other.flaky_tests(elsewhere).await.unwrap().is_empty());
 }

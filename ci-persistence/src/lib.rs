@@ -16,12 +16,14 @@ mod jobs;
 mod lease;
 mod rows;
 mod store;
+mod test_results;
 mod users;
 
 pub use change_feed::{ChangeFeed, Channel};
 pub use error::StoreError;
 pub use jobs::{JobOutcome, NewJob};
 pub use store::{Backend, Store, StoreOptions};
+pub use test_results::FlakyJobs;
 
 /// What the conformance suite needs to run against any backend.
 pub mod conformance;

@@ -87,6 +87,7 @@ pub(crate) fn job_summary(row: &AnyRow) -> Result<JobSummary> {
         end_time: row.try_get::<Option<i64>, _>("ended_at")?.map(from_micros),
         exit_code: row.try_get("exit_code")?,
         last_event_id: Some(row.try_get("last_seq")?),
+        tests: crate::test_results::totals(row)?,
     })
 }
 
