@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::junit_report::ReportLimits;
 use crate::log_pump::PumpConfig;
 use crate::workspace::UnpackLimits;
 
@@ -17,12 +18,14 @@ exec </dev/null\n";
 
 /// What a job does once its project is in `/workspace`: install the
 /// requirements when there are any, then run pytest. stderr joins stdout so
-/// the output keeps its order.
+/// the output keeps its order. pytest writes its JUnit report to
+/// [`REPORT_PATH`](crate::junit_report::REPORT_PATH), in the xunit1 family,
+/// whose cases name their file (xunit2's do not), so node ids are exact.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
 if [ -f requirements.txt ]; then\n\
   pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
 fi\n\
-exec python -m pytest -v\n";
+exec python -m pytest -v --junitxml=/ci-report/junit.xml -o junit_family=xunit1\n";
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -47,6 +50,9 @@ pub struct ControllerConfig {
     /// Run jobs that install nothing (no `requirements.txt`) on a read-only
     /// root file system; `pip install` needs to write the image's venv.
     pub read_only_rootfs: bool,
+    /// Caps on the job's test report; `None` turns collecting reports off
+    /// (the benchmark's baseline).
+    pub test_report: Option<ReportLimits>,
 }
 
 impl Default for ControllerConfig {
@@ -68,6 +74,7 @@ impl Default for ControllerConfig {
             stop_grace: Duration::from_secs(1),
             pip_cache_volume: Some("ci-pip-cache".to_string()),
             read_only_rootfs: true,
+            test_report: Some(ReportLimits::default()),
         }
     }
 }
@@ -143,6 +150,17 @@ mod tests {
             ..ControllerConfig::default()
         };
         assert_eq!(off.pip_cache_volume_for(a), None);
+    }
+
+    #[test]
+    fn pytest_writes_its_report_where_the_controller_reads_it() {
+        let pytest = JOB_SCRIPT
+            .lines()
+            .find(|l| l.contains("python -m pytest"))
+            .expect("a pytest line");
+        let report = format!("--junitxml={}", crate::junit_report::REPORT_PATH);
+        assert!(pytest.split(' ').any(|arg| arg == report), "{pytest}");
+        assert!(pytest.contains("-o junit_family=xunit1"), "{pytest}");
     }
 
     #[test]
