@@ -322,7 +322,9 @@ async fn a_job_is_shown_to_its_owner_only() {
         json!({"job_id": mine.to_string(), "status": "queued", "success": null,
                "start_time": null, "end_time": null,
                // Beyond the reference: where "from now" is for a stream.
-               "last_event_id": 0})
+               "last_event_id": 0,
+               // Beyond the reference: the test report's totals, none yet.
+               "tests": null})
     );
 
     // The same summary as in the list.
