@@ -169,6 +169,23 @@ impl ApiClient {
         read_json(self.send(request).await?, &self.base_url).await
     }
 
+    /// The job's test cases (only its failures with `failed_only`).
+    pub async fn job_tests(
+        &self,
+        job_id: JobId,
+        failed_only: bool,
+    ) -> Result<ci_common::test_results::JobTests, ClientError> {
+        let path = format!("/jobs/{job_id}/tests");
+        let request = self.get(&path).timeout(QUERY_TIMEOUT);
+        let mut tests: ci_common::test_results::JobTests =
+            read_json(self.send(request).await?, &self.base_url).await?;
+        // One request for every failing outcome (failed, error, xpassed).
+        if failed_only {
+            tests.cases.retain(|c| c.case.outcome.is_failure());
+        }
+        Ok(tests)
+    }
+
     /// Asks the server to stop a job; the answer is the job as it is right
     /// after the request (the controller stops a running job shortly after).
     pub async fn cancel_job(&self, job_id: JobId) -> Result<JobSummary, ClientError> {

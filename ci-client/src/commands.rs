@@ -13,6 +13,8 @@ use ci_common::api::{JobSummary, StreamEvent};
 use ci_common::{JobId, JobStatus};
 use futures::StreamExt;
 
+use crate::tests_command::print_end_of_job_summary;
+
 /// The shell's convention for "ended by SIGINT".
 const EXIT_INTERRUPTED: u8 = 130;
 /// How long a Ctrl-C'd submit waits for the server to accept the cancellation.
@@ -25,7 +27,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn api(&self) -> Result<ApiClient, ClientError> {
+    pub(crate) fn api(&self) -> Result<ApiClient, ClientError> {
         Ok(
             ApiClient::new(&self.server_url, self.api_key.clone())?.on_reconnect(|error| {
                 eprintln!("Connection to the CI server lost, reconnecting… ({error})");
@@ -80,10 +82,14 @@ pub async fn submit_and_follow(context: &Context) -> anyhow::Result<ExitCode> {
         let zip = zip_current_dir().await?;
         progress_tx.send_replace(SubmitProgress::Uploading);
         let mut events = api.submit_stream(zip).await?;
-        print_events(&mut events, &sink, |id| {
+        let code = print_events(&mut events, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
-        .await
+        .await?;
+        if let SubmitProgress::Named(id) = *progress_tx.borrow() {
+            print_end_of_job_summary(&api, id).await;
+        }
+        Ok(code)
     };
     tokio::pin!(run);
     tokio::select! {
@@ -159,7 +165,9 @@ pub async fn wait(context: &Context, raw_job_id: &str, all: bool) -> anyhow::Res
             .follow_job(job_id, from)
             .await
             .map_err(about_job(job_id))?;
-        print_events(&mut events, &sink, |_| {}).await
+        let code = print_events(&mut events, &sink, |_| {}).await?;
+        print_end_of_job_summary(&api, job_id).await;
+        Ok(code)
     };
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
@@ -288,12 +296,12 @@ async fn zip_current_dir() -> anyhow::Result<Vec<u8>> {
 
 /// A job id from the command line. Nothing that is not a UUID can name a
 /// job, so it is "not found" without asking the server.
-fn parse_job_id(raw: &str) -> anyhow::Result<JobId> {
+pub(crate) fn parse_job_id(raw: &str) -> anyhow::Result<JobId> {
     JobId::parse_str(raw.trim()).map_err(|_| anyhow!("Job not found: {raw:?} is not a job ID"))
 }
 
 /// Names the job in errors about that job (missing, someone else's).
-fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
+pub(crate) fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
     move |error| match error {
         ClientError::NotFound(_) | ClientError::Forbidden(_) => {
             anyhow::Error::new(error).context(format!("job {job_id}"))

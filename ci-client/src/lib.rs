@@ -26,6 +26,7 @@ mod error;
 mod follow;
 pub mod output;
 mod project;
+pub mod test_report;
 
 pub use client::{ApiClient, ReconnectNotice};
 pub use error::{ClientError, ProjectZipError};

@@ -1,6 +1,7 @@
 //! `ci`, the user's command line for the CI service.
 
 mod commands;
+mod tests_command;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,17 @@ enum Command {
     },
     /// List all jobs.
     List {
+        /// Output in JSON format.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's test results.
+    Tests {
+        /// Job ID whose tests to show.
+        job_id: String,
+        /// Only the tests that failed (failures, errors, strict xpasses).
+        #[arg(long)]
+        failed: bool,
         /// Output in JSON format.
         #[arg(long)]
         json: bool,
@@ -93,6 +105,11 @@ async fn main() -> ExitCode {
         Command::Wait { job_id, all } => commands::wait(&context, &job_id, all).await,
         Command::List { json } => commands::list(&context, json).await,
         Command::Cancel { job_id } => commands::cancel(&context, &job_id).await,
+        Command::Tests {
+            job_id,
+            failed,
+            json,
+        } => tests_command::tests(&context, &job_id, failed, json).await,
     };
     outcome.unwrap_or_else(|error| commands::report(&error))
 }

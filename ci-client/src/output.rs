@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ci_common::api::JobSummary;
+use ci_common::test_results::TestTotals;
 
 /// Printed on stderr after an authentication failure, as the reference client does.
 pub const AUTH_HELP: &str =
@@ -24,7 +25,14 @@ pub fn format_job_table(jobs: &[JobSummary]) -> String {
     if jobs.is_empty() {
         return "No jobs found.\n".to_string();
     }
-    let mut out = table_row("JOB ID", "STATUS", "START TIME", "END TIME", "SUCCESS");
+    let mut out = table_row(
+        "JOB ID",
+        "STATUS",
+        "START TIME",
+        "END TIME",
+        "SUCCESS",
+        "TESTS",
+    );
     out.push_str(&"-".repeat(RULE_WIDTH));
     out.push('\n');
     for job in jobs {
@@ -34,15 +42,25 @@ pub fn format_job_table(jobs: &[JobSummary]) -> String {
             &format_time(job.start_time),
             &format_time(job.end_time),
             format_success(job.success),
+            &format_test_counts(job.tests.as_ref()),
         ));
     }
     out
 }
 
-fn table_row(id: &str, status: &str, start: &str, end: &str, success: &str) -> String {
+fn table_row(id: &str, status: &str, start: &str, end: &str, success: &str, tests: &str) -> String {
     format!(
-        "{id:<ID_WIDTH$} {status:<STATUS_WIDTH$} {start:<TIME_WIDTH$} {end:<TIME_WIDTH$} {success:<SUCCESS_WIDTH$}\n"
+        "{id:<ID_WIDTH$} {status:<STATUS_WIDTH$} {start:<TIME_WIDTH$} {end:<TIME_WIDTH$} {success:<SUCCESS_WIDTH$} {tests}\n"
     )
+}
+
+/// `ci list`'s TESTS column: passed and failed counts (errors count as
+/// failed there), `-` without a report.
+fn format_test_counts(tests: Option<&TestTotals>) -> String {
+    match tests {
+        None => "-".to_string(),
+        Some(t) => format!("{} passed, {} failed", t.passed, t.failed + t.errors),
+    }
 }
 
 fn format_time(time: Option<DateTime<Utc>>) -> String {
@@ -133,18 +151,24 @@ mod tests {
                 None,
             ),
         ];
+        let mut jobs = jobs;
+        jobs[0].tests = Some(TestTotals {
+            passed: 12,
+            ..TestTotals::default()
+        });
         let table = format_job_table(&jobs);
         let lines: Vec<&str> = table.lines().collect();
         let expected = [
-            "JOB ID                                 STATUS       START TIME             END TIME               SUCCESS ",
+            "JOB ID                                 STATUS       START TIME             END TIME               SUCCESS  TESTS",
             "--------------------------------------------------------------------------------------------------------------",
-            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 19:30:00    2025-10-12 19:30:05    ✓       ",
-            "7ad3f8c9-2b41-4e89-9c12-5a8e7b3d1f4e   running      2025-10-12 19:31:10    N/A                    -       ",
-            "00000000-0000-4000-8000-000000000001   completed    2025-10-12 19:30:00    2025-10-12 19:30:01    ✗       ",
-            "00000000-0000-4000-8000-000000000002   queued       N/A                    N/A                    -       ",
+            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 19:30:00    2025-10-12 19:30:05    ✓        12 passed, 0 failed",
+            "7ad3f8c9-2b41-4e89-9c12-5a8e7b3d1f4e   running      2025-10-12 19:31:10    N/A                    -        -",
+            "00000000-0000-4000-8000-000000000001   completed    2025-10-12 19:30:00    2025-10-12 19:30:01    ✗        -",
+            "00000000-0000-4000-8000-000000000002   queued       N/A                    N/A                    -        -",
         ];
         assert_eq!(lines, expected);
-        assert_eq!(lines[0].chars().count(), 106);
+        // The reference's columns, then the test counts.
+        assert!(lines[0].starts_with("JOB ID                                 STATUS       START TIME             END TIME               SUCCESS "));
     }
 
     #[test]

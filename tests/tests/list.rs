@@ -25,8 +25,8 @@ fn table(out: &CiOutput) -> Vec<Row> {
     let header = lines.next().unwrap_or_default();
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>().join(" "),
-        "JOB ID STATUS START TIME END TIME SUCCESS",
-        "table header\n{out}"
+        "JOB ID STATUS START TIME END TIME SUCCESS TESTS",
+        "table header: the reference's columns, then the test counts\n{out}"
     );
     let rule = lines.next().unwrap_or_default();
     assert!(
