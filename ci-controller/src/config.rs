@@ -21,11 +21,14 @@ exec </dev/null\n";
 /// the output keeps its order. pytest writes its JUnit report to
 /// [`REPORT_PATH`](crate::junit_report::REPORT_PATH), in the xunit1 family,
 /// whose cases name their file (xunit2's do not), so node ids are exact.
+/// Only where it can: an image without a writable `/ci-report` (one built
+/// before it had one, or a custom base image) runs pytest without a report,
+/// as pytest would crash at its end writing one there.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
 if [ -f requirements.txt ]; then\n\
   pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
 fi\n\
-exec python -m pytest -v --junitxml=/ci-report/junit.xml -o junit_family=xunit1\n";
+exec python -m pytest -v $([ -w /ci-report ] && echo --junitxml=/ci-report/junit.xml -o junit_family=xunit1)\n";
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -160,6 +163,10 @@ mod tests {
             .expect("a pytest line");
         let report = format!("--junitxml={}", crate::junit_report::REPORT_PATH);
         assert!(pytest.split(' ').any(|arg| arg == report), "{pytest}");
+        assert!(
+            pytest.contains(&format!("[ -w {} ]", crate::junit_report::REPORT_DIR)),
+            "only where the report can be written: {pytest}"
+        );
         assert!(pytest.contains("-o junit_family=xunit1"), "{pytest}");
     }
 

@@ -49,7 +49,7 @@ impl Default for ReportLimits {
 /// Why a report gave no test cases; its text is what the user is shown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
-    #[error("pytest wrote no test report (the job ended before its tests ran, or pytest was told not to write one)")]
+    #[error("pytest wrote no test report (the job ended before its tests ran, pytest was told not to write one, or the job image has no writable /ci-report)")]
     Missing,
     #[error("the test report is not a regular file")]
     NotAFile,
