@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures six figures, each against a baseline
+//! made with `ci-admin`) and measures seven figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The six figures, by the name `--only` takes.
+/// The seven figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -64,6 +64,7 @@ pub enum FigureKind {
     Api,
     Logs,
     Memory,
+    TestResults,
 }
 
 impl Options {
@@ -117,6 +118,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         image: options.image.clone(),
         postgres: options.database_url.clone(),
         max_concurrent_jobs: None,
+        test_reports: true,
     };
     let ctx = Context {
         plan: &plan,
@@ -148,6 +150,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         let stopped = system.shutdown().await;
         result?;
         stopped?;
+    }
+    if options.wants(FigureKind::TestResults) {
+        progress("test results: starting a system with and one without report collection");
+        add(
+            figures,
+            figures::test_results::measure(&system_options, &ctx).await?,
+        );
     }
     if options.wants(FigureKind::Memory) {
         progress("memory: starting a fresh system");

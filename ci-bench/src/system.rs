@@ -27,6 +27,9 @@ pub struct SystemOptions {
     pub postgres: Option<String>,
     /// `CI_MAX_CONCURRENT_JOBS`; the controller's default (the CPU count) when `None`.
     pub max_concurrent_jobs: Option<usize>,
+    /// `CI_TEST_REPORTS`: whether the controller collects test reports (off
+    /// for the test-results figure's baseline).
+    pub test_reports: bool,
 }
 
 enum Database {
@@ -113,6 +116,7 @@ impl System {
         if let Some(n) = options.max_concurrent_jobs {
             controller.env("CI_MAX_CONCURRENT_JOBS", n.to_string());
         }
+        controller.env("CI_TEST_REPORTS", options.test_reports.to_string());
         let controller = controller
             .spawn()
             .map_err(BenchError::io("starting ci-controller"))?;

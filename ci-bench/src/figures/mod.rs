@@ -1,4 +1,4 @@
-//! The six figures. Each takes its baseline in the same run, interleaved with
+//! The seven figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -7,6 +7,7 @@ pub mod latency;
 pub mod logs;
 pub mod memory;
 pub mod overhead;
+pub mod test_results;
 pub mod throughput;
 
 use std::time::Duration;
@@ -30,6 +31,12 @@ pub struct Plan {
     pub sse_streams: usize,
     pub controller_jobs: usize,
     pub controller_job_secs: u64,
+    /// Tests of the generated project whose report is collected.
+    pub report_tests: usize,
+    /// `ci submit test` pairs with and without collection, ABBA.
+    pub report_pairs: usize,
+    /// Cases of the report the controller's memory is measured storing.
+    pub report_memory_cases: usize,
 }
 
 impl Plan {
@@ -51,6 +58,9 @@ impl Plan {
             sse_streams: 1000,
             controller_jobs: 20,
             controller_job_secs: 20,
+            report_tests: 5000,
+            report_pairs: 6,
+            report_memory_cases: 200_000,
         }
     }
 
@@ -73,6 +83,10 @@ impl Plan {
             sse_streams: 100,
             controller_jobs: 4,
             controller_job_secs: 6,
+            // Enough to exercise the paths; the figure's 5 000 is the full run's.
+            report_tests: 500,
+            report_pairs: 1,
+            report_memory_cases: 20_000,
         }
     }
 }
