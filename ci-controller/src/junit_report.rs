@@ -9,6 +9,8 @@
 //! none of them touches the job's own result.
 
 use ci_common::test_results::{TestCase, TestOutcome};
+use ci_common::JobId;
+use ci_persistence::{ReportChunk, Store, StoreError};
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::attributes::Attributes;
 use quick_xml::events::{BytesRef, Event};
@@ -67,6 +69,50 @@ pub enum ReportError {
     Malformed(String),
     #[error("the test report could not be read: {0}")]
     Unreadable(String),
+}
+
+/// Cases handed from the parser to the store at a time.
+const CASES_PER_CHUNK: usize = 500;
+
+/// Parses `xml` off the async threads and stores its cases as they are
+/// parsed, in one transaction (see [`Store::put_job_cases`]), so a big
+/// report's cases are never all in memory at once; a bad report stores why
+/// there are no results. The outer error is the database's; the inner says
+/// how many cases the report had, or what was wrong with it.
+pub async fn store_report_xml(
+    store: &Store,
+    job_id: JobId,
+    xml: Vec<u8>,
+    limits: ReportLimits,
+) -> Result<Result<usize, ReportError>, StoreError> {
+    let (chunks, received) = tokio::sync::mpsc::channel(2);
+    let parser = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(CASES_PER_CHUNK);
+        // A store that stopped listening (it failed) makes the rest moot.
+        let parsed = parse_report_each(&xml, &limits, |case| {
+            chunk.push(case);
+            if chunk.len() == CASES_PER_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CASES_PER_CHUNK));
+                let _ = chunks.blocking_send(ReportChunk::Cases(full));
+            }
+        });
+        let end = match &parsed {
+            Ok(_) => {
+                if !chunk.is_empty() {
+                    let _ = chunks.blocking_send(ReportChunk::Cases(chunk));
+                }
+                ReportChunk::Done
+            }
+            Err(e) => ReportChunk::Failed(e.to_string()),
+        };
+        let _ = chunks.blocking_send(end);
+        parsed
+    });
+    let stored = store.put_job_cases(job_id, received).await;
+    let parsed = parser
+        .await
+        .unwrap_or_else(|e| Err(ReportError::Unreadable(format!("parsing stopped: {e}"))));
+    stored.map(|()| parsed)
 }
 
 /// A case being read: what its `<testcase>` and result element said so far.
@@ -248,6 +294,20 @@ fn is_result(name: &str) -> bool {
 
 /// The test cases of a JUnit report, in report order.
 pub fn parse_report(xml: &[u8], limits: &ReportLimits) -> Result<Vec<TestCase>, ReportError> {
+    let mut cases = Vec::new();
+    parse_report_each(xml, limits, |case| cases.push(case))?;
+    Ok(cases)
+}
+
+/// As [`parse_report`], handing each case to `on_case` as soon as it is
+/// read, so a big report's cases need not all be in memory at once; the
+/// number of cases when the whole report is good. On an error, the cases
+/// handed over so far are to be thrown away.
+pub fn parse_report_each(
+    xml: &[u8],
+    limits: &ReportLimits,
+    mut on_case: impl FnMut(TestCase),
+) -> Result<usize, ReportError> {
     if xml.len() as u64 > limits.max_bytes {
         return Err(ReportError::TooLarge {
             bytes: xml.len() as u64,
@@ -257,7 +317,7 @@ pub fn parse_report(xml: &[u8], limits: &ReportLimits) -> Result<Vec<TestCase>, 
     let mut reader = Reader::from_reader(xml);
     reader.config_mut().check_end_names = true;
     let mut buf = Vec::new();
-    let mut cases = Vec::new();
+    let mut cases = 0usize;
     let mut depth = 0usize;
     let mut saw_root = false;
     let mut case: Option<CaseBuilder> = None;
@@ -292,12 +352,13 @@ pub fn parse_report(xml: &[u8], limits: &ReportLimits) -> Result<Vec<TestCase>, 
                 if name == "testcase" && case.is_none() {
                     let started = CaseBuilder::start(&attrs);
                     if empty {
-                        if cases.len() >= limits.max_cases {
+                        if cases >= limits.max_cases {
                             return Err(ReportError::TooManyCases {
                                 limit: limits.max_cases,
                             });
                         }
-                        cases.push(started.finish());
+                        cases += 1;
+                        on_case(started.finish());
                     } else {
                         case = Some(started);
                     }
@@ -325,12 +386,13 @@ pub fn parse_report(xml: &[u8], limits: &ReportLimits) -> Result<Vec<TestCase>, 
                 depth = depth.saturating_sub(1);
                 if name.as_ref() == "testcase" {
                     if let Some(done) = case.take() {
-                        if cases.len() >= limits.max_cases {
+                        if cases >= limits.max_cases {
                             return Err(ReportError::TooManyCases {
                                 limit: limits.max_cases,
                             });
                         }
-                        cases.push(done.finish());
+                        cases += 1;
+                        on_case(done.finish());
                     }
                 }
             }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
-use crate::junit_report::{parse_report, ReportError, ReportLimits, REPORT_PATH};
+use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::project_facts::ProjectFacts;
 use crate::runtime::{ContainerRuntime, ContainerState, FileRead, RuntimeError};
@@ -237,11 +237,7 @@ pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) 
     };
     // Before the job ends, so whoever sees it ended sees its results too.
     if let Some(limits) = ctx.config.test_report {
-        let report = read_report(&ctx, &container_id, limits).await;
-        ctx.store
-            .put_job_report(job_id, &report)
-            .await
-            .map_err(WorkerError::StoreReport)?;
+        store_report(&ctx, job_id, &container_id, limits).await?;
     }
     finish(&ctx, job_id, &outcome).await?;
     remove_container(&ctx, &container_id).await;
@@ -302,9 +298,16 @@ fn exit_outcome(state: &ContainerState, config: &ControllerConfig) -> JobOutcome
 /// report's size limit, so this is only reached by an engine that hangs.
 const READ_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The job's test report, read from its exited container and parsed, or why
-/// there is none. Never an error: a bad report leaves the job's result alone.
-async fn read_report(ctx: &Context, container_id: &str, limits: ReportLimits) -> JobReport {
+/// Reads the job's test report from its exited container, parses it and
+/// stores its cases as they are parsed (never all at once in memory), or
+/// stores why there are none. A bad report is no error: it leaves the job's
+/// result alone; only the database failing is.
+async fn store_report(
+    ctx: &Context,
+    job_id: JobId,
+    container_id: &str,
+    limits: ReportLimits,
+) -> Result<(), WorkerError> {
     let started = std::time::Instant::now();
     let read = tokio::time::timeout(
         READ_REPORT_TIMEOUT,
@@ -312,7 +315,7 @@ async fn read_report(ctx: &Context, container_id: &str, limits: ReportLimits) ->
             .read_file(container_id, REPORT_PATH, limits.max_bytes),
     )
     .await;
-    let parsed = match read {
+    let unreadable = match read {
         Err(_) => Err(ReportError::Unreadable(format!(
             "the Docker engine did not send it within {READ_REPORT_TIMEOUT:?}"
         ))),
@@ -323,24 +326,30 @@ async fn read_report(ctx: &Context, container_id: &str, limits: ReportLimits) ->
             bytes,
             limit: limits.max_bytes,
         }),
-        Ok(Ok(FileRead::Contents(xml))) => {
-            tokio::task::spawn_blocking(move || parse_report(&xml, &limits))
-                .await
-                .unwrap_or_else(|e| Err(ReportError::Unreadable(e.to_string())))
-        }
+        Ok(Ok(FileRead::Contents(xml))) => Ok(xml),
     };
-    match parsed {
-        Ok(cases) => {
-            tracing::info!(cases = cases.len(), elapsed = ?started.elapsed(), "test report read");
-            JobReport::Cases(cases)
-        }
+    let xml = match unreadable {
+        Ok(xml) => xml,
         Err(e) => {
             tracing::info!(reason = %e, "no test results");
-            JobReport::Missing {
+            let missing = JobReport::Missing {
                 reason: e.to_string(),
-            }
+            };
+            return ctx
+                .store
+                .put_job_report(job_id, &missing)
+                .await
+                .map_err(WorkerError::StoreReport);
         }
+    };
+    let cases = store_report_xml(&ctx.store, job_id, xml, limits)
+        .await
+        .map_err(WorkerError::StoreReport)?;
+    match cases {
+        Ok(cases) => tracing::info!(cases, elapsed = ?started.elapsed(), "test report stored"),
+        Err(e) => tracing::info!(reason = %e, "no test results"),
     }
+    Ok(())
 }
 
 /// Why a job that ended this way has no test results, when no report was

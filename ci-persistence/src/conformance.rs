@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
 
-use crate::{Channel, JobOutcome, NewJob, Store, StoreError};
+use crate::{Channel, JobOutcome, NewJob, ReportChunk, Store, StoreError};
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
 /// expression of type `impl Fn() -> impl Future<Output = (Store, Store)>`,
@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             test_reports_are_stored_once_with_their_totals,
             a_job_without_a_report_says_why,
             flaky_tests_disagree_on_the_same_code_of_the_same_owner,
+            reports_stored_as_parsed_commit_only_when_whole,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -683,4 +684,61 @@ pub async fn flaky_tests_disagree_on_the_same_code_of_the_same_owner(s: Store, o
     let flaky = other.flaky_tests(second).await.unwrap();
     assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![first, third]));
     assert!(other.flaky_tests(elsewhere).await.unwrap().is_empty());
+}
+
+pub async fn reports_stored_as_parsed_commit_only_when_whole(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let cases: Vec<TestCase> = (0..1200)
+        .map(|i| test_case(&format!("t.py::test_{i}"), TestOutcome::ALL[i % 6], 0.5))
+        .collect();
+    let send = |end: Option<ReportChunk>| {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let cases = cases.clone();
+        tokio::spawn(async move {
+            for chunk in cases.chunks(500) {
+                tx.send(ReportChunk::Cases(chunk.to_vec())).await.unwrap();
+            }
+            if let Some(end) = end {
+                tx.send(end).await.unwrap();
+            }
+        });
+        rx
+    };
+    let whole = job(&s, owner).await;
+    s.put_job_cases(whole, send(Some(ReportChunk::Done)))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_report(whole, None).await.unwrap(),
+        Some(JobReport::Cases(cases.clone()))
+    );
+    assert_eq!(
+        other.job_test_totals(whole).await.unwrap(),
+        Some(TestTotals::of(&cases))
+    );
+    // Stored once: a second report for the job is ignored.
+    s.put_job_cases(whole, send(Some(ReportChunk::Failed("late".into()))))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_test_totals(whole).await.unwrap(),
+        Some(TestTotals::of(&cases))
+    );
+
+    let bad = job(&s, owner).await;
+    s.put_job_cases(bad, send(Some(ReportChunk::Failed("malformed".into()))))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_report(bad, None).await.unwrap(),
+        Some(JobReport::Missing {
+            reason: "malformed".into()
+        })
+    );
+    let cut = job(&s, owner).await;
+    s.put_job_cases(cut, send(None)).await.unwrap();
+    match other.job_report(cut, None).await.unwrap() {
+        Some(JobReport::Missing { reason }) => assert!(reason.contains("stopped"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -23,7 +23,7 @@ pub use change_feed::{ChangeFeed, Channel};
 pub use error::StoreError;
 pub use jobs::{JobOutcome, NewJob};
 pub use store::{Backend, Store, StoreOptions};
-pub use test_results::FlakyJobs;
+pub use test_results::{FlakyJobs, ReportChunk};
 
 /// What the conformance suite needs to run against any backend.
 pub mod conformance;

@@ -68,6 +68,66 @@ fn case(row: &AnyRow) -> Result<TestCase> {
 /// For each test of a job, the other jobs on the same code that disagree.
 pub type FlakyJobs = HashMap<String, Vec<JobId>>;
 
+/// One piece of a report being parsed, as [`Store::put_job_cases`] takes it.
+#[derive(Debug)]
+pub enum ReportChunk {
+    /// The next cases, in report order.
+    Cases(Vec<TestCase>),
+    /// The report was read whole: what came is all of it.
+    Done,
+    /// The report turned out bad: no results, for this reason.
+    Failed(String),
+}
+
+/// Inserts `cases`, numbered from `first_ordinal`, in statements of
+/// [`CASES_PER_INSERT`] rows.
+async fn insert_cases(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job_id: &str,
+    first_ordinal: usize,
+    cases: &[TestCase],
+) -> Result<()> {
+    for (chunk_index, chunk) in cases.chunks(CASES_PER_INSERT).enumerate() {
+        let mut sql = String::from(
+            "INSERT INTO job_test_cases (job_id, ordinal, test_id, file, name, outcome, duration_us, message, traceback) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = i * 9;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 9
+            ));
+        }
+        let mut query = sqlx::query(&sql);
+        for (i, case) in chunk.iter().enumerate() {
+            let ordinal = (first_ordinal + chunk_index * CASES_PER_INSERT + i) as i64;
+            query = query
+                .bind(job_id)
+                .bind(ordinal)
+                .bind(&case.id)
+                .bind(&case.file)
+                .bind(&case.name)
+                .bind(case.outcome.as_str())
+                .bind(micros(case.duration_seconds))
+                .bind(&case.message)
+                .bind(&case.traceback);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Stores a job's report once: its cases and totals, or why it has none.
     /// A second call for the same job (a controller that retried after
@@ -98,46 +158,76 @@ impl Store {
             return Ok(());
         }
         if let JobReport::Cases(cases) = report {
-            for (chunk_index, chunk) in cases.chunks(CASES_PER_INSERT).enumerate() {
-                let mut sql = String::from(
-                    "INSERT INTO job_test_cases (job_id, ordinal, test_id, file, name, outcome, duration_us, message, traceback) VALUES ",
-                );
-                for i in 0..chunk.len() {
-                    let p = i * 9;
-                    if i > 0 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6,
-                        p + 7,
-                        p + 8,
-                        p + 9
-                    ));
-                }
-                let mut query = sqlx::query(&sql);
-                for (i, case) in chunk.iter().enumerate() {
-                    let ordinal = (chunk_index * CASES_PER_INSERT + i) as i64;
-                    query = query
-                        .bind(&id)
-                        .bind(ordinal)
-                        .bind(&case.id)
-                        .bind(&case.file)
-                        .bind(&case.name)
-                        .bind(case.outcome.as_str())
-                        .bind(micros(case.duration_seconds))
-                        .bind(&case.message)
-                        .bind(&case.traceback);
-                }
-                query.execute(&mut *tx).await?;
-            }
+            insert_cases(&mut tx, &id, 0, cases).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a report whose cases arrive in chunks while it is parsed, so
+    /// a big report's cases are never all in memory: all of them in one
+    /// transaction that commits only on [`ReportChunk::Done`]; on
+    /// [`ReportChunk::Failed`], or a sender gone without a word, nothing of
+    /// them stays and the reason is stored instead. A report stored before
+    /// is kept.
+    pub async fn put_job_cases(
+        &self,
+        job_id: JobId,
+        mut chunks: tokio::sync::mpsc::Receiver<ReportChunk>,
+    ) -> Result<()> {
+        let id = job_id.to_string();
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM job_test_reports WHERE job_id = $1")
+                .bind(&id)
+                .fetch_optional(&self.reader)
+                .await?;
+        if stored.is_some() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        let mut totals = TestTotals::default();
+        let mut count = 0;
+        let failure = loop {
+            match chunks.recv().await {
+                Some(ReportChunk::Cases(cases)) => {
+                    insert_cases(&mut tx, &id, count, &cases).await?;
+                    count += cases.len();
+                    let more = TestTotals::of(&cases);
+                    totals.passed += more.passed;
+                    totals.failed += more.failed;
+                    totals.errors += more.errors;
+                    totals.skipped += more.skipped;
+                    totals.duration_seconds += more.duration_seconds;
+                }
+                Some(ReportChunk::Done) => break None,
+                Some(ReportChunk::Failed(reason)) => break Some(reason),
+                None => break Some("reading the test report stopped before its end".to_string()),
+            }
+        };
+        if let Some(reason) = failure {
+            tx.rollback().await?;
+            return self
+                .put_job_report(job_id, &JobReport::Missing { reason })
+                .await;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO job_test_reports (job_id, passed, failed, errors, skipped, duration_us, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL) ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(totals.passed)
+        .bind(totals.failed)
+        .bind(totals.errors)
+        .bind(totals.skipped)
+        .bind(micros(totals.duration_seconds))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(())
     }
 

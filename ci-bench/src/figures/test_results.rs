@@ -1,8 +1,9 @@
 //! Figure 7: test results. Three numbers about collecting a job's JUnit
 //! report (5 000 tests and 200 000 cases in the full run; 500 and 20 000
 //! with `--quick`, which only keeps the figure from rotting):
-//! - the controller's step itself: a 5 000-test report read from the exited
-//!   container (the engine's archive API), parsed and stored, against one
+//! - the controller's step itself (`store_report_xml`, what the controller
+//!   runs): a 5 000-test report read from the exited container (the engine's
+//!   archive API), parsed and stored as parsed, against one
 //!   engine round trip (`inspect`) on the same stopped container;
 //! - what the end-of-job summary adds to `ci submit test` of that project,
 //!   against the same job on a system whose controller collects nothing
@@ -13,8 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ci_common::config::DatabaseLocation;
-use ci_common::test_results::JobReport;
-use ci_controller::junit_report::{parse_report, ReportLimits, REPORT_PATH};
+use ci_controller::junit_report::{store_report_xml, ReportLimits, REPORT_PATH};
 use ci_controller::runtime::{ContainerRuntime, FileRead};
 use ci_controller::DockerRuntime;
 use ci_persistence::{NewJob, Store};
@@ -232,14 +232,9 @@ async fn controller_step(
                     )))
                 }
             };
-            let cases = tokio::task::spawn_blocking(move || parse_report(&xml, &limits))
+            let count = store_report_xml(&store, job, xml, limits)
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?
-                .map_err(|e| BenchError::Setup(e.to_string()))?;
-            let count = cases.len();
-            store
-                .put_job_report(job, &JobReport::Cases(cases))
-                .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             steps.push(ms(started.elapsed()));
             if count != ctx.plan.report_tests {
