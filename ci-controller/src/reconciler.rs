@@ -496,7 +496,7 @@ mod tests {
             assert_eq!(ended.exit_code, Some(code), "the exit code decides");
             jobs.push(job);
         }
-        let Some(JobReport::Cases(cases)) = h.store.job_report(jobs[0], None).await.unwrap() else {
+        let Some(JobReport::Cases(cases)) = h.store.job_report(jobs[0], &[]).await.unwrap() else {
             panic!("the cases are stored before the job ends");
         };
         let outcomes: Vec<_> = cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect();
@@ -508,7 +508,7 @@ mod tests {
             ]
         );
         for (job, why) in [(jobs[1], "DTD"), (jobs[2], "no test report")] {
-            match h.store.job_report(job, None).await.unwrap() {
+            match h.store.job_report(job, &[]).await.unwrap() {
                 Some(JobReport::Missing { reason }) => assert!(reason.contains(why), "{reason}"),
                 other => panic!("{other:?}"),
             }
@@ -521,7 +521,7 @@ mod tests {
         let h = Harness::start(|c| c.image = "missing:latest".into()).await;
         let job = h.submit().await;
         h.ended(job).await;
-        match h.store.job_report(job, None).await.unwrap() {
+        match h.store.job_report(job, &[]).await.unwrap() {
             Some(JobReport::Missing { reason }) => {
                 assert!(reason.starts_with("No test results: "), "{reason}");
                 assert!(

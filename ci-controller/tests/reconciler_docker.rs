@@ -587,8 +587,8 @@ async fn the_test_report_is_read_after_the_job_exited_on_either_kind_of_root() {
     for id in [read_only, writable] {
         let job = h.ended(id).await;
         assert_eq!(job.exit_code, Some(1), "{}", h.output(id).await);
-        let Some(JobReport::Cases(cases)) = h.store.job_report(id, None).await.unwrap() else {
-            panic!("no report: {:?}", h.store.job_report(id, None).await);
+        let Some(JobReport::Cases(cases)) = h.store.job_report(id, &[]).await.unwrap() else {
+            panic!("no report: {:?}", h.store.job_report(id, &[]).await);
         };
         let outcome = |name: &str| {
             cases
@@ -656,7 +656,7 @@ async fn a_hostile_report_written_by_the_job_never_changes_its_result() {
             "{}",
             h.output(id).await
         );
-        match h.store.job_report(id, None).await.unwrap() {
+        match h.store.job_report(id, &[]).await.unwrap() {
             Some(JobReport::Missing { reason }) => assert!(reason.contains(why), "{reason}"),
             other => panic!("{other:?}"),
         }

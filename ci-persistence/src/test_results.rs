@@ -231,11 +231,13 @@ impl Store {
         Ok(())
     }
 
-    /// A job's report as stored; `None` when none was stored (yet).
+    /// A job's report as stored, its cases in report order and only those
+    /// with one of `outcomes` (all when empty); `None` when none was stored
+    /// (yet).
     pub async fn job_report(
         &self,
         job_id: JobId,
-        outcome: Option<TestOutcome>,
+        outcomes: &[TestOutcome],
     ) -> Result<Option<JobReport>> {
         let id = job_id.to_string();
         let reason: Option<Option<String>> =
@@ -249,14 +251,21 @@ impl Store {
         if let Some(reason) = reason {
             return Ok(Some(JobReport::Missing { reason }));
         }
-        let rows = sqlx::query(
+        // The outcomes are the enum's own words, not the caller's text.
+        let filter = if outcomes.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = outcomes
+                .iter()
+                .map(|o| format!("'{}'", o.as_str()))
+                .collect();
+            format!(" AND outcome IN ({})", names.join(", "))
+        };
+        let sql = format!(
             "SELECT test_id, file, name, outcome, duration_us, message, traceback FROM job_test_cases \
-             WHERE job_id = $1 AND ($2 IS NULL OR outcome = $2) ORDER BY ordinal",
-        )
-        .bind(&id)
-        .bind(outcome.map(TestOutcome::as_str))
-        .fetch_all(&self.reader)
-        .await?;
+             WHERE job_id = $1{filter} ORDER BY ordinal"
+        );
+        let rows = sqlx::query(&sql).bind(&id).fetch_all(&self.reader).await?;
         Ok(Some(JobReport::Cases(
             rows.iter().map(case).collect::<Result<_>>()?,
         )))

@@ -83,6 +83,21 @@ async fn the_cases_of_a_job_are_served_with_their_summary() {
         .collect();
     assert_eq!(ids, ["tests/test_x.py::TestA::test_bad"]);
     assert_eq!(failed["summary"], summary, "the summary is the whole job's");
+    let failing = json_of(&app, &format!("/jobs/{id}/tests?outcome=failed,error")).await;
+    let ids: Vec<_> = failing["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "tests/test_x.py::TestA::test_bad",
+            "tests/test_x.py::TestA::test_setup"
+        ],
+        "several outcomes, in report order"
+    );
     // The job summary carries the totals.
     assert_eq!(
         json_of(&app, &format!("/jobs/{id}")).await["tests"],

@@ -28,23 +28,30 @@ pub async fn job_tests(
     let job = owned_job(&app, &key, id).await?;
     let Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?;
-    let outcome = match query.outcome.as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(TestOutcome::parse(raw).ok_or_else(|| {
+    // One outcome, as the contract has it, or several separated by commas
+    // (beyond it: `ci` asks for failed,error,xpassed in one request).
+    let mut outcomes = Vec::new();
+    for raw in query.outcome.as_deref().unwrap_or("").split(',') {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            continue;
+        }
+        let outcome = TestOutcome::parse(raw).ok_or_else(|| {
             let known: Vec<_> = TestOutcome::ALL.iter().map(|o| o.as_str()).collect();
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("outcome must be one of {}", known.join(", ")),
             )
-        })?),
-    };
+        })?;
+        outcomes.push(outcome);
+    }
     let no_results = |reason: String| JobTests {
         job_id: job.id,
         summary: None,
         cases: Vec::new(),
         reason: Some(reason),
     };
-    let tests = match app.store.job_report(job.id, outcome).await? {
+    let tests = match app.store.job_report(job.id, &outcomes).await? {
         None if job.status.is_terminal() => {
             no_results("No test results were stored for this job".into())
         }
