@@ -26,3 +26,5 @@ CREATE TABLE job_test_cases (
 );
 -- Flakiness compares a test's outcomes across jobs on the same code.
 CREATE INDEX job_test_cases_test ON job_test_cases(test_id, job_id);
+-- ... among the owner's jobs on the same archive.
+CREATE INDEX jobs_user_archive ON jobs(user_id, archive_digest);
