@@ -165,11 +165,14 @@ impl Store {
     }
 
     /// Stores a report whose cases arrive in chunks while it is parsed, so
-    /// a big report's cases are never all in memory: all of them in one
-    /// transaction that commits only on [`ReportChunk::Done`]; on
-    /// [`ReportChunk::Failed`], or a sender gone without a word, nothing of
-    /// them stays and the reason is stored instead. A report stored before
-    /// is kept.
+    /// a big report's cases are never all in memory. Each chunk is its own
+    /// short write, so a big report never holds the (SQLite) writer for
+    /// long: the controller's lease renewals and other jobs' output go in
+    /// between. The cases count only once the report's row is written, on
+    /// [`ReportChunk::Done`]; on [`ReportChunk::Failed`], or a sender gone
+    /// without a word, they are deleted and the reason is stored instead. A
+    /// report stored before is kept; cases left by an attempt that died
+    /// half-way are deleted first.
     pub async fn put_job_cases(
         &self,
         job_id: JobId,
@@ -184,13 +187,15 @@ impl Store {
         if stored.is_some() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
+        self.delete_unreported_cases(&id).await?;
         let mut totals = TestTotals::default();
         let mut count = 0;
         let failure = loop {
             match chunks.recv().await {
                 Some(ReportChunk::Cases(cases)) => {
+                    let mut tx = self.writer.begin().await?;
                     insert_cases(&mut tx, &id, count, &cases).await?;
+                    tx.commit().await?;
                     count += cases.len();
                     let more = TestTotals::of(&cases);
                     totals.passed += more.passed;
@@ -205,7 +210,7 @@ impl Store {
             }
         };
         if let Some(reason) = failure {
-            tx.rollback().await?;
+            self.delete_unreported_cases(&id).await?;
             return self
                 .put_job_report(job_id, &JobReport::Missing { reason })
                 .await;
@@ -220,14 +225,26 @@ impl Store {
         .bind(totals.errors)
         .bind(totals.skipped)
         .bind(micros(totals.duration_seconds))
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
+            // Another writer stored a report meanwhile; this one's cases go.
+            tracing::warn!(%job_id, "a test report was stored twice; the first is kept");
         }
+        Ok(())
+    }
+
+    /// Deletes the cases of a job that has no report row: an unfinished
+    /// attempt's.
+    async fn delete_unreported_cases(&self, job_id: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM job_test_cases WHERE job_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM job_test_reports r WHERE r.job_id = $1)",
+        )
+        .bind(job_id)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -301,6 +318,7 @@ impl Store {
              JOIN jobs j ON j.id = c.job_id \
              JOIN jobs oj ON oj.archive_digest = j.archive_digest AND oj.user_id = j.user_id AND oj.id <> j.id \
              JOIN job_test_cases o ON o.job_id = oj.id AND o.test_id = c.test_id \
+             JOIN job_test_reports r ON r.job_id = oj.id AND r.reason IS NULL \
              WHERE c.job_id = $1 AND ( \
                (c.outcome IN ({failures}) AND o.outcome = 'passed') OR \
                (c.outcome = 'passed' AND o.outcome IN ({failures}))) \
