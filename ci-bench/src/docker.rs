@@ -547,6 +547,8 @@ mod tests {
             "--security-opt",
             "no-new-privileges",
             "--mount",
+            "type=volume,dst=/ci-report",
+            "--mount",
             "type=volume,dst=/workspace",
             "--tmpfs",
             "/tmp:mode=1777,exec",

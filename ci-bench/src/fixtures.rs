@@ -132,6 +132,42 @@ pub fn printer(root: &Path, seconds: u64, every_ms: u64) -> Result<Project> {
     )
 }
 
+/// `tests` generated tests, `failing` of which fail with a message: the
+/// test-results figure's project, whose report has `tests` cases.
+pub fn many_tests(root: &Path, tests: usize, failing: usize) -> Result<Project> {
+    let test = format!(
+        "import pytest\n\n\n\
+         @pytest.mark.parametrize(\"i\", range({tests}))\n\
+         def test_generated(i):\n\
+         \x20   assert i >= {failing}, f\"case {{i}} fails on purpose\"\n"
+    );
+    write_project(
+        &root.join(format!("many-tests-{tests}")),
+        &[("test_generated.py", test)],
+    )
+}
+
+/// One passing test, after which the job replaces its report with one of
+/// `cases` cases (written by a conftest hook that runs after pytest's own
+/// report): the controller's memory figure while storing a big report.
+pub fn huge_report(root: &Path, cases: usize) -> Result<Project> {
+    let conftest = format!(
+        "def pytest_unconfigure(config):\n\
+         \x20   with open('/ci-report/junit.xml', 'w') as f:\n\
+         \x20       f.write('<testsuites><testsuite name=\"pytest\">')\n\
+         \x20       for i in range({cases}):\n\
+         \x20           f.write(f'<testcase classname=\"tests.test_huge\" name=\"test_{{i}}\" file=\"tests/test_huge.py\" time=\"0.001\"/>')\n\
+         \x20       f.write('</testsuite></testsuites>')\n"
+    );
+    write_project(
+        &root.join(format!("huge-report-{cases}")),
+        &[
+            ("conftest.py", conftest),
+            ("test_one.py", "def test_one():\n    pass\n".to_string()),
+        ],
+    )
+}
+
 fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<Project> {
     std::fs::create_dir_all(dir).map_err(BenchError::io(format!("creating {}", dir.display())))?;
     for (name, text) in files {
@@ -183,5 +219,14 @@ mod tests {
         let printer = printer(dir.path(), 2, 20).unwrap();
         let text = std::fs::read_to_string(printer.dir.join("test_printer.py")).unwrap();
         assert!(text.contains("range(100)") && text.contains("time.sleep(0.02)"));
+        let many = many_tests(dir.path(), 50, 2).unwrap();
+        let text = std::fs::read_to_string(many.dir.join("test_generated.py")).unwrap();
+        assert!(
+            text.contains("range(50)") && text.contains("i >= 2"),
+            "{text}"
+        );
+        let huge = huge_report(dir.path(), 7).unwrap();
+        let text = std::fs::read_to_string(huge.dir.join("conftest.py")).unwrap();
+        assert!(text.contains("range(7)") && text.contains("/ci-report/junit.xml"));
     }
 }

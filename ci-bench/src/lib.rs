@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures ten figures, each against a baseline
+//! made with `ci-admin`) and measures eleven figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The ten figures, by the name `--only` takes.
+/// The eleven figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -69,6 +69,7 @@ pub enum FigureKind {
     /// Memory under big inputs: a zip bomb, near-limit uploads, unread streams.
     BigInputs,
     Page,
+    TestResults,
 }
 
 impl Options {
@@ -130,6 +131,7 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         postgres: options.database_url.clone(),
         max_concurrent_jobs: None,
         controller_env: Vec::new(),
+        test_reports: true,
     };
     let ctx = Context {
         plan: &plan,
@@ -162,6 +164,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         let stopped = system.shutdown().await;
         result?;
         stopped?;
+    }
+    if options.wants(FigureKind::TestResults) {
+        progress("figure 11: test results, on a system with and one without report collection");
+        add(
+            figures,
+            figures::test_results::measure(&system_options, &ctx).await?,
+        );
     }
     if options.wants(FigureKind::Memory) {
         progress("memory: starting a fresh system");

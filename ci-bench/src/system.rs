@@ -29,6 +29,9 @@ pub struct SystemOptions {
     pub max_concurrent_jobs: Option<usize>,
     /// More `CI_*` settings for the controller (limits a figure must raise).
     pub controller_env: Vec<(String, String)>,
+    /// `CI_TEST_REPORTS`: whether the controller collects test reports (off
+    /// for the test-results figure's baseline).
+    pub test_reports: bool,
 }
 
 enum Database {
@@ -108,6 +111,7 @@ impl System {
         if let Some(n) = options.max_concurrent_jobs {
             controller.env("CI_MAX_CONCURRENT_JOBS", n.to_string());
         }
+        controller.env("CI_TEST_REPORTS", options.test_reports.to_string());
         controller.envs(options.controller_env.iter().cloned());
         let (mut controller, status_url) = start_announcing(
             "ci-controller",

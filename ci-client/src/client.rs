@@ -226,6 +226,28 @@ impl ApiClient {
         read_json(self.send(request).await?, &self.base_url).await
     }
 
+    /// The job's test cases; with `failed_only`, only those that failed the
+    /// run (failed, error, xpassed), filtered by the server so a big suite's
+    /// passes are not sent.
+    pub async fn job_tests(
+        &self,
+        job_id: JobId,
+        failed_only: bool,
+    ) -> Result<ci_common::test_results::JobTests, ClientError> {
+        let mut path = format!("/jobs/{job_id}/tests");
+        if failed_only {
+            let failing: Vec<&str> = ci_common::test_results::TestOutcome::ALL
+                .into_iter()
+                .filter(|o| o.is_failure())
+                .map(|o| o.as_str())
+                .collect();
+            path.push_str("?outcome=");
+            path.push_str(&failing.join(","));
+        }
+        let request = self.get(&path).timeout(QUERY_TIMEOUT);
+        read_json(self.send(request).await?, &self.base_url).await
+    }
+
     /// Asks the server to stop a job; the answer is the job as it is right
     /// after the request (the controller stops a running job shortly after).
     pub async fn cancel_job(&self, job_id: JobId) -> Result<JobSummary, ClientError> {

@@ -18,6 +18,8 @@ use ci_common::{JobId, JobOptions, JobStatus};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::tests_command::print_end_of_job_summary;
+
 /// The shell's convention for "ended by SIGINT".
 const EXIT_INTERRUPTED: u8 = 130;
 /// How long a Ctrl-C'd submit waits for the server to accept the cancellation.
@@ -38,7 +40,7 @@ pub struct Context {
 impl Context {
     /// The client for the server; warns (once per command) when the key
     /// would travel in the clear to another machine.
-    fn api(&self) -> Result<ApiClient, ClientError> {
+    pub(crate) fn api(&self) -> Result<ApiClient, ClientError> {
         let api = ApiClient::new(&self.server_url, self.api_key.clone())?.on_reconnect(|error| {
             eprintln!("Connection to the CI server lost, reconnecting… ({error})");
         });
@@ -160,10 +162,14 @@ pub async fn submit_and_follow(
         let events = uploader.submit_stream(zip, &named(options, name)).await;
         end_upload_progress(bar);
         let mut events = events.map_err(|e| explain_upload_failure(e, size))?;
-        print_events(&api, &mut events, None, &sink, |id| {
+        let code = print_events(&api, &mut events, None, &sink, |id| {
             progress_tx.send_replace(SubmitProgress::Named(id));
         })
-        .await
+        .await?;
+        if let SubmitProgress::Named(id) = *progress_tx.borrow() {
+            print_end_of_job_summary(&api, id).await;
+        }
+        Ok(code)
     };
     tokio::pin!(run);
     tokio::select! {
@@ -247,14 +253,23 @@ async fn follow(
         } else {
             match from_now(api, job_id).await? {
                 Joined::Follow(from) => from,
-                Joined::Ended(job) => return Ok(report_ended(&job)),
+                Joined::Ended(job) => {
+                    let code = report_ended(&job);
+                    // How its tests went, as after a followed job.
+                    if job.status != JobStatus::Cancelled {
+                        print_end_of_job_summary(api, job_id).await;
+                    }
+                    return Ok(code);
+                }
             }
         };
         let mut events = api
             .follow_job(job_id, from)
             .await
             .map_err(about_job(job_id))?;
-        print_events(api, &mut events, Some(job_id), &sink, |_| {}).await
+        let code = print_events(api, &mut events, Some(job_id), &sink, |_| {}).await?;
+        print_end_of_job_summary(api, job_id).await;
+        Ok(code)
     };
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
@@ -724,7 +739,7 @@ fn format_size(bytes: u64) -> String {
 /// The job a command names: a whole UUID, or a unique prefix of at least
 /// [`MIN_PREFIX`] characters of one of the caller's jobs. Nothing else can
 /// name a job, so it is "not found" without asking the server.
-async fn resolve_job_id(api: &ApiClient, raw: &str) -> anyhow::Result<JobId> {
+pub(crate) async fn resolve_job_id(api: &ApiClient, raw: &str) -> anyhow::Result<JobId> {
     let raw = raw.trim();
     if let Ok(id) = JobId::parse_str(raw) {
         return Ok(id);
@@ -767,7 +782,7 @@ async fn resolve_job_id(api: &ApiClient, raw: &str) -> anyhow::Result<JobId> {
 const MIN_PREFIX: usize = 6;
 
 /// Names the job in errors about that job (missing, someone else's).
-fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
+pub(crate) fn about_job(job_id: JobId) -> impl FnOnce(ClientError) -> anyhow::Error {
     move |error| match error {
         ClientError::NotFound(_) | ClientError::Forbidden(_) => {
             anyhow::Error::new(error).context(format!("job {job_id}"))

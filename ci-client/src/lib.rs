@@ -28,6 +28,7 @@ mod follow;
 mod job_text;
 pub mod output;
 mod project;
+pub mod test_report;
 
 pub use ci_common::api::StreamStart;
 pub use client::{ApiClient, ReconnectNotice};

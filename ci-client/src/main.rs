@@ -1,6 +1,7 @@
 //! `ci`, the user's command line for the CI service.
 
 mod commands;
+mod tests_command;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -84,6 +85,17 @@ enum Command {
         /// Show times in UTC instead of local time.
         #[arg(long)]
         utc: bool,
+    },
+    /// Show a job's test results.
+    Tests {
+        /// Job ID whose tests to show.
+        job_id: String,
+        /// Only the tests that failed (failures, errors, strict xpasses).
+        #[arg(long)]
+        failed: bool,
+        /// Output in JSON format.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the server to stop a job.
     Cancel {
@@ -206,6 +218,11 @@ async fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "ci", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tests {
+            job_id,
+            failed,
+            json,
+        } => tests_command::tests(&context, &job_id, failed, json).await,
     };
     outcome.unwrap_or_else(|error| commands::report(&error))
 }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use ci_common::api::JobSummary;
+use ci_common::test_results::TestTotals;
 use ci_common::JobStatus;
 
 /// Printed on stderr after an authentication failure, as the reference client does.
@@ -56,6 +57,7 @@ const TIME_WIDTH: usize = 26;
 const SUCCESS_WIDTH: usize = 8;
 const DURATION_WIDTH: usize = 10;
 const PROJECT_WIDTH: usize = 20;
+const PYTHON_WIDTH: usize = 6;
 
 /// The `ci list` table, one line per job, or `No jobs found.`; every line ends
 /// in a newline. The contract's five columns come first, in its order, then
@@ -78,6 +80,7 @@ where
         "SUBMITTED",
         "PROJECT",
         "PYTHON",
+        "TESTS",
     ]);
     let mut out = header.clone();
     out.push_str(&"-".repeat(header.trim_end().chars().count()));
@@ -94,19 +97,29 @@ where
             &format_time(job.submitted_at, zone),
             job.project.as_deref().unwrap_or("-"),
             job.python.as_deref().unwrap_or("-"),
+            &format_test_counts(job.tests.as_ref()),
         ]));
     }
     out
 }
 
 fn table_row(
-    [id, status, start, end, success, duration, submitted, project, python]: [&str; 9],
+    [id, status, start, end, success, duration, submitted, project, python, tests]: [&str; 10],
 ) -> String {
     format!(
         "{id:<ID_WIDTH$} {status:<STATUS_WIDTH$} {start:<TIME_WIDTH$} {end:<TIME_WIDTH$} \
          {success:<SUCCESS_WIDTH$} {duration:<DURATION_WIDTH$} {submitted:<TIME_WIDTH$} \
-         {project:<PROJECT_WIDTH$} {python}\n"
+         {project:<PROJECT_WIDTH$} {python:<PYTHON_WIDTH$} {tests}\n"
     )
+}
+
+/// `ci list`'s TESTS column: passed and failed counts (errors count as
+/// failed there), `-` without a report.
+fn format_test_counts(tests: Option<&TestTotals>) -> String {
+    match tests {
+        None => "-".to_string(),
+        Some(t) => format!("{} passed, {} failed", t.passed, t.failed + t.errors),
+    }
 }
 
 fn format_time<Tz: TimeZone>(time: Option<DateTime<Utc>>, zone: &Tz) -> String

@@ -56,19 +56,9 @@ pub struct JobSummary {
     /// The Docker engine the job ran on; null until engines are recorded.
     #[serde(default)]
     pub engine: Option<String>,
-    /// Counts from the job's test report; null until reports are read.
+    /// The totals of the job's test report; null when there is none (yet).
     #[serde(default)]
-    pub tests: Option<TestCounts>,
-}
-
-/// `{"passed", "failed", "errors", "skipped", "duration_seconds"}` of a job's test report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TestCounts {
-    pub passed: u64,
-    pub failed: u64,
-    pub errors: u64,
-    pub skipped: u64,
-    pub duration_seconds: Option<f64>,
+    pub tests: Option<crate::test_results::TestTotals>,
 }
 
 impl JobSummary {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod api_key;
 pub mod job;
 pub mod python;
+pub mod test_results;
 pub mod time;
 pub mod user;
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::junit_report::ReportLimits;
 use crate::log_pump::PumpConfig;
 use crate::workspace::UnpackLimits;
 
@@ -20,14 +21,20 @@ exec </dev/null\n";
 /// arguments (the script's own, `"$@"`). A project whose environment has no
 /// pytest of its own runs the image's (`/opt/ci-pytest`, see
 /// `runner-image/Dockerfile`), put on the path only then and only for the
-/// tests, so pip never mistakes it for one the project installed. stderr joins stdout so the output keeps its order.
+/// tests, so pip never mistakes it for one the project installed. stderr
+/// joins stdout so the output keeps its order. pytest writes its JUnit report
+/// to [`REPORT_PATH`](crate::junit_report::REPORT_PATH), in the xunit1 family,
+/// whose cases name their file (xunit2's do not), so node ids are exact; only
+/// where it can: an image without a writable `/ci-report` (a custom base
+/// image) runs pytest without a report, as pytest would crash at its end
+/// writing one there.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
 if [ -f requirements.txt ]; then\n\
   pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
 fi\n\
 [ -d \"$(echo \"$VIRTUAL_ENV\"/lib/python3*/site-packages/pytest)\" ] \
 || export PYTHONPATH=/opt/ci-pytest${PYTHONPATH:+:$PYTHONPATH}\n\
-exec python -m pytest -v \"$@\"\n";
+exec python -m pytest -v $([ -w /ci-report ] && echo --junitxml=/ci-report/junit.xml -o junit_family=xunit1) \"$@\"\n";
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -57,6 +64,9 @@ pub struct ControllerConfig {
     /// Run jobs that install nothing (no `requirements.txt`) on a read-only
     /// root file system; `pip install` needs to write the image's venv.
     pub read_only_rootfs: bool,
+    /// Caps on the job's test report; `None` turns collecting reports off
+    /// (the benchmark's baseline).
+    pub test_report: Option<ReportLimits>,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +89,7 @@ impl Default for ControllerConfig {
             stop_grace: Duration::from_secs(1),
             pip_cache_volume: Some("ci-pip-cache".to_string()),
             read_only_rootfs: true,
+            test_report: Some(ReportLimits::default()),
         }
     }
 }
@@ -154,6 +165,21 @@ mod tests {
             ..ControllerConfig::default()
         };
         assert_eq!(off.pip_cache_volume_for(a), None);
+    }
+
+    #[test]
+    fn pytest_writes_its_report_where_the_controller_reads_it() {
+        let pytest = JOB_SCRIPT
+            .lines()
+            .find(|l| l.contains("python -m pytest"))
+            .expect("a pytest line");
+        let report = format!("--junitxml={}", crate::junit_report::REPORT_PATH);
+        assert!(pytest.split(' ').any(|arg| arg == report), "{pytest}");
+        assert!(
+            pytest.contains(&format!("[ -w {} ]", crate::junit_report::REPORT_DIR)),
+            "only where the report can be written: {pytest}"
+        );
+        assert!(pytest.contains("-o junit_family=xunit1"), "{pytest}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use ci_common::Job;
 
 use crate::config::{ControllerConfig, JOB_SCRIPT, UNPACK_FROM_STDIN};
+use crate::junit_report::REPORT_DIR;
 use crate::project_facts::ProjectFacts;
 use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB};
 
@@ -47,8 +48,9 @@ pub struct ContainerSpec {
     pub cap_drop: Vec<String>,
     /// Security options (`no-new-privileges` for jobs).
     pub security_opt: Vec<String>,
-    /// Volumes: pip's cache (named, one per user) and, on a read-only root,
-    /// the workspace (anonymous, removed with the container).
+    /// Volumes: pip's cache (named, one per user), the test report's folder
+    /// and, on a read-only root, the workspace (anonymous, removed with the
+    /// container).
     pub volumes: Vec<VolumeMount>,
     /// Run on a read-only root file system; `tmpfs` and `volumes` are then
     /// the only writable places.
@@ -101,6 +103,14 @@ pub fn job_container_spec(
             labels: BTreeMap::from([(LABEL_INSTALLATION.to_string(), installation)]),
         });
     }
+    // The test report outlives the container's exit on a volume of its own
+    // (tmpfs is gone once the container stops), read back through the
+    // engine's archive API and removed with the container.
+    volumes.push(VolumeMount {
+        name: None,
+        target: REPORT_DIR.to_string(),
+        labels: BTreeMap::new(),
+    });
     let tmpfs = if read_only_rootfs {
         volumes.push(VolumeMount {
             name: None,
@@ -186,6 +196,26 @@ mod tests {
         requires_python: None,
     };
 
+    /// The report's folder: anonymous, so it goes with the container, and
+    /// not in memory, so it is still there after the job exited.
+    fn report_volume() -> VolumeMount {
+        VolumeMount {
+            name: None,
+            target: "/ci-report".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_test_report_is_written_outside_the_workspace_on_a_volume_of_the_container() {
+        for project in [INSTALLS, INSTALLS_NOTHING] {
+            let spec = job_container_spec(&job(), &config(), project, "runner:test");
+            assert!(spec.volumes.contains(&report_volume()));
+            assert!(!spec.tmpfs.iter().any(|(path, _)| path == "/ci-report"));
+            assert!(spec.cmd[2].contains("--junitxml=/ci-report/junit.xml"));
+        }
+    }
+
     #[test]
     fn a_job_runs_confined_as_the_unprivileged_user() {
         let (job, config) = (job(), config());
@@ -230,7 +260,7 @@ mod tests {
             spec.cmd[3..],
             ["ci-job", "-k", "a and not b; rm -rf /", "-x"]
         );
-        assert!(spec.cmd[2].ends_with("exec python -m pytest -v \"$@\"\n"));
+        assert!(spec.cmd[2].ends_with(" \"$@\"\n"), "{}", spec.cmd[2]);
     }
 
     #[test]
@@ -241,11 +271,14 @@ mod tests {
         assert!(spec.tmpfs.is_empty());
         assert_eq!(
             spec.volumes,
-            [VolumeMount {
-                name: Some(format!("p-ci-pip-cache-{}", job.user_id)),
-                target: "/home/runner/.cache/pip".into(),
-                labels: BTreeMap::from([("ci.installation".to_string(), "p-".to_string())]),
-            }]
+            [
+                VolumeMount {
+                    name: Some(format!("p-ci-pip-cache-{}", job.user_id)),
+                    target: "/home/runner/.cache/pip".into(),
+                    labels: BTreeMap::from([("ci.installation".to_string(), "p-".to_string())]),
+                },
+                report_volume()
+            ]
         );
     }
 
@@ -255,11 +288,14 @@ mod tests {
         assert!(spec.read_only_rootfs);
         assert_eq!(
             spec.volumes,
-            [VolumeMount {
-                name: None,
-                target: "/workspace".into(),
-                labels: BTreeMap::new(),
-            }],
+            [
+                report_volume(),
+                VolumeMount {
+                    name: None,
+                    target: "/workspace".into(),
+                    labels: BTreeMap::new(),
+                }
+            ],
             "the workspace is the container's own volume; no pip cache"
         );
         assert_eq!(
@@ -283,6 +319,10 @@ mod tests {
         let spec = job_container_spec(&job(), &config, INSTALLS_NOTHING, "runner:test");
         assert!(!spec.read_only_rootfs);
         assert!(spec.tmpfs.is_empty());
-        assert_eq!(spec.volumes.len(), 1, "the pip cache only");
+        assert_eq!(
+            spec.volumes.len(),
+            2,
+            "the pip cache and the report, no workspace volume"
+        );
     }
 }

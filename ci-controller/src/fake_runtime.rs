@@ -21,8 +21,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ImageInfo, InputStream,
-    LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FileRead, ImageInfo,
+    InputStream, LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
 };
 
 /// One container, as the fake engine keeps it.
@@ -35,6 +35,8 @@ pub struct FakeContainer {
     /// What was written to its standard input.
     pub input: Option<Vec<u8>>,
     pub output: Vec<LogLine>,
+    /// Files the job wrote, by path (its test report).
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -64,6 +66,7 @@ impl Engine {
                 exit_code: None,
                 input: None,
                 output: Vec::new(),
+                files: BTreeMap::new(),
             },
         );
         id
@@ -186,6 +189,15 @@ impl FakeRuntime {
                     timestamp: next_timestamp(c.output.last()),
                     bytes: Bytes::from(text.to_string()),
                 });
+            }
+        });
+    }
+
+    /// The container's process writes `contents` to `path`.
+    pub fn write_file(&self, id: &str, path: &str, contents: &[u8]) {
+        self.change(|e| {
+            if let Some(c) = e.containers.get_mut(id) {
+                c.files.insert(path.to_string(), contents.to_vec());
             }
         });
     }
@@ -367,6 +379,18 @@ impl ContainerRuntime for FakeRuntime {
             .filter(|i| i.labels.contains_key(label))
             .cloned()
             .collect())
+    }
+
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileRead> {
+        let engine = self.engine();
+        let file = engine.containers.get(id).and_then(|c| c.files.get(path));
+        Ok(match file {
+            None => FileRead::Missing,
+            Some(contents) if contents.len() as u64 > max_bytes => FileRead::TooLarge {
+                bytes: contents.len() as u64,
+            },
+            Some(contents) => FileRead::Contents(contents.clone()),
+        })
     }
 
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {

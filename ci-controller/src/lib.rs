@@ -14,6 +14,7 @@ pub mod decision;
 pub mod environment;
 #[cfg(test)]
 mod fake_runtime;
+pub mod junit_report;
 pub mod leader;
 pub mod leadership;
 pub mod log_pump;

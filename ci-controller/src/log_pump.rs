@@ -353,6 +353,14 @@ mod tests {
         ) -> crate::runtime::Result<Vec<crate::runtime::ImageInfo>> {
             Ok(Vec::new())
         }
+        async fn read_file(
+            &self,
+            _: &str,
+            _: &str,
+            _: u64,
+        ) -> crate::runtime::Result<crate::runtime::FileRead> {
+            Ok(crate::runtime::FileRead::Missing)
+        }
         async fn inspect(&self, _: &str) -> crate::runtime::Result<Option<ContainerState>> {
             Ok(None)
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ci_config::DatabaseArgs;
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
+use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
 use ci_controller::leadership::{self, Controller};
 use ci_controller::status_listener::{self, DEFAULT_STATUS_ADDR};
@@ -71,6 +72,18 @@ struct Args {
     /// empty turns it off. With port 0 the chosen address is printed.
     #[arg(long, env = "CI_METRICS_ADDR", default_value = DEFAULT_STATUS_ADDR)]
     metrics_addr: String,
+    /// Read each job's JUnit report and store its test cases (off: the
+    /// benchmark's baseline; jobs then have no test results).
+    #[arg(long, env = "CI_TEST_REPORTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    test_reports: bool,
+
+    /// A job's test report larger than this is not read.
+    #[arg(long, env = "CI_MAX_REPORT_BYTES", default_value_t = 30 * 1024 * 1024)]
+    max_report_bytes: u64,
+
+    /// A job's test report with more test cases than this is refused.
+    #[arg(long, env = "CI_MAX_REPORT_CASES", default_value_t = 200_000)]
+    max_report_cases: usize,
 }
 
 #[tokio::main]
@@ -94,6 +107,11 @@ async fn main() -> anyhow::Result<()> {
     config.unpack.max_total_bytes = args.max_unpacked_bytes;
     config.unpack.max_entries = args.max_archive_entries;
     config.set_container_prefix(&args.container_prefix);
+    config.test_report = args.test_reports.then(|| ReportLimits {
+        max_bytes: args.max_report_bytes,
+        max_cases: args.max_report_cases,
+        ..ReportLimits::default()
+    });
 
     let location = args.db.location();
     let store = Store::open(&location)

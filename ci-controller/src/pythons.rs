@@ -87,9 +87,10 @@ impl fmt::Display for Offered {
 
 impl PythonCatalog {
     /// The catalog of the images the engine listed, each as its id or tag and
-    /// its labels. Images without a valid Python label are not runner images.
-    /// Where two images carry one Python, the newer patch release wins, then
-    /// the greater name, so the choice does not depend on listing order.
+    /// its labels, oldest build first. Images without a valid Python label
+    /// are not runner images. Where two images carry one Python, the newer
+    /// patch release wins, and between equal releases the later build (a
+    /// rebuilt recipe replaces the image it was built from).
     pub fn from_labelled<I>(images: I) -> Self
     where
         I: IntoIterator<Item = (String, HashMap<String, String>)>,
@@ -118,8 +119,7 @@ impl PythonCatalog {
                 version,
             };
             match catalog.images.get(&python) {
-                Some(kept)
-                    if (&kept.version, &kept.image) >= (&candidate.version, &candidate.image) => {}
+                Some(kept) if kept.version > candidate.version => {}
                 _ => {
                     catalog.images.insert(python, candidate);
                 }
@@ -203,8 +203,10 @@ impl PythonOffer {
         base_image: &str,
         configured_default: Option<PythonVersion>,
     ) -> Self {
+        let mut by_age: Vec<&ImageInfo> = images.iter().collect();
+        by_age.sort_by_key(|i| i.created);
         let catalog = PythonCatalog::from_labelled(
-            images
+            by_age
                 .iter()
                 .map(|i| (i.reference().to_string(), i.labels.clone())),
         );
@@ -353,6 +355,29 @@ mod tests {
             id: id.into(),
             tags: vec![tag.into()],
             labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn of_two_builds_of_one_release_the_newer_build_wins() {
+        let build = |id: &str, created: i64| ImageInfo {
+            created,
+            ..image(id, &format!("runner:3.11-{id}"), "3.11")
+        };
+        for images in [
+            vec![build("old", 100), build("new", 200)],
+            vec![build("new", 200), build("old", 100)],
+        ] {
+            let offer = PythonOffer::new(&images, "runner:3.11", None);
+            let wish = PythonWish {
+                requested: Some(v("3.11")),
+                requires_python: None,
+            };
+            assert_eq!(
+                offer.resolve(&wish).map(|(i, _)| i),
+                Ok("runner:3.11-new".into())
+            );
         }
     }
 

@@ -493,6 +493,7 @@ mod tests {
                 id: format!("sha256:{python}"),
                 tags: vec![format!("runner:{python}")],
                 labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
+                created: 0,
             });
         }
         let test = ("test_ok.py", "def test_ok():\n    pass\n");
@@ -564,6 +565,68 @@ mod tests {
             "the reason is the last line"
         );
         assert_eq!(h.engine.created(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_ends_with_its_test_report_stored_and_a_bad_report_changes_nothing() {
+        use ci_common::test_results::{JobReport, TestOutcome};
+        let h = Harness::start(|_| {}).await;
+        let good = br#"<testsuites><testsuite><testcase classname="t" name="test_a" file="t.py" time="0.5"/><testcase classname="t" name="test_b" file="t.py" time="0.25"><failure message="boom">trace</failure></testcase></testsuite></testsuites>"#;
+        let cases: [(Option<&[u8]>, i64); 3] = [
+            (Some(good), 1),
+            (Some(b"<!DOCTYPE x [<!ENTITY a 'a'>]><testsuites/>"), 0),
+            (None, 0),
+        ];
+        let mut jobs = Vec::new();
+        for (report, code) in cases {
+            let job = h.submit().await;
+            let id = h.running_container(job).await;
+            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+                .await;
+            if let Some(report) = report {
+                h.engine
+                    .write_file(&id, crate::junit_report::REPORT_PATH, report);
+            }
+            h.engine.exit(&id, code);
+            let ended = h.ended(job).await;
+            assert_eq!(ended.exit_code, Some(code), "the exit code decides");
+            jobs.push(job);
+        }
+        let Some(JobReport::Cases(cases)) = h.store.job_report(jobs[0], &[]).await.unwrap() else {
+            panic!("the cases are stored before the job ends");
+        };
+        let outcomes: Vec<_> = cases.iter().map(|c| (c.id.as_str(), c.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("t.py::test_a", TestOutcome::Passed),
+                ("t.py::test_b", TestOutcome::Failed)
+            ]
+        );
+        for (job, why) in [(jobs[1], "DTD"), (jobs[2], "no test report")] {
+            match h.store.job_report(job, &[]).await.unwrap() {
+                Some(JobReport::Missing { reason }) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_never_ran_says_why_it_has_no_test_results() {
+        use ci_common::test_results::JobReport;
+        let h = Harness::start(|c| c.image = "missing:latest".into()).await;
+        let job = h.submit().await;
+        h.ended(job).await;
+        match h.store.job_report(job, &[]).await.unwrap() {
+            Some(JobReport::Missing { reason }) => {
+                assert!(reason.starts_with("No test results: "), "{reason}");
+                assert!(
+                    reason.contains("image missing:latest not found"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

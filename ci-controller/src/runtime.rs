@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::{
-    AttachContainerOptions, Config, CreateContainerOptions, ListContainersOptions, LogOutput,
-    LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    AttachContainerOptions, Config, CreateContainerOptions, DownloadFromContainerOptions,
+    ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::image::ListImagesOptions;
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, MountVolumeOptions};
@@ -41,6 +41,8 @@ pub struct ImageInfo {
     /// Its `name:tag`s, if any.
     pub tags: Vec<String>,
     pub labels: HashMap<String, String>,
+    /// When it was built (Unix seconds), so the newest build of a Python wins.
+    pub created: i64,
 }
 
 impl ImageInfo {
@@ -57,6 +59,21 @@ pub struct ContainerState {
     pub running: bool,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
+}
+
+/// One file read from a container by [`ContainerRuntime::read_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRead {
+    /// No such file (or no such container).
+    Missing,
+    /// Something else than a regular file is there (a link, a folder, a
+    /// fifo): not followed, since the container's owner made it.
+    NotAFile,
+    /// Larger than asked for; not read.
+    TooLarge {
+        bytes: u64,
+    },
+    Contents(Vec<u8>),
 }
 
 /// One line (or piece of a long line) of a container's output, with the
@@ -84,6 +101,8 @@ pub enum RuntimeError {
     /// last line stored.
     #[error("the Docker engine broke off reading the job's output: {0}")]
     LogReadBroken(String),
+    #[error("reading a file of the container: {0}")]
+    ReadFile(#[source] std::io::Error),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -118,6 +137,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>>;
     /// The images that carry `label` (whatever its value): the runner images.
     async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>>;
+    /// Reads the regular file at `path` in a container, running or exited
+    /// (volumes included), if it holds at most `max_bytes`.
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileRead>;
 }
 
 /// The Docker engine, reached through `DOCKER_HOST` or the local socket.
@@ -338,6 +360,7 @@ impl ContainerRuntime for DockerRuntime {
                     .filter(|t| t != "<none>:<none>")
                     .collect(),
                 labels: image.labels,
+                created: image.created,
             })
             .collect())
     }
@@ -370,6 +393,70 @@ impl ContainerRuntime for DockerRuntime {
             })
             .collect())
     }
+
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileRead> {
+        let options = DownloadFromContainerOptions { path };
+        let chunks = self
+            .docker
+            .download_from_container(id, Some(options))
+            .map(|chunk| chunk.map_err(RuntimeError::from))
+            .boxed();
+        match file_from_tar(chunks, max_bytes).await {
+            Err(RuntimeError::Docker(e)) if is_status(&e, 404) => Ok(FileRead::Missing),
+            other => other,
+        }
+    }
+}
+
+/// The one file of a tar stream as the engine's archive API sends it, read
+/// from `chunks` no further than `max_bytes` of content (plus the tar
+/// framing): the entry's header, which comes first, says its size.
+async fn file_from_tar(
+    mut chunks: BoxStream<'_, Result<Bytes>>,
+    max_bytes: u64,
+) -> Result<FileRead> {
+    /// Header blocks, long-name entries and padding beside the content.
+    const TAR_FRAMING: u64 = 64 * 1024;
+    let mut tar = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        tar.extend_from_slice(&chunk?);
+        if tar.len() >= 512 {
+            let header = tar::Header::from_byte_slice(&tar[..512]);
+            if !matches!(
+                header.entry_type(),
+                tar::EntryType::Regular | tar::EntryType::GNULongName | tar::EntryType::XHeader
+            ) {
+                return Ok(FileRead::NotAFile);
+            }
+            if let Ok(size) = header.size() {
+                if header.entry_type() == tar::EntryType::Regular && size > max_bytes {
+                    return Ok(FileRead::TooLarge { bytes: size });
+                }
+            }
+        }
+        if tar.len() as u64 > max_bytes + TAR_FRAMING {
+            return Ok(FileRead::TooLarge {
+                bytes: tar.len() as u64,
+            });
+        }
+    }
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let entries = archive.entries().map_err(RuntimeError::ReadFile)?;
+    // The archive of one path holds that one entry.
+    let Some(entry) = entries.into_iter().next() else {
+        return Ok(FileRead::Missing);
+    };
+    let mut entry = entry.map_err(RuntimeError::ReadFile)?;
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Ok(FileRead::NotAFile);
+    }
+    let size = entry.header().size().map_err(RuntimeError::ReadFile)?;
+    if size > max_bytes {
+        return Ok(FileRead::TooLarge { bytes: size });
+    }
+    let mut contents = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut entry, &mut contents).map_err(RuntimeError::ReadFile)?;
+    Ok(FileRead::Contents(contents))
 }
 
 /// One frame of a log read with timestamps, as output, or as the engine's
@@ -420,6 +507,50 @@ fn split_timestamp(message: Bytes) -> LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                header.set_size(0);
+                header.set_link_name("/etc/shadow").expect("link name");
+                builder
+                    .append_data(&mut header, name, std::io::empty())
+                    .expect("append");
+            } else {
+                builder
+                    .append_data(&mut header, name, *contents)
+                    .expect("append");
+            }
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    async fn read(tar: Vec<u8>, max_bytes: u64) -> FileRead {
+        // In small chunks, as the engine streams it.
+        let chunks: Vec<Result<Bytes>> = tar
+            .chunks(700)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        file_from_tar(futures::stream::iter(chunks).boxed(), max_bytes)
+            .await
+            .expect("read")
+    }
+
+    #[tokio::test]
+    async fn one_regular_file_is_read_from_the_archive_stream_within_its_limit() {
+        let report = b"<testsuites/>".repeat(100);
+        let tar = tar_of(&[("junit.xml", tar::EntryType::Regular, &report)]);
+        assert_eq!(read(tar.clone(), 1300).await, FileRead::Contents(report));
+        assert_eq!(read(tar, 1299).await, FileRead::TooLarge { bytes: 1300 });
+        let link = tar_of(&[("junit.xml", tar::EntryType::Symlink, b"")]);
+        assert_eq!(read(link, 1300).await, FileRead::NotAFile);
+        assert_eq!(read(Vec::new(), 10).await, FileRead::Missing);
+    }
 
     #[test]
     fn docker_timestamps_are_split_off() {

@@ -12,7 +12,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ci_common::{Job, JobId, PythonVersion};
+use ci_common::test_results::JobReport;
+use ci_common::{Job, JobId, JobStatus, PythonVersion};
 use ci_persistence::{JobOutcome, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -20,9 +21,10 @@ use tracing::Instrument;
 
 use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
+use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::pythons::{PythonOffer, PythonWish};
-use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerState, FileRead, RuntimeError};
 use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
 
 /// How long a worker whose step failed for a passing reason (the engine or
@@ -81,6 +83,8 @@ pub enum WorkerError {
     Inspect(#[source] RuntimeError),
     #[error("cannot record the job's end: {0}")]
     Finish(#[source] StoreError),
+    #[error("cannot store the job's test report: {0}")]
+    StoreReport(#[source] StoreError),
 }
 
 /// What is done about a failed step.
@@ -107,7 +111,8 @@ pub fn error_policy(error: &WorkerError) -> Policy {
         | WorkerError::ReadJob(_)
         | WorkerError::Follow(_)
         | WorkerError::Inspect(_)
-        | WorkerError::Finish(_) => Policy::Retry { after: RETRY_AFTER },
+        | WorkerError::Finish(_)
+        | WorkerError::StoreReport(_) => Policy::Retry { after: RETRY_AFTER },
     }
 }
 
@@ -236,6 +241,10 @@ pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) 
         Some(state) => exit_outcome(&state, &ctx.config),
         None => JobOutcome::failed("The job's container disappeared before its exit code was read"),
     };
+    // Before the job ends, so whoever sees it ended sees its results too.
+    if let Some(limits) = ctx.config.test_report {
+        store_report(&ctx, job_id, &container_id, limits).await?;
+    }
     finish(&ctx, job_id, &outcome).await?;
     remove_container(&ctx, &container_id).await;
     Ok(Done::Recorded)
@@ -291,8 +300,88 @@ fn exit_outcome(state: &ContainerState, config: &ControllerConfig) -> JobOutcome
     outcome
 }
 
-/// Records the job's end; a job that had already ended is fine.
+/// How long reading a report may take: the engine streams at most the
+/// report's size limit, so this is only reached by an engine that hangs.
+const READ_REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the job's test report from its exited container, parses it and
+/// stores its cases as they are parsed (never all at once in memory), or
+/// stores why there are none. A bad report is no error: it leaves the job's
+/// result alone; only the database failing is.
+async fn store_report(
+    ctx: &Context,
+    job_id: JobId,
+    container_id: &str,
+    limits: ReportLimits,
+) -> Result<(), WorkerError> {
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(
+        READ_REPORT_TIMEOUT,
+        ctx.runtime
+            .read_file(container_id, REPORT_PATH, limits.max_bytes),
+    )
+    .await;
+    let unreadable = match read {
+        Err(_) => Err(ReportError::Unreadable(format!(
+            "the Docker engine did not send it within {READ_REPORT_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => Err(ReportError::Unreadable(e.to_string())),
+        Ok(Ok(FileRead::Missing)) => Err(ReportError::Missing),
+        Ok(Ok(FileRead::NotAFile)) => Err(ReportError::NotAFile),
+        Ok(Ok(FileRead::TooLarge { bytes })) => Err(ReportError::TooLarge {
+            bytes,
+            limit: limits.max_bytes,
+        }),
+        Ok(Ok(FileRead::Contents(xml))) => Ok(xml),
+    };
+    let xml = match unreadable {
+        Ok(xml) => xml,
+        Err(e) => {
+            tracing::info!(reason = %e, "no test results");
+            let missing = JobReport::Missing {
+                reason: e.to_string(),
+            };
+            return ctx
+                .store
+                .put_job_report(job_id, &missing)
+                .await
+                .map_err(WorkerError::StoreReport);
+        }
+    };
+    let cases = store_report_xml(&ctx.store, job_id, xml, limits)
+        .await
+        .map_err(WorkerError::StoreReport)?;
+    match cases {
+        Ok(cases) => tracing::info!(cases, elapsed = ?started.elapsed(), "test report stored"),
+        Err(e) => tracing::info!(reason = %e, "no test results"),
+    }
+    Ok(())
+}
+
+/// Why a job that ended this way has no test results, when no report was
+/// stored for it: it was cancelled, stopped or never ran.
+fn no_report_reason(outcome: &JobOutcome) -> String {
+    match (&outcome.status, &outcome.reason) {
+        (JobStatus::Cancelled, _) => "The job was cancelled before its tests finished".into(),
+        (_, Some(reason)) => format!("No test results: {}", reason.trim_end()),
+        (_, None) => "No test results: the job ended before pytest wrote its report".into(),
+    }
+}
+
+/// Records the job's end; a job that had already ended is fine. A job that
+/// ends without a stored report (it never ran, was stopped or cancelled)
+/// gets the reason it has no test results.
 async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<(), WorkerError> {
+    if ctx.config.test_report.is_some() {
+        let missing = JobReport::Missing {
+            reason: no_report_reason(outcome),
+        };
+        // Keeps a report stored before (see `put_job_report`).
+        ctx.store
+            .put_job_report(job_id, &missing)
+            .await
+            .map_err(WorkerError::StoreReport)?;
+    }
     match ctx.store.finish_job(job_id, outcome).await {
         Ok(job) => {
             tracing::info!(status = %job.status, success = ?job.success, exit_code = ?job.exit_code, "job ended");
@@ -399,7 +488,6 @@ async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ci_common::JobStatus;
     use ci_common::TransitionError;
 
     #[test]

@@ -607,3 +607,100 @@ async fn the_output_budget_goes_on_after_an_adoption() {
     assert!(out.len() <= 200_000 + 200, "{} bytes kept", out.len());
     assert!(out.contains("chatter 000000"));
 }
+
+/// One test of each outcome, as `fixtures/test-outcomes` has them.
+const OUTCOMES: &str = include_str!("../../fixtures/test-outcomes/tests/test_outcomes.py");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_report_is_read_after_the_job_exited_on_either_kind_of_root() {
+    use ci_common::test_results::{JobReport, TestOutcome};
+    let h = Harness::start(|_| {}).await;
+    // Without requirements the job runs on a read-only root; with one (already
+    // installed, so no network) on a writable one.
+    let read_only = h
+        .submit(project(&[("tests/test_outcomes.py", OUTCOMES)]))
+        .await;
+    let writable = h
+        .submit(project(&[
+            ("tests/test_outcomes.py", OUTCOMES),
+            ("requirements.txt", "# nothing to install\n"),
+        ]))
+        .await;
+    for id in [read_only, writable] {
+        let job = h.ended(id).await;
+        assert_eq!(job.exit_code, Some(1), "{}", h.output(id).await);
+        let Some(JobReport::Cases(cases)) = h.store.job_report(id, &[]).await.unwrap() else {
+            panic!("no report: {:?}", h.store.job_report(id, &[]).await);
+        };
+        let outcome = |name: &str| {
+            cases
+                .iter()
+                .find(|c| c.id == format!("tests/test_outcomes.py::{name}"))
+                .map(|c| c.outcome)
+        };
+        assert_eq!(outcome("test_passes"), Some(TestOutcome::Passed));
+        assert_eq!(outcome("test_fails"), Some(TestOutcome::Failed));
+        assert_eq!(outcome("test_errors"), Some(TestOutcome::Error));
+        assert_eq!(outcome("test_skipped"), Some(TestOutcome::Skipped));
+        assert_eq!(outcome("test_xfails"), Some(TestOutcome::Xfailed));
+        assert_eq!(outcome("test_xpasses_strictly"), Some(TestOutcome::Xpassed));
+        assert_eq!(
+            outcome("TestGroup::test_in_class[2]"),
+            Some(TestOutcome::Passed)
+        );
+    }
+    h.no_containers_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_report_written_by_the_job_never_changes_its_result() {
+    use ci_common::test_results::JobReport;
+    let h = Harness::start(|_| {}).await;
+    // After pytest wrote its report, the job replaces it (pytest_unconfigure
+    // runs after the report is written).
+    let hostile = |replace: &str| {
+        let conftest = format!(
+            "import os\n\ndef pytest_unconfigure(config):\n    path = '/ci-report/junit.xml'\n    os.remove(path)\n{replace}"
+        );
+        project(&[
+            ("conftest.py", &conftest),
+            ("test_ok.py", "def test_ok():\n    pass\n"),
+        ])
+    };
+    let laughs = h
+        .submit(hostile(
+            "    open(path, 'w').write('<?xml version=\"1.0\"?><!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">]><testsuites><testsuite><testcase classname=\"t\" name=\"&b;\"/></testsuite></testsuites>')\n",
+        ))
+        .await;
+    let link = h
+        .submit(hostile("    os.symlink('/etc/passwd', path)\n"))
+        .await;
+    let oversized = h
+        .submit(hostile(
+            "    with open(path, 'w') as f:\n        f.write('<testsuites>' + ' ' * (31 * 1024 * 1024))\n",
+        ))
+        .await;
+    let truncated = h
+        .submit(hostile(
+            "    open(path, 'w').write('<testsuites><testsuite><testcase name=\"a\"')\n",
+        ))
+        .await;
+    for (id, why) in [
+        (laughs, "DTD"),
+        (link, "not a regular file"),
+        (oversized, "over the limit of 31457280 bytes"),
+        (truncated, "truncated"),
+    ] {
+        let job = h.ended(id).await;
+        assert_eq!(
+            (job.success, job.exit_code),
+            (Some(true), Some(0)),
+            "{}",
+            h.output(id).await
+        );
+        match h.store.job_report(id, &[]).await.unwrap() {
+            Some(JobReport::Missing { reason }) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

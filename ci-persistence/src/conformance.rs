@@ -12,7 +12,9 @@ use ci_common::api::JobSummary;
 use ci_common::{generate_api_key, JobOptions, JobStatus, LogCursor};
 use uuid::Uuid;
 
-use crate::{Channel, JobOutcome, NewJob, SessionLookup, Store, StoreError};
+use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
+
+use crate::{Channel, JobOutcome, NewJob, ReportChunk, SessionLookup, Store, StoreError};
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
 /// expression of type `impl Fn() -> impl Future<Output = (Store, Store)>`,
@@ -48,6 +50,10 @@ macro_rules! conformance_suite {
             a_job_watch_wakes_for_its_own_job_only,
             a_job_watch_wakes_when_its_job_ends,
             log_pages_are_bounded_in_rows_and_bytes,
+            test_reports_are_stored_once_with_their_totals,
+            a_job_without_a_report_says_why,
+            flaky_tests_disagree_on_the_same_code_of_the_same_owner,
+            reports_stored_as_parsed_commit_only_when_whole,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -934,4 +940,228 @@ pub async fn log_pages_are_bounded_in_rows_and_bytes(s: Store, _other: Store) {
     );
     assert_eq!(page.chunks[0].text, wide);
     assert!(page.more);
+}
+
+fn test_case(id: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
+    TestCase {
+        id: id.to_string(),
+        file: id.split("::").next().map(str::to_string),
+        name: id.rsplit("::").next().unwrap().to_string(),
+        outcome,
+        duration_seconds: seconds,
+        message: outcome.is_failure().then(|| format!("{id} broke")),
+        traceback: outcome
+            .is_failure()
+            .then(|| "Traceback\n  line 1\n".to_string()),
+    }
+}
+
+/// A job on `archive` (bytes) owned by `user_id`.
+async fn job_on(store: &Store, user_id: Uuid, archive: &[u8]) -> Uuid {
+    let digest = store.put_archive(archive).await.unwrap();
+    let id = Uuid::new_v4();
+    store
+        .create_job(&NewJob {
+            id,
+            user_id,
+            archive_digest: digest,
+            options: ci_common::JobOptions::default(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+pub async fn test_reports_are_stored_once_with_their_totals(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let id = job(&s, owner).await;
+    assert_eq!(s.job_report(id, &[]).await.unwrap(), None);
+    assert_eq!(s.job_test_totals(id).await.unwrap(), None);
+    // More cases than one INSERT carries, in report order, every outcome.
+    let cases: Vec<TestCase> = (0..1203)
+        .map(|i| {
+            let outcome = TestOutcome::ALL[i % TestOutcome::ALL.len()];
+            test_case(&format!("tests/test_x.py::TestA::test_{i}"), outcome, 0.25)
+        })
+        .collect();
+    s.put_job_report(id, &JobReport::Cases(cases.clone()))
+        .await
+        .unwrap();
+    // A second store (a retry) keeps the first.
+    s.put_job_report(
+        id,
+        &JobReport::Missing {
+            reason: "late".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.job_report(id, &[]).await.unwrap(),
+        Some(JobReport::Cases(cases.clone()))
+    );
+    let failed: Vec<_> = cases
+        .iter()
+        .filter(|c| c.outcome == TestOutcome::Failed)
+        .cloned()
+        .collect();
+    assert_eq!(
+        other.job_report(id, &[TestOutcome::Failed]).await.unwrap(),
+        Some(JobReport::Cases(failed))
+    );
+    let totals = TestTotals::of(&cases);
+    assert_eq!(totals.passed, 201);
+    assert_eq!(other.job_test_totals(id).await.unwrap(), Some(totals));
+    // The job summary carries them, in GET /jobs and GET /jobs/{id}.
+    let failing: Vec<_> = cases
+        .iter()
+        .filter(|c| c.outcome.is_failure())
+        .cloned()
+        .collect();
+    assert_eq!(
+        other
+            .job_report(
+                id,
+                &[
+                    TestOutcome::Xpassed,
+                    TestOutcome::Failed,
+                    TestOutcome::Error
+                ]
+            )
+            .await
+            .unwrap(),
+        Some(JobReport::Cases(failing)),
+        "several outcomes, in report order"
+    );
+    let listed = other.list_jobs_for_user(owner).await.unwrap();
+    assert_eq!(listed[0].tests, Some(totals));
+    let key = generate_api_key().unwrap();
+    s.create_api_key(owner, "k", &key).await.unwrap();
+    let (_, summary) = other
+        .authenticate_with_job_summary(&key.hash, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.unwrap().1.tests, Some(totals));
+}
+
+pub async fn a_job_without_a_report_says_why(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let id = job(&s, owner).await;
+    let reason = "pytest wrote no report: the job ended before its tests ran";
+    s.put_job_report(
+        id,
+        &JobReport::Missing {
+            reason: reason.into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other.job_report(id, &[]).await.unwrap(),
+        Some(JobReport::Missing {
+            reason: reason.into()
+        })
+    );
+    assert_eq!(other.job_test_totals(id).await.unwrap(), None);
+    let listed = other.list_jobs_for_user(owner).await.unwrap();
+    assert_eq!(listed[0].tests, None);
+}
+
+pub async fn flaky_tests_disagree_on_the_same_code_of_the_same_owner(s: Store, other: Store) {
+    let (owner, stranger) = (user(&s).await, user(&s).await);
+    let code = b"PK\x05\x06 the same code";
+    let first = job_on(&s, owner, code).await;
+    let second = job_on(&s, owner, code).await;
+    let third = job_on(&s, owner, code).await;
+    let elsewhere = job_on(&s, owner, b"PK\x05\x06 other code").await;
+    let strangers = job_on(&s, stranger, code).await;
+    let report = |flip: TestOutcome| {
+        JobReport::Cases(vec![
+            test_case("t.py::test_flips", flip, 0.1),
+            test_case("t.py::test_steady", TestOutcome::Failed, 0.1),
+        ])
+    };
+    s.put_job_report(first, &report(TestOutcome::Failed))
+        .await
+        .unwrap();
+    s.put_job_report(second, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    s.put_job_report(third, &report(TestOutcome::Failed))
+        .await
+        .unwrap();
+    s.put_job_report(elsewhere, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    s.put_job_report(strangers, &report(TestOutcome::Passed))
+        .await
+        .unwrap();
+    let flaky = other.flaky_tests(first).await.unwrap();
+    assert_eq!(
+        flaky.get("t.py::test_flips"),
+        Some(&vec![second]),
+        "only the owner's jobs on the same digest: {flaky:?}"
+    );
+    assert!(!flaky.contains_key("t.py::test_steady"), "{flaky:?}");
+    let flaky = other.flaky_tests(second).await.unwrap();
+    assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![first, third]));
+    assert!(other.flaky_tests(elsewhere).await.unwrap().is_empty());
+}
+
+pub async fn reports_stored_as_parsed_commit_only_when_whole(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let cases: Vec<TestCase> = (0..1200)
+        .map(|i| test_case(&format!("t.py::test_{i}"), TestOutcome::ALL[i % 6], 0.5))
+        .collect();
+    let send = |end: Option<ReportChunk>| {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let cases = cases.clone();
+        tokio::spawn(async move {
+            for chunk in cases.chunks(500) {
+                tx.send(ReportChunk::Cases(chunk.to_vec())).await.unwrap();
+            }
+            if let Some(end) = end {
+                tx.send(end).await.unwrap();
+            }
+        });
+        rx
+    };
+    let whole = job(&s, owner).await;
+    s.put_job_cases(whole, send(Some(ReportChunk::Done)))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_report(whole, &[]).await.unwrap(),
+        Some(JobReport::Cases(cases.clone()))
+    );
+    assert_eq!(
+        other.job_test_totals(whole).await.unwrap(),
+        Some(TestTotals::of(&cases))
+    );
+    // Stored once: a second report for the job is ignored.
+    s.put_job_cases(whole, send(Some(ReportChunk::Failed("late".into()))))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_test_totals(whole).await.unwrap(),
+        Some(TestTotals::of(&cases))
+    );
+
+    let bad = job(&s, owner).await;
+    s.put_job_cases(bad, send(Some(ReportChunk::Failed("malformed".into()))))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.job_report(bad, &[]).await.unwrap(),
+        Some(JobReport::Missing {
+            reason: "malformed".into()
+        })
+    );
+    let cut = job(&s, owner).await;
+    s.put_job_cases(cut, send(None)).await.unwrap();
+    match other.job_report(cut, &[]).await.unwrap() {
+        Some(JobReport::Missing { reason }) => assert!(reason.contains("stopped"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -10,6 +10,7 @@ use crate::change_feed::Channel;
 use crate::error::{Result, StoreError};
 use crate::rows::{self, JOB_COLUMNS, SUMMARY_COLUMNS};
 use crate::store::Store;
+use crate::test_results::{TESTS_COLUMNS, TESTS_JOIN};
 
 /// What the API knows when it queues a job.
 #[derive(Debug, Clone)]
@@ -112,7 +113,9 @@ impl Store {
     /// summary's columns are read, in the order of an index.
     pub async fn list_jobs_for_user(&self, user_id: Uuid) -> Result<Vec<JobSummary>> {
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+            "SELECT {}, {TESTS_COLUMNS} FROM jobs j {TESTS_JOIN} WHERE j.user_id = $1 \
+             ORDER BY j.created_at DESC, j.id DESC",
+            rows::aliased(SUMMARY_COLUMNS, "j", "")
         );
         let rows = sqlx::query(&sql)
             .bind(user_id.to_string())

@@ -19,6 +19,7 @@ mod readiness;
 mod rows;
 mod sessions;
 mod store;
+mod test_results;
 mod users;
 
 pub use archives::{archive_digest, ARCHIVE_CHUNK_BYTES};
@@ -29,6 +30,7 @@ pub use jobs::{JobOutcome, NewJob};
 pub use location::DatabaseLocation;
 pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
+pub use test_results::{FlakyJobs, ReportChunk};
 
 /// What every backend must do, as tests (the `conformance` feature).
 #[cfg(feature = "conformance")]

@@ -94,6 +94,7 @@ pub(crate) fn job_summary(row: &AnyRow) -> Result<JobSummary> {
         reason: row.try_get("failure_reason")?,
         python: python(row, "python")?.map(|p| p.to_string()),
         project: row.try_get("project")?,
+        tests: crate::test_results::totals(row)?,
         ..JobSummary::new(uuid(row, "id")?, status(row)?)
     })
 }

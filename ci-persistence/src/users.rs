@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::error::{Result, StoreError};
 use crate::rows::{self, JOB_COLUMNS, KEY_COLUMNS, SUMMARY_COLUMNS, USER_COLUMNS};
 use crate::store::Store;
+use crate::test_results::{TESTS_COLUMNS, TESTS_JOIN};
 
 /// `last_used_at` is refreshed at most this often, so that authenticating a
 /// request is a read, not a write, in the common case.
@@ -45,8 +46,8 @@ static AUTHENTICATE_WITH_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
 static AUTHENTICATE_WITH_SUMMARY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT k.id AS key_id, k.last_used_at AS key_last_used_at, k.user_id AS key_user_id, \
-         j.user_id AS job_user_id, {} \
-         FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN jobs j ON j.id = $2 \
+         j.user_id AS job_user_id, {}, {TESTS_COLUMNS} \
+         FROM api_keys k JOIN users u ON u.id = k.user_id LEFT JOIN jobs j ON j.id = $2 {TESTS_JOIN} \
          WHERE k.key_hash = $1 AND k.is_active = 1 AND u.is_active = 1",
         rows::aliased(SUMMARY_COLUMNS, "j", "")
     )

@@ -89,6 +89,7 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}/cancel", post(routes::cancel_job))
         .route("/jobs/{id}/log", get(routes::job_log))
         .route("/jobs/{id}/rerun", post(routes::rerun_job))
+        .route("/jobs/{id}/tests", get(routes::test_results::job_tests))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -26,8 +26,8 @@ fn table(out: &CiOutput) -> Vec<Row> {
     // The contract's five columns first, then the additions.
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>().join(" "),
-        "JOB ID STATUS START TIME END TIME SUCCESS DURATION SUBMITTED PROJECT PYTHON",
-        "table header\n{out}"
+        "JOB ID STATUS START TIME END TIME SUCCESS DURATION SUBMITTED PROJECT PYTHON TESTS",
+        "table header: the reference's columns first\n{out}"
     );
     let rule = lines.next().unwrap_or_default();
     assert!(

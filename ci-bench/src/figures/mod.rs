@@ -1,4 +1,4 @@
-//! The ten figures. Each takes its baseline in the same run, interleaved with
+//! The eleven figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -10,6 +10,7 @@ pub mod logs;
 pub mod memory;
 pub mod overhead;
 pub mod page;
+pub mod test_results;
 pub mod throughput;
 pub mod watcher;
 
@@ -50,6 +51,12 @@ pub struct Plan {
     /// The job output the idle streams are opened on, in MiB, and how many.
     pub idle_stream_log_mib: usize,
     pub idle_streams: usize,
+    /// Tests of the generated project whose report is collected.
+    pub report_tests: usize,
+    /// `ci submit test` pairs with and without collection, ABBA.
+    pub report_pairs: usize,
+    /// Cases of the report the controller's memory is measured storing.
+    pub report_memory_cases: usize,
 }
 
 impl Plan {
@@ -80,6 +87,9 @@ impl Plan {
             upload_mib: 99,
             idle_stream_log_mib: 128,
             idle_streams: 40,
+            report_tests: 5000,
+            report_pairs: 6,
+            report_memory_cases: 200_000,
         }
     }
 
@@ -111,6 +121,10 @@ impl Plan {
             upload_mib: 8,
             idle_stream_log_mib: 8,
             idle_streams: 10,
+            // Enough to exercise the paths; the figure's 5 000 is the full run's.
+            report_tests: 500,
+            report_pairs: 1,
+            report_memory_cases: 20_000,
         }
     }
 }

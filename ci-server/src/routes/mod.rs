@@ -5,6 +5,7 @@ mod rerun;
 
 pub use job_log::job_log;
 pub use rerun::rerun_job;
+pub mod test_results;
 
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -144,7 +145,7 @@ pub async fn list_jobs(
 /// owner: key and job are read in one round trip (these are the busiest
 /// requests). A path that is not a UUID names no job: 404 for a good key,
 /// like any unknown id; so does one that does not even decode to text (`%FF`).
-async fn owned_job(
+pub(crate) async fn owned_job(
     app: &App,
     key: &BearerKey,
     id: Result<Path<String>, PathRejection>,

@@ -1,0 +1,218 @@
+//! What `ci tests` and the end of `ci submit test` / `ci wait` print about a
+//! job's test results, kept apart from the printing so tests can check it.
+
+use ci_common::test_results::{JobTests, TestCaseView, TestOutcome};
+
+/// How an outcome is shown in tables and summaries (pytest's words).
+fn outcome_label(outcome: TestOutcome) -> &'static str {
+    match outcome {
+        TestOutcome::Passed => "PASSED",
+        TestOutcome::Failed => "FAILED",
+        TestOutcome::Error => "ERROR",
+        TestOutcome::Skipped => "SKIPPED",
+        TestOutcome::Xfailed => "XFAIL",
+        TestOutcome::Xpassed => "XPASS",
+    }
+}
+
+fn seconds(s: f64) -> String {
+    format!("{s:.2}s")
+}
+
+/// The flakiness note of a case, when it has one.
+fn flaky_note(case: &TestCaseView) -> Option<String> {
+    if !case.flaky {
+        return None;
+    }
+    let jobs: Vec<String> = case.flaky_jobs.iter().map(|j| j.to_string()).collect();
+    Some(if case.case.outcome.is_failure() {
+        format!(
+            "flaky: failed, but passed on the same code in job {}",
+            jobs.join(", ")
+        )
+    } else {
+        format!(
+            "flaky: passed, but failed on the same code in job {}",
+            jobs.join(", ")
+        )
+    })
+}
+
+/// `ci tests <job_id>`: one line per case (outcome, test, duration), flaky
+/// cases marked; or why there are no results.
+pub fn format_tests_table(tests: &JobTests) -> String {
+    if tests.summary.is_none() {
+        return format!(
+            "No test results: {}\n",
+            tests.reason.as_deref().unwrap_or("the job has no report")
+        );
+    }
+    if tests.cases.is_empty() {
+        return "No matching tests.\n".to_string();
+    }
+    let width = tests
+        .cases
+        .iter()
+        .map(|c| c.case.id.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("{:<8} {:<width$} {:>9}\n", "OUTCOME", "TEST", "DURATION");
+    for case in &tests.cases {
+        out.push_str(&format!(
+            "{:<8} {:<width$} {:>9}",
+            outcome_label(case.case.outcome),
+            case.case.id,
+            seconds(case.case.duration_seconds)
+        ));
+        if case.flaky {
+            out.push_str("  [flaky]");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The first line of a message, for one-line summaries.
+fn first_line(message: Option<&str>) -> &str {
+    message
+        .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("")
+}
+
+/// Printed on stderr after a job's output: one summary line, then one line
+/// per failed test with its message (and whether it is flaky).
+pub fn format_end_of_job_summary(tests: &JobTests) -> String {
+    let Some(summary) = tests.summary else {
+        return format!(
+            "Tests: no results ({})\n",
+            tests.reason.as_deref().unwrap_or("no report")
+        );
+    };
+    let mut out = format!(
+        "Tests: {} passed, {} failed, {} errors, {} skipped in {}\n",
+        summary.passed,
+        summary.failed,
+        summary.errors,
+        summary.skipped,
+        seconds(summary.duration_seconds)
+    );
+    for case in tests.cases.iter().filter(|c| c.case.outcome.is_failure()) {
+        out.push_str(outcome_label(case.case.outcome));
+        out.push(' ');
+        out.push_str(&case.case.id);
+        let message = first_line(case.case.message.as_deref());
+        if !message.is_empty() {
+            out.push_str(" - ");
+            out.push_str(message);
+        }
+        if let Some(note) = flaky_note(case) {
+            out.push_str(" (");
+            out.push_str(&note);
+            out.push(')');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ci_common::test_results::{TestCase, TestTotals};
+    use uuid::Uuid;
+
+    fn view(
+        id: &str,
+        outcome: TestOutcome,
+        message: Option<&str>,
+        flaky_jobs: Vec<Uuid>,
+    ) -> TestCaseView {
+        TestCaseView {
+            case: TestCase {
+                id: id.into(),
+                file: None,
+                name: id.into(),
+                outcome,
+                duration_seconds: 0.5,
+                message: message.map(str::to_string),
+                traceback: None,
+            },
+            flaky: !flaky_jobs.is_empty(),
+            flaky_jobs,
+            new_failure: false,
+        }
+    }
+
+    fn tests(cases: Vec<TestCaseView>) -> JobTests {
+        JobTests {
+            job_id: Uuid::nil(),
+            summary: Some(TestTotals {
+                passed: 1,
+                failed: 1,
+                errors: 1,
+                skipped: 0,
+                duration_seconds: 1.5,
+            }),
+            cases,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_names_each_failure_with_its_message_and_flakiness() {
+        let other = Uuid::from_u128(7);
+        let text = format_end_of_job_summary(&tests(vec![
+            view("t.py::test_ok", TestOutcome::Passed, None, vec![]),
+            view(
+                "t.py::test_bad",
+                TestOutcome::Failed,
+                Some("assert 1 == 2\nmore"),
+                vec![other],
+            ),
+            view(
+                "t.py::test_setup",
+                TestOutcome::Error,
+                Some("failed on setup"),
+                vec![],
+            ),
+        ]));
+        assert_eq!(
+            text,
+            format!(
+                "Tests: 1 passed, 1 failed, 1 errors, 0 skipped in 1.50s\n\
+                 FAILED t.py::test_bad - assert 1 == 2 (flaky: failed, but passed on the same code in job {other})\n\
+                 ERROR t.py::test_setup - failed on setup\n"
+            )
+        );
+        let none = JobTests {
+            summary: None,
+            cases: vec![],
+            reason: Some("pytest wrote no test report".into()),
+            job_id: Uuid::nil(),
+        };
+        assert_eq!(
+            format_end_of_job_summary(&none),
+            "Tests: no results (pytest wrote no test report)\n"
+        );
+    }
+
+    #[test]
+    fn the_table_has_outcome_test_and_duration() {
+        let text = format_tests_table(&tests(vec![
+            view("t.py::test_ok", TestOutcome::Passed, None, vec![]),
+            view(
+                "t.py::test_flips",
+                TestOutcome::Failed,
+                None,
+                vec![Uuid::nil()],
+            ),
+        ]));
+        assert_eq!(
+            text,
+            "OUTCOME  TEST              DURATION\n\
+             PASSED   t.py::test_ok        0.50s\n\
+             FAILED   t.py::test_flips     0.50s  [flaky]\n"
+        );
+    }
+}

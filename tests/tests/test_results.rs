@@ -1,0 +1,222 @@
+//! Test results as data, end to end: the real `ci`, server, controller and
+//! Docker engine, with the `test-outcomes` and `flaky-once` fixtures.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
+
+use ci_testkit::{copy_fixture, lines_with, run, TestSystem};
+use serde_json::{json, Value};
+
+const FILE: &str = "tests/test_outcomes.py";
+
+fn stderr_summary(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("Tests: "))
+        .collect()
+}
+
+#[test]
+fn every_outcome_is_stored_summarised_listed_and_shown() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("test-outcomes");
+    let out = sys.submit_sync(&project);
+    out.assert_code(1);
+    let id = out.job_id().unwrap();
+    // After the output, on stderr: one summary line, then each failed test.
+    let summary = [
+        "Tests: 3 passed, 2 failed, 1 errors, 2 skipped in".to_string(),
+        format!("FAILED {FILE}::test_fails - AssertionError: arithmetic is broken"),
+        format!(
+            "ERROR {FILE}::test_errors - failed on setup with \"RuntimeError: the fixture cannot set up\""
+        ),
+        format!("XPASS {FILE}::test_xpasses_strictly - [XPASS(strict)] fixed already"),
+    ];
+    let check_summary = |stderr: &str, what: &str| {
+        let lines = stderr_summary(stderr);
+        assert_eq!(lines.len(), summary.len(), "{what}: {stderr}");
+        assert!(lines[0].starts_with(&summary[0]), "{what}: {stderr}");
+        assert_eq!(lines[1..], summary[1..], "{what}: {stderr}");
+    };
+    check_summary(&out.stderr, "ci submit test");
+    assert!(
+        !out.stdout.contains("Tests: "),
+        "stdout is the job's\n{out}"
+    );
+
+    let waited = run(sys.ci().args(["wait", &id.to_string()]));
+    waited.assert_code(1);
+    check_summary(&waited.stderr, "ci wait");
+    let replayed = run(sys.ci().args(["wait", "--all", &id.to_string()]));
+    check_summary(&replayed.stderr, "ci wait --all");
+
+    // The table: outcome, test, duration.
+    let table = run(sys.ci().args(["tests", &id.to_string()]));
+    table.assert_code(0);
+    let rows: Vec<Vec<&str>> = table
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["OUTCOME", "TEST", "DURATION"], "{table}");
+    let outcomes: Vec<(&str, &str)> = rows[1..].iter().map(|r| (r[0], r[1])).collect();
+    let expect = |o, t: &str| (o, format!("{FILE}::{t}"));
+    let expected = [
+        expect("PASSED", "test_passes"),
+        expect("FAILED", "test_fails"),
+        expect("ERROR", "test_errors"),
+        expect("SKIPPED", "test_skipped"),
+        expect("XFAIL", "test_xfails"),
+        expect("XPASS", "test_xpasses_strictly"),
+        expect("PASSED", "TestGroup::test_in_class[1]"),
+        expect("PASSED", "TestGroup::test_in_class[2]"),
+    ];
+    let expected: Vec<(&str, &str)> = expected.iter().map(|(o, t)| (*o, t.as_str())).collect();
+    assert_eq!(outcomes, expected, "{table}");
+    assert!(rows[1..].iter().all(|r| r[2].ends_with('s')), "{table}");
+
+    // JSON, failures only.
+    let failed = run(sys
+        .ci()
+        .args(["tests", &id.to_string(), "--failed", "--json"]));
+    failed.assert_code(0);
+    let body: Value = serde_json::from_str(&failed.stdout).unwrap();
+    let cases = body["cases"].as_array().unwrap();
+    let got: Vec<_> = cases
+        .iter()
+        .map(|c| (c["outcome"].as_str().unwrap(), c["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("failed", &*format!("{FILE}::test_fails")),
+            ("error", &*format!("{FILE}::test_errors")),
+            ("xpassed", &*format!("{FILE}::test_xpasses_strictly")),
+        ]
+    );
+    assert_eq!(cases[0]["file"], FILE);
+    assert_eq!(cases[0]["name"], "test_fails");
+    assert!(cases[0]["traceback"]
+        .as_str()
+        .unwrap()
+        .contains("assert 1 + 1 == 3"));
+    assert_eq!(cases[0]["flaky"], false);
+    assert_eq!(cases[0]["flaky_jobs"], json!([]));
+    assert_eq!(cases[0]["new_failure"], false);
+    let totals = json!({"passed": 3, "failed": 2, "errors": 1, "skipped": 2});
+    for (key, value) in totals.as_object().unwrap() {
+        assert_eq!(&body["summary"][key], value, "{key}");
+    }
+
+    // `ci list` shows the counts; `ci list --json` and GET /jobs/{id} the object.
+    let list = run(sys.ci().args(["list"]));
+    let row = lines_with(&list.stdout, &id.to_string());
+    assert!(row[0].ends_with("3 passed, 3 failed"), "{list}");
+    let listed = run(sys.ci().args(["list", "--json"]));
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["tests"]["passed"], 3);
+    let job = sys.job(id).unwrap();
+    assert_eq!(job.tests.map(|t| (t.passed, t.failed)), Some((3, 2)));
+    sys.assert_settled();
+}
+
+#[test]
+fn a_job_that_never_reached_pytest_has_no_results_and_says_so() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("passing");
+    // Not installable without a network: pip fails before pytest runs.
+    project.write("requirements.txt", "ci-no-such-package-anywhere==1.0\n");
+    let out = sys.submit_sync(&project);
+    out.assert_code(1);
+    let id = out.job_id().unwrap();
+    let lines = stderr_summary(&out.stderr);
+    assert_eq!(
+        lines,
+        ["Tests: no results (pytest wrote no test report (the job ended before its tests ran, pytest was told not to write one, or the job image has no writable /ci-report))"],
+        "{out}"
+    );
+    let shown = run(sys.ci().args(["tests", &id.to_string()]));
+    shown.assert_code(0);
+    assert!(
+        shown
+            .stdout
+            .starts_with("No test results: pytest wrote no test report"),
+        "{shown}"
+    );
+    let json = run(sys.ci().args(["tests", &id.to_string(), "--json"]));
+    let body: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(body["summary"], Value::Null);
+    assert_eq!(body["cases"], json!([]));
+    assert!(body["reason"].as_str().unwrap().contains("no test report"));
+    assert_eq!(sys.job(id).unwrap().tests, None);
+}
+
+#[test]
+fn a_hostile_report_written_by_the_job_leaves_its_result_alone() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("no-requirements");
+    project.write(
+        "conftest.py",
+        "def pytest_unconfigure(config):\n    path = '/ci-report/junit.xml'\n    open(path, 'w').write('<!DOCTYPE x [<!ENTITY a \"aaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]><testsuites><testsuite><testcase classname=\"t\" name=\"&b;\"/></testsuite></testsuites>')\n",
+    );
+    let out = sys.submit_sync(&project);
+    out.assert_code(0);
+    let id = out.job_id().unwrap();
+    let shown = run(sys.ci().args(["tests", &id.to_string()]));
+    assert_eq!(
+        shown.stdout, "No test results: the test report declares a DTD, which is refused\n",
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_test_that_fails_then_passes_on_the_same_code_is_flaky() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("flaky-once");
+    let first = sys.submit_sync(&project);
+    first.assert_code(1);
+    let second = sys.submit_sync(&project);
+    second.assert_code(0);
+    let (first, second) = (first.job_id().unwrap(), second.job_id().unwrap());
+    let test = "tests/test_flaky_once.py::test_fails_on_its_first_run";
+
+    let (status, body) = sys
+        .get_json(&format!("/jobs/{first}/tests"), &sys.user.api_key)
+        .unwrap();
+    assert_eq!(status, 200);
+    let case = body["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == test)
+        .cloned()
+        .unwrap();
+    assert_eq!(case["outcome"], "failed");
+    assert_eq!(case["flaky"], true);
+    assert_eq!(case["flaky_jobs"], json!([second.to_string()]));
+    let steady = body["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "tests/test_flaky_once.py::test_steady")
+        .cloned()
+        .unwrap();
+    assert_eq!(steady["flaky"], false);
+
+    // Marked in `ci tests` of both jobs, and in the end-of-job summary.
+    for job in [first, second] {
+        let table = run(sys.ci().args(["tests", &job.to_string()]));
+        let row = lines_with(&table.stdout, "PASSED")
+            .into_iter()
+            .chain(lines_with(&table.stdout, "FAILED"))
+            .find(|l| l.contains(test))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(row.ends_with("[flaky]"), "{table}");
+    }
+    let waited = run(sys.ci().args(["wait", &first.to_string()]));
+    assert!(
+        waited.stderr.contains(&format!(
+            "FAILED {test} - AssertionError: first run: failing on purpose (flaky: failed, but passed on the same code in job {second})"
+        )),
+        "{waited}"
+    );
+}
