@@ -247,15 +247,7 @@ fn an_upload_over_the_limit_is_explained() {
         "def test_a():\n    pass\n",
     )
     .unwrap();
-    let mut state: u32 = 0x2545_F491;
-    let noise: Vec<u8> = (0..20 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect();
+    let noise = ci_testkit::incompressible_bytes(20 * 1024 * 1024, 1);
     std::fs::write(project.path().join("blob.bin"), noise).unwrap();
     for _ in 0..5 {
         let out = ci(home.path())

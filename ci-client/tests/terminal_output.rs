@@ -237,15 +237,7 @@ fn big_uploads_show_progress_on_a_terminal_only() {
         "def test_a():\n    pass\n",
     )
     .unwrap();
-    let mut state: u32 = 0x2545_F491;
-    let noise: Vec<u8> = (0..6 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect();
+    let noise = ci_testkit::incompressible_bytes(6 * 1024 * 1024, 1);
     std::fs::write(project.path().join("blob.bin"), noise).unwrap();
 
     let mut cmd = ci(&addr, home.path());

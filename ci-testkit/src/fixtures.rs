@@ -58,6 +58,21 @@ pub fn copy_fixture(name: &str) -> Project {
 
 /// The `slow` fixture, set to run for `seconds` (it prints `tick NNN of MMM`
 /// once a second, then `SLOW-END`).
+/// `len` bytes that deflate cannot shrink (xorshift64 from `seed`), for
+/// uploads that must really be as big as they look.
+pub fn incompressible_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
 pub fn slow_project(seconds: u32) -> Project {
     let project = copy_fixture("slow");
     project.write("slow_seconds.txt", &format!("{seconds}\n"));

@@ -36,7 +36,8 @@ pub use cli::{id_after, run, run_within, CiOutput, RunningCi, COMMAND_DEADLINE};
 pub use docker::{ContainerInfo, LABEL_INSTALLATION, LABEL_JOB};
 pub use error::KitError;
 pub use fixtures::{
-    assert_same_lines, copy_fixture, fixtures_dir, lines_with, slow_project, slow_ticks, Project,
+    assert_same_lines, copy_fixture, fixtures_dir, incompressible_bytes, lines_with, slow_project,
+    slow_ticks, Project,
 };
 pub use process::{bin_dir, binary};
 pub use system::{Options, ServiceLog, TestSystem, TestUser};

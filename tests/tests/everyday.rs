@@ -13,16 +13,7 @@ use ci_testkit::{
 /// A project of `megabytes` MB of incompressible data next to a passing test.
 fn big_project(megabytes: usize) -> Project {
     let project = copy_fixture("no-requirements");
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let data: Vec<u8> = (0..megabytes * 1024 * 1024)
-        .map(|_| {
-            // xorshift: cheap noise that deflate cannot shrink.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect();
+    let data = ci_testkit::incompressible_bytes(megabytes * 1024 * 1024, 1);
     std::fs::write(project.path().join("blob.bin"), data).unwrap();
     project
 }
