@@ -265,6 +265,12 @@ mod tests {
         done.submitted_at = done.start_time;
         done.project = Some("demo".into());
         done.python = Some("3.13".into());
+        done.tests = Some(TestTotals {
+            passed: 12,
+            failed: 1,
+            errors: 1,
+            ..TestTotals::default()
+        });
         let queued = job(
             "00000000-0000-4000-8000-000000000002",
             JobStatus::Queued,
@@ -275,13 +281,13 @@ mod tests {
         let zone = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
         let table = format_job_table(&[done, queued], &zone);
         let lines: Vec<&str> = table.lines().collect();
-        let header = "JOB ID                                 STATUS       START TIME                 END TIME                   SUCCESS  DURATION   SUBMITTED                  PROJECT              PYTHON";
+        let header = "JOB ID                                 STATUS       START TIME                 END TIME                   SUCCESS  DURATION   SUBMITTED                  PROJECT              PYTHON TESTS";
         assert_eq!(lines[0], header);
         // The rule is as wide as the header.
         assert_eq!(lines[1], "-".repeat(header.chars().count()));
         assert_eq!(
             lines[2],
-            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 21:30:00 +02:00 2025-10-12 21:30:05 +02:00 ✓        5.0s       2025-10-12 21:30:00 +02:00 demo                 3.13"
+            "1222e26a-e4d2-4dda-8ffa-ba333257cc1b   completed    2025-10-12 21:30:00 +02:00 2025-10-12 21:30:05 +02:00 ✓        5.0s       2025-10-12 21:30:00 +02:00 demo                 3.13   12 passed, 2 failed"
         );
         assert_eq!(
             lines[3].split_whitespace().collect::<Vec<_>>(),
@@ -293,6 +299,7 @@ mod tests {
                 "-",
                 "-",
                 "N/A",
+                "-",
                 "-",
                 "-"
             ]
