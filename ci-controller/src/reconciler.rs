@@ -272,16 +272,7 @@ mod tests {
     use crate::container_spec::ContainerSpec;
     use crate::fake_runtime::{FakeRuntime, PATIENCE};
     use crate::runtime::{ImageInfo, LABEL_INSTALLATION, LABEL_JOB};
-
-    /// Whether a workspace tar has a regular file at `path`.
-    fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
-        let mut archive = tar::Archive::new(tar_bytes);
-        archive.entries().unwrap().any(|entry| {
-            let entry = entry.unwrap();
-            entry.header().entry_type() == tar::EntryType::Regular
-                && entry.path().unwrap() == std::path::Path::new(path)
-        })
-    }
+    use crate::workspace::tests::tar_has_file;
 
     const IMAGE: &str = "runner:fake";
 

@@ -397,7 +397,7 @@ impl Write for ChannelWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
     use zip::write::SimpleFileOptions;
@@ -459,7 +459,7 @@ mod tests {
     }
 
     /// Whether a tar has a regular file at `path`.
-    pub(super) fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
+    pub(crate) fn tar_has_file(tar_bytes: &[u8], path: &str) -> bool {
         let mut archive = tar::Archive::new(tar_bytes);
         archive.entries().unwrap().any(|entry| {
             let entry = entry.unwrap();
