@@ -47,7 +47,7 @@ async fn as_created(id: &str) -> Value {
     let c = &inspected[0];
     let host = &c["HostConfig"];
     let config = &c["Config"];
-    let mounts: Vec<Value> = c["Mounts"]
+    let mut mounts: Vec<Value> = c["Mounts"]
         .as_array()
         .unwrap()
         .iter()
@@ -62,6 +62,8 @@ async fn as_created(id: &str) -> Value {
             })
         })
         .collect();
+    // The engine lists mounts in no fixed order.
+    mounts.sort_by_key(|m| m["destination"].as_str().unwrap_or_default().to_string());
     serde_json::json!({
         "image": config["Image"],
         "cmd": config["Cmd"],

@@ -704,7 +704,8 @@ mod tests {
     async fn a_job_over_its_time_limit_is_stopped_and_fails() {
         let h = Harness::start(|c| c.job_timeout = Duration::ZERO).await;
         let job = h.submit().await;
-        let id = h.running_container(job).await;
+        // With no time at all the container may be stopped before a test
+        // could see it run: wait for the end, then look at what was made.
         let ended = h.ended(job).await;
         assert_eq!(ended.status, JobStatus::Completed);
         assert_eq!(ended.success, Some(false));
@@ -712,7 +713,12 @@ mod tests {
             ended.failure_reason.as_deref(),
             Some("Job timed out after 0 seconds")
         );
-        h.container_gone(&id).await;
+        assert_eq!(h.engine.created(), 1, "the job's container was made");
+        h.engine
+            .until("the job's container to be removed", |e| {
+                e.container_of(job).is_none().then_some(())
+            })
+            .await;
     }
 
     #[tokio::test]
