@@ -195,6 +195,18 @@ impl LogCursor {
     }
 }
 
+/// A log follower's claim when it stores output: the cursor it last saw
+/// stored (`from`, none before the first line) and the one its batch ends at
+/// (`to`). The store refuses the write when the stored cursor is no longer
+/// `from`: another follower of the same job (a controller that was thought
+/// gone) stored output in between, and storing this batch too would store
+/// those lines twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorMove {
+    pub from: Option<LogCursor>,
+    pub to: LogCursor,
+}
+
 /// One stored piece of a job's output. Output is stored in batches, so one
 /// chunk usually holds many lines; `seq` numbers the chunks of a job from 1 and
 /// is the SSE event id.

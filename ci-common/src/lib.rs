@@ -13,6 +13,8 @@ pub mod time;
 pub mod user;
 
 pub use api_key::{generate_api_key, hash_api_key, looks_like_api_key, ApiKeyRecord, GeneratedKey};
-pub use job::{Job, JobId, JobOptions, JobStatus, LogChunk, LogCursor, TransitionError};
+pub use job::{
+    CursorMove, Job, JobId, JobOptions, JobStatus, LogChunk, LogCursor, TransitionError,
+};
 pub use python::PythonVersion;
 pub use user::User;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use ci_common::{JobId, LogCursor};
+use ci_common::{CursorMove, JobId, LogCursor};
 use ci_persistence::{Store, StoreError};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -80,6 +80,9 @@ struct Batch {
     /// Bytes of a UTF-8 character split across two log frames.
     carry: Vec<u8>,
     cursor: Option<LogCursor>,
+    /// The cursor of the last write this pump stored (or resumed from): the
+    /// store refuses a write when its cursor is no longer this one.
+    stored_cursor: Option<LogCursor>,
     started: Option<Instant>,
     stored_bytes: u64,
     truncated: bool,
@@ -93,6 +96,7 @@ impl Batch {
         Batch {
             text: String::new(),
             carry: Vec::new(),
+            stored_cursor: cursor.clone(),
             cursor,
             started: None,
             stored_bytes,
@@ -164,6 +168,11 @@ impl Batch {
 
 /// Follows a container's output into the job's events until it ends.
 /// `resume_after` is the timestamp of the last line already stored, if any.
+///
+/// When the store says another follower of the job stored output meanwhile
+/// (a controller thought gone had a write in flight), the pump drops what it
+/// has not stored and follows on from where the stored output ends now, so
+/// no line is stored twice.
 pub async fn pump_logs(
     store: Store,
     runtime: Arc<dyn ContainerRuntime>,
@@ -172,8 +181,56 @@ pub async fn pump_logs(
     resume_after: Option<LogCursor>,
     config: PumpConfig,
 ) -> Result<PumpEnd, PumpError> {
+    let mut resume_after = resume_after;
+    loop {
+        match follow_from(
+            &store,
+            &*runtime,
+            job_id,
+            &container_id,
+            resume_after,
+            config,
+        )
+        .await
+        {
+            Ok(end) => return Ok(end),
+            Err(Stop::JobEnded) => return Ok(PumpEnd::JobEnded),
+            Err(Stop::Failed(e)) => return Err(e),
+            Err(Stop::Overtaken(stored)) => {
+                tracing::warn!(%job_id, ?stored, "another follower stored this job's output; following on after it");
+                resume_after = stored;
+            }
+        }
+    }
+}
+
+/// Why [`follow_from`] stopped before the output ended.
+enum Stop {
+    JobEnded,
+    /// Another follower stored output; it ends at this cursor now.
+    Overtaken(Option<LogCursor>),
+    Failed(PumpError),
+}
+
+impl<E: Into<PumpError>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+async fn follow_from(
+    store: &Store,
+    runtime: &dyn ContainerRuntime,
+    job_id: JobId,
+    container_id: &str,
+    resume_after: Option<LogCursor>,
+    config: PumpConfig,
+) -> Result<PumpEnd, Stop> {
     // After an adoption the budget goes on from what is stored already.
-    let stored_bytes = store.stored_log_bytes(job_id).await?;
+    let stored_bytes = store
+        .stored_log_bytes(job_id)
+        .await
+        .map_err(PumpError::from)?;
     let mut batch = Batch::new(resume_after, stored_bytes, config.max_log_bytes);
     // Lines at or before this are stored already (Docker resumes at a whole
     // second, so some come again).
@@ -182,16 +239,14 @@ pub async fn pump_logs(
         .as_ref()
         .map(LogCursor::as_str)
         .and_then(parse_ts);
-    let mut lines = runtime.logs(&container_id, skip_until.map(|t| t.timestamp()));
+    let mut lines = runtime.logs(container_id, skip_until.map(|t| t.timestamp()));
     let mut broken_reads = 0u32;
     loop {
         let deadline = batch.started.map(|s| s + config.flush_interval);
         let next = tokio::select! {
             next = lines.next() => next,
             _ = sleep_until_opt(deadline) => {
-                if flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded {
-                    return Ok(PumpEnd::JobEnded);
-                }
+                flush(store, job_id, &mut batch).await?;
                 continue;
             }
         };
@@ -204,10 +259,8 @@ pub async fn pump_logs(
                 }
                 broken_reads = 0;
                 batch.push(&line, config.max_log_bytes);
-                if batch.text.len() >= config.flush_bytes
-                    && flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded
-                {
-                    return Ok(PumpEnd::JobEnded);
+                if batch.text.len() >= config.flush_bytes {
+                    flush(store, job_id, &mut batch).await?;
                 }
             }
             Some(Err(RuntimeError::LogReadBroken(reason))) => {
@@ -231,18 +284,16 @@ pub async fn pump_logs(
                         Some(now.fixed_offset())
                     }
                 };
-                if flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded {
-                    return Ok(PumpEnd::JobEnded);
-                }
+                flush(store, job_id, &mut batch).await?;
                 if broken_reads > 0 {
                     tokio::time::sleep(Duration::from_millis(100 << broken_reads.min(4))).await;
                 }
                 skip_until = resume;
-                lines = runtime.logs(&container_id, skip_until.map(|t| t.timestamp()));
+                lines = runtime.logs(container_id, skip_until.map(|t| t.timestamp()));
             }
             Some(Err(e)) => {
-                flush(&store, job_id, &mut batch).await?;
-                return Err(e.into());
+                flush(store, job_id, &mut batch).await?;
+                return Err(Stop::Failed(e.into()));
             }
             None => {
                 if !batch.carry.is_empty() {
@@ -250,7 +301,8 @@ pub async fn pump_logs(
                         String::from_utf8_lossy(&std::mem::take(&mut batch.carry)).into_owned();
                     batch.text.push_str(&rest);
                 }
-                return flush(&store, job_id, &mut batch).await;
+                flush(store, job_id, &mut batch).await?;
+                return Ok(PumpEnd::Drained);
             }
         }
     }
@@ -286,29 +338,36 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Writes the batch as one chunk, retrying briefly when the database is busy.
-async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<PumpEnd, PumpError> {
+async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<(), Stop> {
     if batch.text.is_empty() {
-        return Ok(PumpEnd::Drained);
+        return Ok(());
     }
     let text = std::mem::take(&mut batch.text);
     batch.started = None;
+    // Lines without the engine's timestamps give no cursor to guard.
+    let moved = batch.cursor.clone().map(|to| CursorMove {
+        from: batch.stored_cursor.clone(),
+        to,
+    });
     let mut attempt = 0u32;
     loop {
         match store
-            .append_log(job_id, std::slice::from_ref(&text), batch.cursor.as_ref())
+            .append_log(job_id, std::slice::from_ref(&text), moved.as_ref())
             .await
         {
             Ok(_) => {
                 batch.stored_bytes += text.len() as u64;
-                return Ok(PumpEnd::Drained);
+                batch.stored_cursor = batch.cursor.clone();
+                return Ok(());
             }
-            Err(StoreError::IllegalTransition(_)) => return Ok(PumpEnd::JobEnded),
+            Err(StoreError::IllegalTransition(_)) => return Err(Stop::JobEnded),
+            Err(StoreError::CursorMoved { stored, .. }) => return Err(Stop::Overtaken(stored)),
             Err(e) if attempt < 8 => {
                 attempt += 1;
                 tracing::warn!(%job_id, error = %e, attempt, "storing output failed; retrying");
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Stop::Failed(e.into())),
         }
     }
 }
@@ -445,6 +504,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pump_overtaken_by_another_follower_stores_each_line_once() {
+        let (store, job, _dir) = store_with_job().await;
+        // The pump read the cursor (none yet); then a follower thought gone
+        // committed the first two lines.
+        store
+            .append_log(
+                job,
+                &["one\ntwo\n".into()],
+                Some(&CursorMove {
+                    from: None,
+                    to: LogCursor::new("2026-11-22T19:00:02.000000001Z"),
+                }),
+            )
+            .await
+            .unwrap();
+        let runtime = Arc::new(ScriptedLogs::default());
+        runtime.reads.lock().unwrap().extend([
+            vec![line(1, "one\n"), line(2, "two\n")],
+            // Read again from where the stored output ends.
+            vec![line(2, "two\n"), line(3, "three\n")],
+        ]);
+        let config = PumpConfig {
+            flush_bytes: 1,
+            ..config()
+        };
+        pump(&store, &runtime, job, config).await;
+        assert_eq!(output(&store, job).await, "one\ntwo\nthree\n");
+        let since = runtime.since.lock().unwrap().clone();
+        assert_eq!(
+            since,
+            [
+                None,
+                Some(parse_ts("2026-11-22T19:00:02Z").unwrap().timestamp())
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_broken_read_is_resumed_from_the_cursor_and_never_stored() {
         let (store, job, _dir) = store_with_job().await;
         let runtime = Arc::new(ScriptedLogs::default());
@@ -523,7 +620,10 @@ mod tests {
             .append_log(
                 job,
                 &["x".repeat(80)],
-                Some(&LogCursor::new("2026-11-22T19:00:01.000000001Z")),
+                Some(&CursorMove {
+                    from: None,
+                    to: LogCursor::new("2026-11-22T19:00:01.000000001Z"),
+                }),
             )
             .await
             .unwrap();

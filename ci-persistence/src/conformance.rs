@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use ci_common::api::JobSummary;
-use ci_common::{generate_api_key, JobOptions, JobStatus, LogCursor};
+use ci_common::{generate_api_key, CursorMove, JobOptions, JobStatus, LogCursor};
 use uuid::Uuid;
 
 use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
@@ -41,6 +41,7 @@ macro_rules! conformance_suite {
             failure_reason_is_the_last_output,
             cancellation_is_recorded_once,
             output_is_read_after_a_sequence_number,
+            a_follower_that_was_overtaken_stores_nothing,
             output_of_an_ended_job_is_refused,
             stored_output_is_counted_in_bytes,
             concurrent_appenders_lose_nothing,
@@ -477,7 +478,7 @@ pub async fn stored_output_is_counted_in_bytes(s: Store, other: Store) {
     s.append_log(
         id,
         &["!".to_string()],
-        Some(&LogCursor::new("2026-01-01T00:00:00Z")),
+        Some(&moved(None, "2026-01-01T00:00:00Z")),
     )
     .await
     .unwrap();
@@ -620,19 +621,77 @@ pub async fn cancellation_is_recorded_once(s: Store, _: Store) {
     ));
 }
 
+fn moved(from: Option<&str>, to: &str) -> CursorMove {
+    CursorMove {
+        from: from.map(LogCursor::new),
+        to: LogCursor::new(to),
+    }
+}
+
+/// Two followers of one job resumed from the same cursor (a controller that
+/// was thought gone still had a write in flight): the first write wins, the
+/// second is refused and stores nothing, and says where the output ends now.
+pub async fn a_follower_that_was_overtaken_stores_nothing(s: Store, other: Store) {
+    let id = job(&s, user(&s).await).await;
+    s.append_log(id, &["a\n".into()], Some(&moved(None, "t1")))
+        .await
+        .unwrap();
+    s.append_log(id, &["b\n".into()], Some(&moved(Some("t1"), "t2")))
+        .await
+        .unwrap();
+    // The stale follower also read on from t1.
+    let refused = other
+        .append_log(id, &["b\n".into()], Some(&moved(Some("t1"), "t2")))
+        .await;
+    match refused {
+        Err(StoreError::CursorMoved { job, stored }) => {
+            assert_eq!(job, id);
+            assert_eq!(stored, Some(LogCursor::new("t2")));
+        }
+        other => panic!("expected CursorMoved, got {other:?}"),
+    }
+    // A follower that never saw a cursor is refused once there is one.
+    assert!(matches!(
+        other
+            .append_log(id, &["a\n".into()], Some(&moved(None, "t1")))
+            .await,
+        Err(StoreError::CursorMoved { .. })
+    ));
+    // The controller's own lines are not output of the container's log.
+    assert_eq!(
+        s.append_log(id, &["[ci] note\n".into()], None)
+            .await
+            .unwrap(),
+        3
+    );
+    let texts: Vec<String> = other
+        .read_log(id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.text)
+        .collect();
+    assert_eq!(texts, ["a\n", "b\n", "[ci] note\n"]);
+    let j = other.get_job(id).await.unwrap().unwrap();
+    assert_eq!((j.last_seq, j.log_cursor), (3, Some(LogCursor::new("t2"))));
+    // An ended job refuses every write as before.
+    s.finish_job(id, &JobOutcome::exited(0)).await.unwrap();
+    assert!(matches!(
+        s.append_log(id, &["late\n".into()], Some(&moved(Some("t2"), "t3")))
+            .await,
+        Err(StoreError::IllegalTransition(_))
+    ));
+}
+
 pub async fn output_is_read_after_a_sequence_number(s: Store, other: Store) {
     let id = job(&s, user(&s).await).await;
     let last = s
-        .append_log(
-            id,
-            &["a\n".into(), "b\n".into()],
-            Some(&LogCursor::new("t1")),
-        )
+        .append_log(id, &["a\n".into(), "b\n".into()], Some(&moved(None, "t1")))
         .await
         .unwrap();
     assert_eq!(last, 2);
     let last = s
-        .append_log(id, &["c\n".into()], Some(&LogCursor::new("t2")))
+        .append_log(id, &["c\n".into()], Some(&moved(Some("t1"), "t2")))
         .await
         .unwrap();
     assert_eq!(last, 3);

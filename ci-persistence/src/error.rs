@@ -12,6 +12,13 @@ pub enum StoreError {
     /// The job is not in a state from which this change is legal.
     #[error(transparent)]
     IllegalTransition(#[from] TransitionError),
+    /// Another follower of the job stored output since this one last saw
+    /// the cursor; `stored` is where the stored output ends now.
+    #[error("the output of job {job} was stored by another follower (it ends at {stored:?})")]
+    CursorMoved {
+        job: ci_common::JobId,
+        stored: Option<ci_common::LogCursor>,
+    },
     /// A stored value could not be read back (a bad uuid, an unknown status).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

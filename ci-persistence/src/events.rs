@@ -1,6 +1,6 @@
 //! Job output, stored in chunks numbered per job.
 
-use ci_common::{JobId, LogChunk, LogCursor};
+use ci_common::{CursorMove, JobId, LogChunk, LogCursor};
 use sqlx::Row;
 
 use crate::error::{Result, StoreError};
@@ -20,8 +20,13 @@ pub struct LogPage {
 
 impl Store {
     /// Appends output chunks to a job that has not ended, numbering them after
-    /// the last one, and records the runtime's log cursor with them in the same
-    /// transaction. Returns the sequence number of the last chunk.
+    /// the last one. Output read from the job's container comes with the
+    /// follower's [`CursorMove`]: the new cursor is recorded in the same
+    /// transaction, and the write is refused with [`StoreError::CursorMoved`]
+    /// when the stored cursor is no longer the one the follower last saw, so
+    /// two followers of one job never both store the same lines. Output of
+    /// the controller's own (`None`) leaves the cursor alone. Returns the
+    /// sequence number of the last chunk.
     ///
     /// The first statement is the write to the job's row: it takes the write
     /// lock at once and serialises appenders of one job on both databases.
@@ -29,26 +34,48 @@ impl Store {
         &self,
         job_id: JobId,
         chunks: &[String],
-        cursor: Option<&LogCursor>,
+        cursor: Option<&CursorMove>,
     ) -> Result<i64> {
         let count = chunks.len() as i64;
         let mut tx = self.writer.begin().await?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET last_seq = last_seq + $1, log_cursor = COALESCE($2, log_cursor) \
-             WHERE id = $3 AND status IN ('queued', 'running') RETURNING last_seq",
-        )
-        .bind(count)
-        .bind(cursor.map(LogCursor::as_str))
-        .bind(job_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let last: Option<i64> = match cursor {
+            None => {
+                sqlx::query_scalar(
+                    "UPDATE jobs SET last_seq = last_seq + $1 \
+                     WHERE id = $2 AND status IN ('queued', 'running') RETURNING last_seq",
+                )
+                .bind(count)
+                .bind(job_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            Some(moved) => {
+                sqlx::query_scalar(
+                    "UPDATE jobs SET last_seq = last_seq + $1, log_cursor = $2 \
+                     WHERE id = $3 AND status IN ('queued', 'running') \
+                     AND log_cursor IS NOT DISTINCT FROM $4 RETURNING last_seq",
+                )
+                .bind(count)
+                .bind(moved.to.as_str())
+                .bind(job_id.to_string())
+                .bind(moved.from.as_ref().map(LogCursor::as_str))
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
         let Some(last) = last else {
             tx.rollback().await?;
             return Err(match self.get_job(job_id).await? {
-                Some(job) => StoreError::IllegalTransition(ci_common::TransitionError {
-                    from: job.status,
-                    to: job.status,
-                }),
+                Some(job) if job.status.is_terminal() => {
+                    StoreError::IllegalTransition(ci_common::TransitionError {
+                        from: job.status,
+                        to: job.status,
+                    })
+                }
+                Some(job) => StoreError::CursorMoved {
+                    job: job_id,
+                    stored: job.log_cursor,
+                },
                 None => StoreError::NotFound(format!("job {job_id}")),
             });
         };
