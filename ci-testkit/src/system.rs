@@ -39,6 +39,7 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::cli::{run, run_within, CiOutput};
+use crate::database;
 use crate::docker::{self, ContainerInfo};
 use crate::fixtures::{copy_fixture, Project};
 use crate::process::{
@@ -279,6 +280,19 @@ impl TestSystem {
             .into_iter()
             .filter(|(application, _)| application.starts_with("ci-"))
             .collect())
+    }
+
+    /// Runs one SQL statement on this installation's database, behind the
+    /// services' back (see [`crate::database`]); the rows it changed.
+    pub fn execute_sql(&self, sql: &str) -> anyhow::Result<u64> {
+        let location = self.database_location();
+        Ok(self.block_on(database::execute(&location, sql))?)
+    }
+
+    /// The one integer `sql` answers on this installation's database.
+    pub fn integer_sql(&self, sql: &str) -> anyhow::Result<i64> {
+        let location = self.database_location();
+        Ok(self.block_on(database::integer(&location, sql))?)
     }
 
     fn database_location(&self) -> DatabaseLocation {
