@@ -422,6 +422,17 @@ impl TestSystem {
             .is_some_and(|controller| controller.service.is_running())
     }
 
+    /// Stops the controller as a service manager would (SIGTERM: it hands
+    /// the lease over and leaves the containers running) and starts it
+    /// again; back once the new one leads. A new term of leadership starts
+    /// afresh: it adopts the running containers and runs a reaper round.
+    pub fn restart_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.service.terminate(SETTLE_DEADLINE);
+        }
+        self.start_controller();
+    }
+
     /// Kills the main server (SIGKILL: no goodbye to its clients).
     pub fn kill_server(&mut self) {
         if let Some(mut server) = self.server.take() {
