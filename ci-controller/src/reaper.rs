@@ -9,9 +9,11 @@
 //! to any more, then the sessions that can never authenticate again, and on
 //! SQLite gives the freed pages back to the file system. Everything goes in
 //! the store's small steps ([`ReapStep`]), each a transaction of a few
-//! milliseconds, with a pause between two, so the one SQLite writer
-//! connection this process shares with the log pump and the lease is never
-//! held for long; PostgreSQL's autovacuum reclaims its space by itself.
+//! milliseconds, with a rest between two (four times as long as the step
+//! took, at least 20 ms), so the one SQLite writer connection this process
+//! shares with the log pump and the lease is never held for long, and the
+//! reaper takes a small share of the machine; PostgreSQL's autovacuum
+//! reclaims its space by itself.
 //! Queued and running jobs are never touched, whatever their age (the
 //! store's queries exclude them).
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ci_persistence::{ReapStep, Reaped, Store, StoreError, ARCHIVE_GRACE};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How the reaper paces itself.
@@ -32,9 +35,14 @@ pub struct ReaperConfig {
     pub step: ReapStep,
     /// Free SQLite pages given back per step.
     pub pages_per_step: u32,
-    /// The pause after each step: other writers take their turn, and the
-    /// reaper's share of the writer stays small however much there is to do.
+    /// The shortest pause after each step: other writers take their turn.
     pub pause: Duration,
+    /// How much longer than a step took the reaper rests after it (at least
+    /// `pause`): with 4 it works at most a fifth of the time, so its share of
+    /// the writer and of the machine's CPU stays small however much there is
+    /// to do, and it slows down by itself on a busy machine, where a step
+    /// takes longer.
+    pub rest_per_work: u32,
 }
 
 /// The default retention: 30 days.
@@ -50,6 +58,7 @@ impl Default for ReaperConfig {
             step: ReapStep::default(),
             pages_per_step: 256,
             pause: Duration::from_millis(20),
+            rest_per_work: 4,
         }
     }
 }
@@ -163,19 +172,27 @@ impl Reaper {
             round.stopped = true;
             return Ok(false);
         }
+        let started = Instant::now();
         let reaped = step.await?;
         round.reaped += reaped;
         if reaped.is_empty() {
             return Ok(false);
         }
-        Ok(self.pause(shutdown, round).await)
+        Ok(self.pause(started.elapsed(), shutdown, round).await)
     }
 
-    /// Waits [`ReaperConfig::pause`]; `false` (and the round marked stopped)
-    /// when `shutdown` comes first.
-    async fn pause(&self, shutdown: &CancellationToken, round: &mut Round) -> bool {
+    /// Rests after a step that took `worked` (see
+    /// [`ReaperConfig::rest_per_work`]); `false` (and the round marked
+    /// stopped) when `shutdown` comes first.
+    async fn pause(
+        &self,
+        worked: Duration,
+        shutdown: &CancellationToken,
+        round: &mut Round,
+    ) -> bool {
+        let rest = self.config.pause.max(worked * self.config.rest_per_work);
         tokio::select! {
-            _ = tokio::time::sleep(self.config.pause) => true,
+            _ = tokio::time::sleep(rest) => true,
             _ = shutdown.cancelled() => {
                 round.stopped = true;
                 false
@@ -205,12 +222,13 @@ impl Reaper {
             return Ok(());
         }
         loop {
+            let started = Instant::now();
             let given = self
                 .store
                 .give_back_free_pages(self.config.pages_per_step)
                 .await?;
             round.pages_given_back += given;
-            if given == 0 || !self.pause(shutdown, round).await {
+            if given == 0 || !self.pause(started.elapsed(), shutdown, round).await {
                 return Ok(());
             }
         }
@@ -309,6 +327,7 @@ mod tests {
                 sessions: 1,
             },
             pause: Duration::ZERO,
+            rest_per_work: 0,
             ..ReaperConfig::default()
         };
         let mut reaper = Reaper::new(store.clone(), config);
