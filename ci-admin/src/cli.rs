@@ -1,6 +1,8 @@
 //! The command line, as the reference implementation's `ci-admin` spells it.
 
-use ci_config::DatabaseArgs;
+use std::time::Duration;
+
+use ci_config::{parse_duration, DatabaseArgs};
 use clap::{Parser, Subcommand};
 
 /// CI Admin - Manage users and API keys for the CI system.
@@ -22,6 +24,24 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Delete now what the controller's reaper deletes over time: ended jobs
+    /// older than --older-than with their output and test results, archives
+    /// no job refers to any more, sessions of revoked keys and deactivated
+    /// users. Queued and running jobs are never touched.
+    Prune {
+        /// Jobs that ended longer ago than this go (20s, 12h, 7d).
+        #[arg(long, env = "CI_RETENTION", default_value = "30d", value_parser = parse_duration)]
+        older_than: Duration,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite a SQLite file made before this version once, so that it
+        /// gives freed space back to the file system from then on. Copies
+        /// the whole file and holds its write lock meanwhile: stop the
+        /// services first, and have free disk space of the file's size.
+        #[arg(long, conflicts_with = "dry_run")]
+        rewrite_file: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,5 @@
-//! `ci-admin`: user and API-key management, working directly on the database.
+//! `ci-admin`: user and API-key management, and pruning what outlived its
+//! retention, working directly on the database.
 //!
 //! The commands write to any [`Write`], so tests and the binary share them; the
 //! binary only parses, opens the [`Store`] and maps errors to exit code 1. The
@@ -7,6 +8,7 @@
 
 pub mod cli;
 mod keys;
+mod prune;
 mod users;
 
 use std::io::Write;
@@ -88,6 +90,18 @@ pub async fn run(store: &Store, command: Command, out: &mut impl Write) -> Resul
             }
             KeyCommand::Revoke { key_id } => keys::revoke(store, &key_id, out).await,
         },
+        Command::Prune {
+            older_than,
+            dry_run,
+            rewrite_file,
+        } => {
+            let request = prune::Prune {
+                older_than,
+                dry_run,
+                rewrite_file,
+            };
+            prune::prune(store, request, out).await
+        }
     }
 }
 

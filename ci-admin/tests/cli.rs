@@ -882,3 +882,273 @@ fn users_are_deactivated_and_activated_by_email() {
     let err = admin.fails(&["user", "activate"]);
     assert!(err.contains("--email"), "{err}");
 }
+
+// --- prune -------------------------------------------------------------------
+
+/// The jobs of [`installation_to_prune`], by what prune must do with them.
+struct PruneFixture {
+    /// Ended 40 days ago.
+    ended_long_ago: Vec<Uuid>,
+    /// Ended 10 days ago: gone with `--older-than 7d`, kept by the default 30d.
+    ended_days_ago: Uuid,
+    /// Ended a moment ago.
+    ended_now: Uuid,
+    /// Queued and running, submitted 400 days ago: never touched.
+    unfinished: Vec<Uuid>,
+}
+
+/// Jobs of every kind with output and test results, a session of a revoked
+/// key, and archives; then the times moved into the past, as only a test can.
+fn installation_to_prune(admin: &Admin) -> PruneFixture {
+    use ci_common::test_results::{JobReport, TestCase, TestOutcome};
+    use ci_persistence::{JobOutcome, NewJob};
+
+    let owner = admin.create_user("Ada", "ada@example.com");
+    let fixture = with_store(&admin.location(), |store| async move {
+        let job = |bytes: &'static [u8], lines: usize, cases: usize| {
+            let store = store.clone();
+            async move {
+                let digest = store.put_archive(bytes).await.unwrap();
+                let id = Uuid::new_v4();
+                store
+                    .create_job(&NewJob {
+                        id,
+                        user_id: owner,
+                        archive_digest: digest,
+                        options: Default::default(),
+                    })
+                    .await
+                    .unwrap();
+                let output: Vec<String> = (0..lines).map(|i| format!("line {i}\n")).collect();
+                store.append_log(id, &output, None).await.unwrap();
+                let cases = (0..cases)
+                    .map(|i| TestCase {
+                        id: format!("t.py::test_{i}"),
+                        file: Some("t.py".into()),
+                        name: format!("test_{i}"),
+                        outcome: TestOutcome::Passed,
+                        duration_seconds: 0.1,
+                        message: None,
+                        traceback: None,
+                    })
+                    .collect();
+                store
+                    .put_job_report(id, &JobReport::Cases(cases))
+                    .await
+                    .unwrap();
+                id
+            }
+        };
+        let ended = |id: Uuid| {
+            let store = store.clone();
+            async move {
+                store.mark_running(id, "c", "img", None).await.unwrap();
+                store.finish_job(id, &JobOutcome::exited(0)).await.unwrap();
+                id
+            }
+        };
+        let fixture = PruneFixture {
+            ended_long_ago: vec![
+                ended(job(b"PK only old", 20, 4).await).await,
+                ended(job(b"PK shared", 5, 1).await).await,
+            ],
+            ended_days_ago: ended(job(b"PK ten days", 3, 2).await).await,
+            ended_now: ended(job(b"PK shared", 7, 0).await).await,
+            unfinished: vec![job(b"PK queued", 2, 0).await, {
+                let id = job(b"PK running", 4, 0).await;
+                store.mark_running(id, "c", "img", None).await.unwrap();
+                id
+            }],
+        };
+        // A browser session of a key revoked since.
+        let key = ci_common::generate_api_key().unwrap();
+        let record = store.create_api_key(owner, "browser", &key).await.unwrap();
+        assert!(store.create_session("a-session", &key.hash).await.unwrap());
+        store.revoke_api_key(record.id).await.unwrap();
+        fixture
+    });
+    let location = admin.location();
+    let sql = |statement: String| {
+        block_on(ci_testkit::database::execute(&location, &statement)).unwrap();
+    };
+    for id in &fixture.ended_long_ago {
+        sql(ci_testkit::database::age_job_sql(*id, 40));
+    }
+    sql(ci_testkit::database::age_job_sql(
+        fixture.ended_days_ago,
+        10,
+    ));
+    for id in &fixture.unfinished {
+        sql(ci_testkit::database::age_job_sql(*id, 400));
+    }
+    sql(ci_testkit::database::age_archives_sql(400));
+    fixture
+}
+
+/// The count lines of prune's report: `(what, how many)`.
+fn prune_counts(out: &str) -> Vec<(String, String)> {
+    let counts: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("  ")?.split_once(':'))
+        .filter(|(what, _)| {
+            [
+                "jobs",
+                "output chunks",
+                "test results",
+                "archives",
+                "sessions",
+            ]
+            .contains(what)
+        })
+        .map(|(what, n)| (what.to_string(), n.trim().to_string()))
+        .collect();
+    assert_eq!(counts.len(), 5, "five counts in {out}");
+    counts
+}
+
+fn count(counts: &[(String, String)], what: &str) -> String {
+    counts
+        .iter()
+        .find(|(w, _)| w == what)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_else(|| panic!("no {what} in {counts:?}"))
+}
+
+/// Every row of the tables prune deletes from, counted.
+fn table_rows(admin: &Admin) -> Vec<i64> {
+    let location = admin.location();
+    [
+        "jobs",
+        "job_events",
+        "job_test_cases",
+        "job_test_reports",
+        "archives",
+        "archive_chunks",
+        "sessions",
+    ]
+    .iter()
+    .map(|table| {
+        block_on(ci_testkit::database::integer(
+            &location,
+            &format!("SELECT COUNT(*) FROM {table}"),
+        ))
+        .unwrap()
+    })
+    .collect()
+}
+
+fn prune_removes_what_a_dry_run_reports(admin: &Admin) {
+    let fixture = installation_to_prune(admin);
+    let before = table_rows(admin);
+
+    // The default is the controller's retention, 30 days.
+    let default = prune_counts(&admin.ok(&["prune", "--dry-run"]));
+    assert_eq!(count(&default, "jobs"), "2", "{default:?}");
+    let dry = admin.ok(&["prune", "--older-than", "7d", "--dry-run"]);
+    assert!(dry.starts_with("Dry run: nothing removed."), "{dry}");
+    let dry = prune_counts(&dry);
+    // 20 + 5 + 3 lines; 4 + 1 + 2 cases; only the old-only and the ten-day
+    // archives (the shared one has a job left, the unfinished ones theirs).
+    assert_eq!(
+        dry.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+        ["3", "28", "7", "2 (22 B)", "1"],
+        "{dry:?}"
+    );
+    assert_eq!(table_rows(admin), before, "a dry run changed the database");
+
+    let done = admin.ok(&["prune", "--older-than", "7d"]);
+    assert!(
+        done.starts_with("✓ Removed what ended more than 7d ago"),
+        "{done}"
+    );
+    assert_eq!(prune_counts(&done), dry, "{done}");
+    with_store(&admin.location(), |store| async move {
+        for id in fixture
+            .ended_long_ago
+            .iter()
+            .chain([&fixture.ended_days_ago])
+        {
+            assert!(store.get_job(*id).await.unwrap().is_none(), "{id} stayed");
+            assert!(store.read_log(*id, 0, 100).await.unwrap().is_empty());
+        }
+        for id in fixture.unfinished.iter().chain([&fixture.ended_now]) {
+            let job = store.get_job(*id).await.unwrap().unwrap();
+            assert!(!store.read_log(*id, 0, 100).await.unwrap().is_empty());
+            assert!(store
+                .get_archive(&job.archive_digest)
+                .await
+                .unwrap()
+                .is_some());
+        }
+        if let Some(pages) = store.file_pages().await.unwrap() {
+            assert!(pages.incremental);
+            assert_eq!(pages.free, 0, "the freed pages were given back: {pages:?}");
+        }
+    });
+    if admin.postgres_url.is_none() {
+        assert!(
+            done.contains("space given back to the file system:"),
+            "{done}"
+        );
+    }
+
+    // Nothing left to remove.
+    let again = prune_counts(&admin.ok(&["prune", "--older-than", "7d"]));
+    assert!(
+        again.iter().all(|(_, n)| n == "0" || n == "0 (0 B)"),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn prune_removes_what_a_dry_run_reports_on_sqlite() {
+    prune_removes_what_a_dry_run_reports(&Admin::initialised());
+}
+
+#[test]
+fn prune_removes_what_a_dry_run_reports_on_postgres() {
+    prune_removes_what_a_dry_run_reports(&Admin::postgres());
+}
+
+#[test]
+fn prune_takes_only_durations_with_a_unit() {
+    let admin = Admin::initialised();
+    for bad in ["7", "seven days", "-1d"] {
+        let out = admin.run(&["prune", &format!("--older-than={bad}")]);
+        assert!(!out.status.success(), "{bad}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains("is not a duration"), "{bad}: {stderr}");
+    }
+}
+
+/// A file made before incremental auto-vacuum is rewritten only when asked.
+#[test]
+fn prune_rewrites_an_older_file_only_when_asked() {
+    let admin = Admin::new();
+    std::fs::create_dir_all(admin.db.parent().unwrap()).unwrap();
+    // A table before this build ever opened the file: auto-vacuum stays off.
+    let location = DatabaseLocation::SqliteFile(admin.db.clone());
+    // An empty file is an empty SQLite database.
+    std::fs::File::create(&admin.db).unwrap();
+    block_on(ci_testkit::database::execute(
+        &location,
+        "CREATE TABLE from_before (x BLOB)",
+    ))
+    .unwrap();
+    let auto_vacuum = || {
+        block_on(ci_testkit::database::integer(
+            &location,
+            "PRAGMA auto_vacuum",
+        ))
+        .unwrap()
+    };
+    installation_to_prune(&admin);
+    assert_eq!(auto_vacuum(), 0);
+    let out = admin.ok(&["prune"]);
+    assert!(out.contains("predates incremental auto-vacuum"), "{out}");
+    assert!(out.contains("ci-admin prune --rewrite-file"), "{out}");
+    assert_eq!(auto_vacuum(), 0);
+    let out = admin.ok(&["prune", "--rewrite-file"]);
+    assert!(out.contains("database file rewritten:"), "{out}");
+    assert_eq!(auto_vacuum(), 2, "auto_vacuum is INCREMENTAL now");
+}

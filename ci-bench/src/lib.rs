@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The eleven figures, by the name `--only` takes.
+/// The twelve figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -70,6 +70,8 @@ pub enum FigureKind {
     BigInputs,
     Page,
     TestResults,
+    /// The API's p99 while the reaper deletes 10 000 old jobs.
+    Retention,
 }
 
 impl Options {
@@ -170,6 +172,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         add(
             figures,
             figures::test_results::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Retention) {
+        progress("figure 12: the API while the reaper deletes old jobs, on a fresh system");
+        add(
+            figures,
+            figures::retention::measure(&system_options, &ctx).await?,
         );
     }
     if options.wants(FigureKind::Memory) {

@@ -142,6 +142,14 @@ impl System {
         self.scratch.path()
     }
 
+    /// Where this system's database is, for a figure that opens it too.
+    pub fn database_location(&self) -> ci_persistence::DatabaseLocation {
+        match &self.database {
+            Database::Sqlite(path) => ci_persistence::DatabaseLocation::SqliteFile(path.clone()),
+            Database::Postgres { url, .. } => ci_persistence::DatabaseLocation::Url(url.clone()),
+        }
+    }
+
     pub fn server_pid(&self) -> Option<u32> {
         u32::try_from(self.server.pid().as_raw()).ok()
     }

@@ -14,7 +14,7 @@ use ci_client::output::{
 use ci_client::{pack_project, project_name, ApiClient, ClientError, JobEvents, StreamStart};
 use ci_client::{OutputFilter, OutputMode};
 use ci_common::api::{JobSummary, StreamEvent};
-use ci_common::{JobId, JobOptions, JobStatus};
+use ci_common::{format_size, JobId, JobOptions, JobStatus};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -719,21 +719,6 @@ fn project_root(start: &std::path::Path) -> std::path::PathBuf {
         .find(|dir| PROJECT_MARKERS.iter().any(|m| dir.join(m).exists()))
         .unwrap_or(start)
         .to_path_buf()
-}
-
-/// A byte count for people: `512 B`, `3.4 KB`, `61.2 MB`.
-fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// The job a command names: a whole UUID, or a unique prefix of at least

@@ -8,6 +8,7 @@ pub mod api;
 pub mod api_key;
 pub mod job;
 pub mod python;
+pub mod size;
 pub mod test_results;
 pub mod time;
 pub mod user;
@@ -17,4 +18,5 @@ pub use job::{
     CursorMove, Job, JobId, JobOptions, JobStatus, LogChunk, LogCursor, TransitionError,
 };
 pub use python::PythonVersion;
+pub use size::format_size;
 pub use user::User;

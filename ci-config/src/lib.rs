@@ -1,12 +1,17 @@
 //! What the service binaries (`ci-server`, `ci-controller`, `ci-admin`)
 //! share before they start: the database flags, where the embedded database
-//! lives by default, and the logging set-up. Kept out of `ci-common`, the
-//! domain, which knows nothing of command lines or log output.
+//! lives by default, how durations are written, and the logging set-up.
+//! Kept out of `ci-common`, the domain, which knows nothing of command lines
+//! or log output.
+
+mod duration;
 
 use std::path::PathBuf;
 
 use ci_persistence::DatabaseLocation;
 use clap::Args;
+
+pub use duration::{format_duration, parse_duration, DurationError};
 
 /// Where the database is: `--database-url` (any sqlx URL) wins over `--db-path`
 /// (a SQLite file), which defaults to `~/.ci/jobs.db`.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::junit_report::ReportLimits;
 use crate::log_pump::PumpConfig;
+use crate::reaper::ReaperConfig;
 use crate::workspace::UnpackLimits;
 
 /// The base image jobs run in unless configured otherwise or they ask for
@@ -67,6 +68,8 @@ pub struct ControllerConfig {
     /// Caps on the job's test report; `None` turns collecting reports off
     /// (the benchmark's baseline).
     pub test_report: Option<ReportLimits>,
+    /// What the reaper deletes and how it paces itself.
+    pub reaper: ReaperConfig,
 }
 
 impl Default for ControllerConfig {
@@ -90,6 +93,7 @@ impl Default for ControllerConfig {
             pip_cache_volume: Some("ci-pip-cache".to_string()),
             read_only_rootfs: true,
             test_report: Some(ReportLimits::default()),
+            reaper: ReaperConfig::default(),
         }
     }
 }

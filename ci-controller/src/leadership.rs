@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerConfig;
 use crate::leader::{self, LeaseConfig, LEASE_NAME};
+use crate::reaper::Reaper;
 use crate::runtime::ContainerRuntime;
 use crate::Reconciler;
 
@@ -92,13 +93,23 @@ pub async fn run(
         let term = shutdown.child_token();
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
         let mut run = tokio::spawn(reconciler.run(term.clone()));
-        tokio::select! {
+        // The reaper beside the reconciler, as its own task: a pass never
+        // waits for it, and it stops with the term.
+        let reaper =
+            tokio::spawn(Reaper::new(store.clone(), config.reaper.clone()).run(term.clone()));
+        let shut_down = tokio::select! {
             lost = leader::keep(&store, &holder, &lease) => {
                 term.cancel();
                 let _ = run.await;
                 tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
+                false
             }
-            _ = &mut run => break,
+            _ = &mut run => true,
+        };
+        term.cancel();
+        let _ = reaper.await;
+        if shut_down {
+            break;
         }
     }
     leadership.send_replace(Leadership::Standby);

@@ -6,7 +6,8 @@
 //! engine is asked for, and [`worker`]s carry the slow steps out under one
 //! error policy. The [`log_pump`] stores each container's output as it comes;
 //! [`leadership`] runs the reconciler only while this controller holds the
-//! [`leader`] lease.
+//! [`leader`] lease, and the [`reaper`] beside it deletes what outlived the
+//! retention period.
 
 pub mod config;
 pub mod container_spec;
@@ -20,6 +21,7 @@ pub mod leadership;
 pub mod log_pump;
 pub mod project_facts;
 pub mod pythons;
+pub mod reaper;
 pub mod reconciler;
 pub mod runtime;
 pub mod scheduler;

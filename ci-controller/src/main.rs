@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ci_config::DatabaseArgs;
+use ci_config::{parse_duration, DatabaseArgs};
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
 use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
@@ -84,12 +84,24 @@ struct Args {
     /// A job's test report with more test cases than this is refused.
     #[arg(long, env = "CI_MAX_REPORT_CASES", default_value_t = 200_000)]
     max_report_cases: usize,
+
+    /// Ended jobs older than this are deleted with their output and test
+    /// results, and then the archives no job refers to (20s, 12h, 7d).
+    #[arg(long, env = "CI_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    retention: Duration,
+
+    /// Time between two rounds of the reaper (20s, 10m, 1h).
+    #[arg(long, env = "CI_REAP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    reap_interval: Duration,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ci_config::init_logging();
     let args = Args::parse();
+    if args.retention.is_zero() || args.reap_interval.is_zero() {
+        anyhow::bail!("--retention and --reap-interval must be longer than 0s");
+    }
 
     let mut config = ControllerConfig {
         image: args.python_base_image,
@@ -107,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
     config.unpack.max_total_bytes = args.max_unpacked_bytes;
     config.unpack.max_entries = args.max_archive_entries;
     config.set_container_prefix(&args.container_prefix);
+    config.reaper.retention = args.retention;
+    config.reaper.every = args.reap_interval;
     config.test_report = args.test_reports.then(|| ReportLimits {
         max_bytes: args.max_report_bytes,
         max_cases: args.max_report_cases,

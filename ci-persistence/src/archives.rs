@@ -40,17 +40,23 @@ impl Store {
         R: AsyncRead + Unpin + Send,
     {
         let mut tx = self.writer.begin().await?;
-        let inserted = sqlx::query(
+        // An archive stored already has its upload time renewed in the same
+        // statement that finds it, so the reaper, which spares archives
+        // uploaded within `ARCHIVE_GRACE` (and those a job refers to), cannot
+        // delete it between this upload and the job the replica creates on
+        // it next. A row just inserted has neither size nor chunks yet.
+        let row = sqlx::query(
             "INSERT INTO archives (digest, data, size, created_at, chunks) VALUES ($1, $2, 0, $3, 0) \
-             ON CONFLICT (digest) DO NOTHING",
+             ON CONFLICT (digest) DO UPDATE SET created_at = excluded.created_at \
+             RETURNING size, chunks",
         )
         .bind(digest)
         .bind(Vec::<u8>::new())
         .bind(to_micros(now()))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .fetch_one(&mut *tx)
+        .await?;
+        let (size, chunks): (i64, i64) = (row.try_get("size")?, row.try_get("chunks")?);
+        if size != 0 || chunks != 0 {
             tx.commit().await?;
             return Ok(());
         }

@@ -14,7 +14,10 @@ use uuid::Uuid;
 
 use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
 
-use crate::{Channel, JobOutcome, NewJob, ReportChunk, SessionLookup, Store, StoreError};
+use crate::{
+    Channel, JobOutcome, NewJob, ReapStep, Reaped, ReportChunk, SessionLookup, Store, StoreError,
+    ARCHIVE_GRACE,
+};
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
 /// expression of type `impl Fn() -> impl Future<Output = (Store, Store)>`,
@@ -55,6 +58,12 @@ macro_rules! conformance_suite {
             a_job_without_a_report_says_why,
             flaky_tests_disagree_on_the_same_code_of_the_same_owner,
             reports_stored_as_parsed_commit_only_when_whole,
+            ended_jobs_past_retention_go_with_their_output_and_results,
+            queued_and_running_jobs_stay_whatever_their_age,
+            archives_go_once_no_job_refers_to_them,
+            an_archive_uploaded_again_is_not_reaped_before_its_job,
+            sessions_of_revoked_keys_and_deactivated_users_go,
+            freed_pages_are_given_back_where_the_file_keeps_them,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1221,6 +1230,477 @@ pub async fn reports_stored_as_parsed_commit_only_when_whole(s: Store, other: St
     s.put_job_cases(cut, send(None)).await.unwrap();
     match other.job_report(cut, &[]).await.unwrap() {
         Some(JobReport::Missing { reason }) => assert!(reason.contains("stopped"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// --- retention ---------------------------------------------------------------
+
+/// Microseconds since the epoch, `days` ago.
+fn days_ago(days: i64) -> i64 {
+    ci_common::time::to_micros(ci_common::time::now() - chrono::Duration::days(days))
+}
+
+/// Moves a job's times `days` into the past, as if it had been submitted
+/// (and, when it has, started and ended) then; only the test does this.
+async fn age_job(s: &Store, id: Uuid, days: i64) {
+    sqlx::query(
+        "UPDATE jobs SET created_at = $1, \
+         started_at = CASE WHEN started_at IS NULL THEN NULL ELSE $1 END, \
+         ended_at = CASE WHEN ended_at IS NULL THEN NULL ELSE $1 END WHERE id = $2",
+    )
+    .bind(days_ago(days))
+    .bind(id.to_string())
+    .execute(&s.writer)
+    .await
+    .unwrap();
+}
+
+/// Moves an archive's last upload `days` into the past.
+async fn age_archive(s: &Store, digest: &str, days: i64) {
+    sqlx::query("UPDATE archives SET created_at = $1 WHERE digest = $2")
+        .bind(days_ago(days))
+        .bind(digest)
+        .execute(&s.writer)
+        .await
+        .unwrap();
+}
+
+/// Rows in `table` whose `column` is `value`, counted in the database.
+async fn rows_where(s: &Store, table: &str, column: &str, value: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+        .bind(value)
+        .fetch_one(&s.reader)
+        .await
+        .unwrap()
+}
+
+/// A job with `lines` chunks of output and `cases` test cases, ended as `outcome`.
+async fn ended_job(
+    s: &Store,
+    owner: Uuid,
+    lines: usize,
+    cases: usize,
+    outcome: JobOutcome,
+) -> Uuid {
+    let id = job(s, owner).await;
+    output_and_cases(s, id, lines, cases).await;
+    if outcome.status == JobStatus::Completed {
+        s.mark_running(id, "c", "img", None).await.unwrap();
+    }
+    s.finish_job(id, &outcome).await.unwrap();
+    id
+}
+
+async fn output_and_cases(s: &Store, id: Uuid, lines: usize, cases: usize) {
+    let chunks: Vec<String> = (0..lines).map(|i| format!("line {i}\n")).collect();
+    s.append_log(id, &chunks, None).await.unwrap();
+    if cases > 0 {
+        let cases = (0..cases)
+            .map(|i| test_case(&format!("t.py::test_{i}"), TestOutcome::Passed, 0.1))
+            .collect();
+        s.put_job_report(id, &ci_common::test_results::JobReport::Cases(cases))
+            .await
+            .unwrap();
+    }
+}
+
+/// Reaps ended jobs step by step until a step removes nothing; the sum, and
+/// how many steps removed something.
+async fn reap_jobs_to_the_end(
+    s: &Store,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    step: &ReapStep,
+) -> (Reaped, usize) {
+    let mut total = Reaped::default();
+    let mut steps = 0;
+    loop {
+        let reaped = s.reap_ended_jobs(cutoff, step).await.unwrap();
+        if reaped.is_empty() {
+            return (total, steps);
+        }
+        assert!(
+            reaped.log_chunks + reaped.test_cases <= u64::from(step.rows),
+            "a step removed more rows than it may: {reaped:?}"
+        );
+        assert!(reaped.jobs <= u64::from(step.jobs), "{reaped:?}");
+        total += reaped;
+        steps += 1;
+        assert!(steps < 10_000, "reaping never ends");
+    }
+}
+
+fn thirty_days_ago() -> chrono::DateTime<chrono::Utc> {
+    ci_common::time::now() - chrono::Duration::days(30)
+}
+
+pub async fn ended_jobs_past_retention_go_with_their_output_and_results(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let old_passed = ended_job(&s, owner, 25, 12, JobOutcome::exited(0)).await;
+    let old_cancelled = ended_job(&s, owner, 4, 0, JobOutcome::cancelled()).await;
+    let old_failed = ended_job(&s, owner, 0, 3, JobOutcome::failed("could not run")).await;
+    let recent = ended_job(&s, owner, 7, 5, JobOutcome::exited(1)).await;
+    let just_in = ended_job(&s, owner, 2, 1, JobOutcome::exited(0)).await;
+    for id in [old_passed, old_cancelled, old_failed] {
+        age_job(&s, id, 40).await;
+    }
+    age_job(&s, recent, 29).await;
+
+    let cutoff = thirty_days_ago();
+    let uploaded_before =
+        ci_common::time::now() - chrono::Duration::from_std(ARCHIVE_GRACE).unwrap();
+    let counted = other.count_reapable(cutoff, uploaded_before).await.unwrap();
+    // 25 lines + 4 lines + the failure's reason line; 12 + 3 cases.
+    assert_eq!(
+        (counted.jobs, counted.log_chunks, counted.test_cases),
+        (3, 30, 15),
+        "{counted:?}"
+    );
+    // Small steps: the work is spread over many short transactions.
+    let step = ReapStep {
+        jobs: 2,
+        rows: 4,
+        archives: 1,
+        sessions: 1,
+    };
+    let (reaped, steps) = reap_jobs_to_the_end(&s, cutoff, &step).await;
+    assert_eq!(
+        Reaped {
+            archives: 0,
+            archive_bytes: 0,
+            sessions: 0,
+            ..counted
+        },
+        reaped
+    );
+    assert!(steps >= 45 / 4, "{steps} steps for 45 rows, 4 at a time");
+
+    for id in [old_passed, old_cancelled, old_failed] {
+        assert_eq!(other.get_job(id).await.unwrap(), None, "job {id} stays");
+        assert!(other.read_log(id, 0, 100).await.unwrap().is_empty());
+        assert_eq!(other.job_report(id, &[]).await.unwrap(), None);
+        for table in ["job_events", "job_test_cases", "job_test_reports"] {
+            assert_eq!(
+                rows_where(&other, table, "job_id", &id.to_string()).await,
+                0,
+                "{table}"
+            );
+        }
+    }
+    for (id, lines, cases) in [(recent, 7, 5), (just_in, 2, 1)] {
+        assert!(other.get_job(id).await.unwrap().is_some());
+        assert_eq!(other.read_log(id, 0, 100).await.unwrap().len(), lines);
+        assert_eq!(
+            other.job_test_totals(id).await.unwrap().unwrap().passed,
+            cases
+        );
+    }
+    let listed: BTreeSet<Uuid> = other
+        .list_jobs_for_user(owner)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(listed, BTreeSet::from([recent, just_in]));
+    // Done: nothing more to count or reap.
+    assert_eq!(
+        other
+            .count_reapable(cutoff, uploaded_before)
+            .await
+            .unwrap()
+            .jobs,
+        0
+    );
+    assert!(s.reap_ended_jobs(cutoff, &step).await.unwrap().is_empty());
+}
+
+pub async fn queued_and_running_jobs_stay_whatever_their_age(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let queued = job(&s, owner).await;
+    output_and_cases(&s, queued, 3, 0).await;
+    let running = job(&s, owner).await;
+    s.mark_running(running, "c", "img", None).await.unwrap();
+    output_and_cases(&s, running, 5, 2).await;
+    let cancelling = job(&s, owner).await;
+    s.mark_running(cancelling, "c", "img", None).await.unwrap();
+    s.request_cancel(cancelling).await.unwrap();
+    for id in [queued, running, cancelling] {
+        age_job(&s, id, 4000).await;
+    }
+    // Even a cutoff in the future (prune everything that ended) spares them.
+    let future = ci_common::time::now() + chrono::Duration::days(1);
+    let counted = other.count_reapable(future, future).await.unwrap();
+    assert_eq!(
+        (
+            counted.jobs,
+            counted.log_chunks,
+            counted.test_cases,
+            counted.archives
+        ),
+        (0, 0, 0, 0),
+        "{counted:?}"
+    );
+    let (reaped, _) = reap_jobs_to_the_end(&s, future, &ReapStep::default()).await;
+    assert!(reaped.is_empty(), "{reaped:?}");
+    assert!(s
+        .reap_unreferenced_archives(future, &ReapStep::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(other.read_log(queued, 0, 100).await.unwrap().len(), 3);
+    assert_eq!(other.read_log(running, 0, 100).await.unwrap().len(), 5);
+    for id in [queued, running, cancelling] {
+        let job = other.get_job(id).await.unwrap().unwrap();
+        assert!(!job.status.is_terminal());
+        assert!(other
+            .get_archive(&job.archive_digest)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    // They go on as if nothing happened, and go once they ended long enough ago.
+    s.append_log(running, &["more\n".to_string()], None)
+        .await
+        .unwrap();
+    s.finish_job(running, &JobOutcome::exited(0)).await.unwrap();
+    assert!(
+        reap_jobs_to_the_end(&s, thirty_days_ago(), &ReapStep::default())
+            .await
+            .0
+            .is_empty()
+    );
+    let (reaped, _) = reap_jobs_to_the_end(&s, future, &ReapStep::default()).await;
+    assert_eq!(
+        (reaped.jobs, reaped.log_chunks, reaped.test_cases),
+        (1, 6, 2)
+    );
+    assert!(other.get_job(queued).await.unwrap().is_some());
+}
+
+pub async fn archives_go_once_no_job_refers_to_them(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let cutoff = thirty_days_ago();
+    let grace = ci_common::time::now() - chrono::Duration::from_std(ARCHIVE_GRACE).unwrap();
+    // Only an old job on it: goes with the job. Bigger than a chunk.
+    let only_old: Vec<u8> = (0..(crate::ARCHIVE_CHUNK_BYTES * 2 + 10))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let only_old_job = job_on(&s, owner, &only_old).await;
+    // An old job and a recent one on it: stays.
+    let shared = b"PK shared".to_vec();
+    let shared_old = job_on(&s, owner, &shared).await;
+    let shared_new = job_on(&s, owner, &shared).await;
+    // An old queued job on it: stays.
+    let queued_on = b"PK queued".to_vec();
+    let queued = job_on(&s, owner, &queued_on).await;
+    // No job, uploaded long ago: goes; uploaded a moment ago: stays.
+    let forgotten = s.put_archive(b"PK forgotten").await.unwrap();
+    let fresh = s.put_archive(b"PK fresh").await.unwrap();
+    for id in [only_old_job, shared_old, shared_new] {
+        s.finish_job(id, &JobOutcome::cancelled()).await.unwrap();
+    }
+    for id in [only_old_job, shared_old, queued] {
+        age_job(&s, id, 60).await;
+    }
+    let digest = |bytes: &[u8]| crate::archive_digest(bytes);
+    for d in [
+        digest(&only_old),
+        digest(&shared),
+        digest(&queued_on),
+        forgotten.clone(),
+    ] {
+        age_archive(&s, &d, 60).await;
+    }
+
+    let counted = other.count_reapable(cutoff, grace).await.unwrap();
+    let bytes = (only_old.len() + b"PK forgotten".len()) as u64;
+    assert_eq!(
+        (counted.jobs, counted.archives, counted.archive_bytes),
+        (2, 2, bytes),
+        "{counted:?}"
+    );
+    // While the old jobs are there, their archive is referenced: only the
+    // forgotten one goes.
+    let mut reaped = s
+        .reap_unreferenced_archives(grace, &ReapStep::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reaped.archives, reaped.archive_bytes),
+        (1, 12),
+        "{reaped:?}"
+    );
+    assert!(other
+        .get_archive(&digest(&only_old))
+        .await
+        .unwrap()
+        .is_some());
+    reap_jobs_to_the_end(&s, cutoff, &ReapStep::default()).await;
+    let step = ReapStep {
+        archives: 1,
+        ..ReapStep::default()
+    };
+    loop {
+        let one = s.reap_unreferenced_archives(grace, &step).await.unwrap();
+        if one.is_empty() {
+            break;
+        }
+        assert_eq!(one.archives, 1, "{one:?}");
+        reaped += one;
+    }
+    assert_eq!(
+        (reaped.archives, reaped.archive_bytes),
+        (2, bytes),
+        "{reaped:?}"
+    );
+    assert_eq!(other.get_archive(&digest(&only_old)).await.unwrap(), None);
+    assert_eq!(
+        rows_where(&other, "archive_chunks", "digest", &digest(&only_old)).await,
+        0
+    );
+    assert_eq!(other.get_archive(&forgotten).await.unwrap(), None);
+    assert_eq!(
+        other.get_archive(&digest(&shared)).await.unwrap(),
+        Some(shared)
+    );
+    assert_eq!(
+        other.get_archive(&digest(&queued_on)).await.unwrap(),
+        Some(queued_on)
+    );
+    assert!(other.get_archive(&fresh).await.unwrap().is_some());
+    assert!(other.get_job(shared_new).await.unwrap().is_some());
+}
+
+pub async fn an_archive_uploaded_again_is_not_reaped_before_its_job(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let bytes = b"PK uploaded twice".to_vec();
+    let digest = s.put_archive(&bytes).await.unwrap();
+    age_archive(&s, &digest, 90).await;
+    // The same code again: the replica finds it stored, and its job follows.
+    assert_eq!(other.put_archive(&bytes).await.unwrap(), digest);
+    let grace = ci_common::time::now() - chrono::Duration::from_std(ARCHIVE_GRACE).unwrap();
+    assert!(s
+        .reap_unreferenced_archives(grace, &ReapStep::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let id = job_on(&other, owner, &bytes).await;
+    assert_eq!(
+        other.get_job(id).await.unwrap().unwrap().archive_digest,
+        digest
+    );
+    assert_eq!(s.get_archive(&digest).await.unwrap(), Some(bytes));
+}
+
+pub async fn sessions_of_revoked_keys_and_deactivated_users_go(s: Store, other: Store) {
+    let keep_user = user(&s).await;
+    let kept = generate_api_key().unwrap();
+    s.create_api_key(keep_user, "kept", &kept).await.unwrap();
+    let revoked = generate_api_key().unwrap();
+    let revoked_rec = s
+        .create_api_key(keep_user, "revoked", &revoked)
+        .await
+        .unwrap();
+    let gone_user = user(&s).await;
+    let owners_key = generate_api_key().unwrap();
+    s.create_api_key(gone_user, "owner gone", &owners_key)
+        .await
+        .unwrap();
+    assert!(s.create_session("kept-1", &kept.hash).await.unwrap());
+    assert!(s.create_session("kept-2", &kept.hash).await.unwrap());
+    assert!(s.create_session("revoked-1", &revoked.hash).await.unwrap());
+    assert!(s.create_session("revoked-2", &revoked.hash).await.unwrap());
+    assert!(s
+        .create_session("owner-gone", &owners_key.hash)
+        .await
+        .unwrap());
+    s.revoke_api_key(revoked_rec.id).await.unwrap();
+    s.set_user_active(gone_user, false).await.unwrap();
+
+    let never = ci_common::time::now() - chrono::Duration::days(36500);
+    assert_eq!(
+        other.count_reapable(never, never).await.unwrap().sessions,
+        3
+    );
+    let step = ReapStep {
+        sessions: 2,
+        ..ReapStep::default()
+    };
+    let mut reaped = 0;
+    loop {
+        let one = s.reap_ended_sessions(&step).await.unwrap();
+        assert!(one.sessions <= 2);
+        if one.is_empty() {
+            break;
+        }
+        reaped += one.sessions;
+    }
+    assert_eq!(reaped, 3);
+    // Reactivating the owner does not bring a reaped session back.
+    s.set_user_active(gone_user, true).await.unwrap();
+    for gone in ["revoked-1", "revoked-2", "owner-gone"] {
+        assert_eq!(
+            other.look_up_session(gone).await.unwrap(),
+            SessionLookup::Unknown,
+            "{gone}"
+        );
+    }
+    for live in ["kept-1", "kept-2"] {
+        assert_eq!(
+            other.look_up_session(live).await.unwrap(),
+            SessionLookup::Active {
+                key_hash: kept.hash.clone()
+            }
+        );
+    }
+}
+
+pub async fn freed_pages_are_given_back_where_the_file_keeps_them(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let big = "x".repeat(4000);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = job(&s, owner).await;
+        let chunks: Vec<String> = (0..50).map(|i| format!("{i} {big}\n")).collect();
+        s.append_log(id, &chunks, None).await.unwrap();
+        s.finish_job(id, &JobOutcome::exited(0)).await.unwrap();
+        age_job(&s, id, 45).await;
+        ids.push(id);
+    }
+    let pages = s.file_pages().await.unwrap();
+    let (reaped, _) = reap_jobs_to_the_end(&s, thirty_days_ago(), &ReapStep::default()).await;
+    assert_eq!(reaped.jobs, 20);
+    match (s.backend(), pages) {
+        (crate::Backend::Sqlite, Some(before)) => {
+            // A fresh file gives its free pages back a few at a time.
+            assert!(before.incremental, "{before:?}");
+            let freed = s.file_pages().await.unwrap().unwrap();
+            assert!(freed.free > 200, "4 MB of output freed only {freed:?}");
+            let mut given = 0;
+            loop {
+                let n = s.give_back_free_pages(64).await.unwrap();
+                assert!(n <= 64, "{n}");
+                if n == 0 {
+                    break;
+                }
+                given += n;
+            }
+            let after = other.file_pages().await.unwrap().unwrap();
+            assert_eq!(after.free, 0, "{after:?}");
+            assert!(given >= freed.free, "{given} of {freed:?}");
+            assert!(
+                after.pages + given <= freed.pages + 1,
+                "{after:?} {freed:?}"
+            );
+            // A file that has it needs no rewrite.
+            assert!(!s.rewrite_for_incremental_vacuum().await.unwrap());
+        }
+        (crate::Backend::Postgres, None) => {
+            // Autovacuum's work.
+            assert_eq!(s.give_back_free_pages(64).await.unwrap(), 0);
+            assert!(!s.rewrite_for_incremental_vacuum().await.unwrap());
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -128,8 +128,14 @@ impl Store {
                         .after_connect(move |conn, _| {
                             Box::pin(async move {
                                 // WAL lets readers run beside the one writer; NORMAL sync
-                                // in WAL mode survives any process crash.
+                                // in WAL mode survives any process crash. Incremental
+                                // auto-vacuum lets the reaper give freed pages back to
+                                // the file system a few at a time; it takes effect only
+                                // on a file that has no table yet, so it comes first
+                                // (on an older file it changes nothing: see
+                                // `Store::rewrite_for_incremental_vacuum`).
                                 for pragma in [
+                                    "PRAGMA auto_vacuum = INCREMENTAL".to_string(),
                                     format!("PRAGMA busy_timeout = {busy_ms}"),
                                     "PRAGMA journal_mode = WAL".to_string(),
                                     "PRAGMA synchronous = NORMAL".to_string(),

@@ -11,6 +11,7 @@
 //! - [`status`]: the services' `/ready` answers, which tests wait on instead
 //!   of on the wording of a log line.
 //! - [`postgres`]: scratch PostgreSQL databases, made and dropped.
+//! - [`database`]: plain SQL on an installation's database (ages, pragmas).
 //! - [`docker`]: an installation's containers, and sweeping what a test left.
 //! - [`cli`]: the `ci` command line, run to its end or in the background.
 //! - [`fixtures`]: the Python projects the tests submit.
@@ -19,6 +20,7 @@
 
 pub mod browser;
 pub mod cli;
+pub mod database;
 pub mod docker;
 mod error;
 pub mod fixtures;

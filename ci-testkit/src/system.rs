@@ -39,6 +39,7 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::cli::{run, run_within, CiOutput};
+use crate::database;
 use crate::docker::{self, ContainerInfo};
 use crate::fixtures::{copy_fixture, Project};
 use crate::process::{
@@ -281,6 +282,19 @@ impl TestSystem {
             .collect())
     }
 
+    /// Runs one SQL statement on this installation's database, behind the
+    /// services' back (see [`crate::database`]); the rows it changed.
+    pub fn execute_sql(&self, sql: &str) -> anyhow::Result<u64> {
+        let location = self.database_location();
+        Ok(self.block_on(database::execute(&location, sql))?)
+    }
+
+    /// The one integer `sql` answers on this installation's database.
+    pub fn integer_sql(&self, sql: &str) -> anyhow::Result<i64> {
+        let location = self.database_location();
+        Ok(self.block_on(database::integer(&location, sql))?)
+    }
+
     fn database_location(&self) -> DatabaseLocation {
         match &self.postgres_url {
             Some(url) => DatabaseLocation::Url(url.clone()),
@@ -406,6 +420,17 @@ impl TestSystem {
         self.controller
             .as_mut()
             .is_some_and(|controller| controller.service.is_running())
+    }
+
+    /// Stops the controller as a service manager would (SIGTERM: it hands
+    /// the lease over and leaves the containers running) and starts it
+    /// again; back once the new one leads. A new term of leadership starts
+    /// afresh: it adopts the running containers and runs a reaper round.
+    pub fn restart_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.service.terminate(SETTLE_DEADLINE);
+        }
+        self.start_controller();
     }
 
     /// Kills the main server (SIGKILL: no goodbye to its clients).

@@ -1,4 +1,4 @@
-//! The eleven figures. Each takes its baseline in the same run, interleaved with
+//! The twelve figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -10,6 +10,7 @@ pub mod logs;
 pub mod memory;
 pub mod overhead;
 pub mod page;
+pub mod retention;
 pub mod test_results;
 pub mod throughput;
 pub mod watcher;
