@@ -16,7 +16,7 @@ use ci_common::time::{parse_api_string, to_api_string};
 use ci_common::{hash_api_key, looks_like_api_key, User};
 use ci_persistence::DatabaseLocation;
 use ci_persistence::Store;
-use ci_testkit::postgres as scratch_postgres;
+use ci_testkit::postgres::ScratchDatabase;
 use ci_testkit::process;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -36,8 +36,9 @@ const KEY_HEADER: &str =
 struct Admin {
     dir: TempDir,
     db: PathBuf,
-    /// Set when the installation is on PostgreSQL instead of `db`.
-    postgres_url: Option<String>,
+    /// Set when the installation is on PostgreSQL instead of `db`; the
+    /// database goes with the installation.
+    postgres: Option<ScratchDatabase>,
 }
 
 impl Admin {
@@ -48,7 +49,7 @@ impl Admin {
         Admin {
             dir,
             db,
-            postgres_url: None,
+            postgres: None,
         }
     }
 
@@ -63,19 +64,14 @@ impl Admin {
     /// On a fresh database of the server `CI_TEST_POSTGRES_URL` names
     /// (`scripts/postgres.sh` starts one and prints its URL).
     fn postgres() -> Admin {
-        let url = block_on(scratch_postgres::create_database(
-            &scratch_postgres::server_url(),
-            "admin",
-        ))
-        .unwrap();
         let mut admin = Admin::new();
-        admin.postgres_url = Some(url);
+        admin.postgres = Some(block_on(ScratchDatabase::create("admin")).unwrap());
         admin
     }
 
     fn location(&self) -> DatabaseLocation {
-        match &self.postgres_url {
-            Some(url) => DatabaseLocation::Url(url.clone()),
+        match &self.postgres {
+            Some(db) => DatabaseLocation::Url(db.url().to_string()),
             None => DatabaseLocation::SqliteFile(self.db.clone()),
         }
     }
@@ -92,8 +88,8 @@ impl Admin {
 
     fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.bare();
-        match &self.postgres_url {
-            Some(url) => cmd.env("CI_DATABASE_URL", url),
+        match &self.postgres {
+            Some(db) => cmd.env("CI_DATABASE_URL", db.url()),
             None => cmd.env("CI_DB_PATH", &self.db),
         };
         cmd.args(args).output().unwrap()
@@ -156,20 +152,6 @@ impl Admin {
         with_store(&self.location(), |store| async move {
             store.authenticate(&hash).await.unwrap().map(|u| u.id)
         })
-    }
-}
-
-/// A PostgreSQL installation's database goes with it, so that test runs do not
-/// pile databases up on the server.
-impl Drop for Admin {
-    fn drop(&mut self) {
-        let (Some(url), Ok(base)) = (
-            &self.postgres_url,
-            std::env::var(scratch_postgres::SERVER_URL_VAR),
-        ) else {
-            return;
-        };
-        let _ = block_on(scratch_postgres::drop_database(&base, url));
     }
 }
 
@@ -1085,7 +1067,7 @@ fn prune_removes_what_a_dry_run_reports(admin: &Admin) {
             assert_eq!(pages.free, 0, "the freed pages were given back: {pages:?}");
         }
     });
-    if admin.postgres_url.is_none() {
+    if admin.postgres.is_none() {
         assert!(
             done.contains("space given back to the file system:"),
             "{done}"

@@ -20,9 +20,10 @@ use crate::{
 };
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
-/// expression of type `impl Fn() -> impl Future<Output = (Store, Store)>`,
+/// expression of type `impl Fn() -> impl Future<Output = (Store, Store, S)>`,
 /// giving two handles on one fresh database opened independently, as two
-/// processes would.
+/// processes would, and whatever must outlive them and go after the test
+/// (`S`: the SQLite file's folder, the PostgreSQL test database).
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
@@ -71,7 +72,9 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let make = $make;
-                let (a, b) = make().await;
+                // `_scratch` (the database's folder, or its server-side
+                // database) outlives both stores and goes after the test.
+                let (a, b, _scratch) = make().await;
                 $crate::conformance::$name(a, b).await;
             }
         )*
@@ -880,9 +883,17 @@ async fn woken(what: &str, watch: &mut crate::JobWatch) {
 pub async fn a_job_watch_wakes_for_its_own_job_only(s: Store, other: Store) {
     let uid = user(&s).await;
     let (a, b) = (job(&s, uid).await, job(&s, uid).await);
+    // The other process has taken in the starts before its watches are made:
+    // a start's notification arriving late would wake b's watch one round
+    // behind its output (PostgreSQL delivers notifications in order, so once
+    // b's start is in, a's is too).
+    let mut started = other.changes().subscribe_job(b);
+    started.mark_seen();
     for id in [a, b] {
         s.mark_running(id, "c", "i", None).await.unwrap();
     }
+    woken("b's start there", &mut started).await;
+    drop(started);
     // Watches in the writer's process and in another one.
     let mut a_here = s.changes().subscribe_job(a);
     let mut a_there = other.changes().subscribe_job(a);

@@ -3,19 +3,19 @@
 //! throwaway one and prints its URL), opened twice, as two replicas would.
 
 use ci_persistence::{Store, StoreOptions};
-use ci_testkit::postgres;
+use ci_testkit::postgres::ScratchDatabase;
 
-async fn two_handles() -> (Store, Store) {
-    let url = postgres::create_database(&postgres::server_url(), "conformance")
+async fn two_handles() -> (Store, Store, ScratchDatabase) {
+    let scratch = ScratchDatabase::create("conformance")
         .await
         .expect("create a test database");
-    let a = Store::open_url(&url, StoreOptions::default())
+    let a = Store::open_url(scratch.url(), StoreOptions::default())
         .await
         .expect("open a");
-    let b = Store::open_url(&url, StoreOptions::default())
+    let b = Store::open_url(scratch.url(), StoreOptions::default())
         .await
         .expect("open b");
-    (a, b)
+    (a, b, scratch)
 }
 
 ci_persistence::conformance_suite!(|| two_handles());

@@ -4,7 +4,7 @@
 use ci_persistence::DatabaseLocation;
 use ci_persistence::{Store, StoreOptions};
 
-async fn two_handles() -> (ci_persistence::Store, ci_persistence::Store) {
+async fn two_handles() -> (Store, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let location = DatabaseLocation::SqliteFile(dir.path().join("nested").join("jobs.db"));
     let a = Store::open_with(&location, StoreOptions::default())
@@ -13,9 +13,7 @@ async fn two_handles() -> (ci_persistence::Store, ci_persistence::Store) {
     let b = Store::open_with(&location, StoreOptions::default())
         .await
         .expect("open b");
-    // The folder must outlive the stores; the test process is short-lived.
-    std::mem::forget(dir);
-    (a, b)
+    (a, b, dir)
 }
 
 ci_persistence::conformance_suite!(|| two_handles());
