@@ -11,6 +11,8 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::{serve_connections, FrontDoor};
+use crate::request_body::BodyPacing;
 use crate::sse::StreamReads;
 use crate::{routes, session, web};
 
@@ -25,6 +27,8 @@ pub struct ServerConfig {
     /// How often a stream looks at the database even without a wake-up: a
     /// safety net should a notification be missed.
     pub stream_resync: Duration,
+    /// Timeouts and the connection cap (see [`crate::listener`]).
+    pub front_door: FrontDoor,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +37,7 @@ impl Default for ServerConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             keep_alive: Duration::from_secs(15),
             stream_resync: Duration::from_secs(2),
+            front_door: FrontDoor::default(),
         }
     }
 }
@@ -103,11 +108,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = app.shutdown.clone();
+    let door = app.config.front_door;
+    let pacing = BodyPacing {
+        min_rate: door.upload_min_rate,
+        // A body may start as slowly as a request head may take to arrive.
+        grace: door.header_read_timeout,
+        drain_limit: app
+            .config
+            .max_upload_bytes
+            .saturating_add(MULTIPART_OVERHEAD),
+    };
     let router = router(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+    serve_connections(listener, router, door, pacing, token).await
 }

@@ -8,6 +8,8 @@
 mod app;
 mod auth;
 mod error;
+mod listener;
+mod request_body;
 mod routes;
 mod session;
 mod sse;
@@ -16,4 +18,6 @@ mod web;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;
+pub use listener::{FrontDoor, RESERVED_CONNECTIONS};
+pub use request_body::RequestBodyError;
 pub use sse::{StreamReads, PAGE_BYTES};
