@@ -42,3 +42,28 @@ fn an_upload_over_the_limit_is_told_its_413_every_time() {
     }
     assert!(sys.unfinished_jobs().unwrap().is_empty());
 }
+
+/// The settings reach the binary: with `CI_HEADER_READ_TIMEOUT=1`, a
+/// half-sent request is closed, while the server answers the next client.
+#[test]
+fn the_server_binary_closes_a_half_sent_request_after_its_header_read_timeout() {
+    use std::io::{Read, Write};
+    let sys = TestSystem::options()
+        .server_env("CI_HEADER_READ_TIMEOUT", "1")
+        .start();
+    let opened = std::time::Instant::now();
+    let mut socket = std::net::TcpStream::connect(sys.server_addr()).unwrap();
+    socket.write_all(b"GET /jobs HTTP/1.1\r\nHost: lo").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(90)))
+        .unwrap();
+    let mut rest = Vec::new();
+    // Ends at the server's close (or a reset), or fails after the deadline.
+    let closed = match socket.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the server closes the half-sent request");
+    assert!(opened.elapsed() >= std::time::Duration::from_secs(1));
+    assert!(sys.server_is_ready());
+}
