@@ -131,5 +131,20 @@ pub(crate) async fn set_active(
     };
     let verb = if active { "activated" } else { "deactivated" };
     writeln!(out, "✓ User {verb}: {}", user.email)?;
+    if !active {
+        // A deactivated user's key stops working at once; their jobs stop too
+        // (the controller ends them as cancelled).
+        let cancelled = store
+            .request_cancel_for_user(user.id)
+            .await
+            .context("cannot cancel the user's jobs")?;
+        if !cancelled.is_empty() {
+            writeln!(
+                out,
+                "  {} queued or running job(s) cancelled.",
+                cancelled.len()
+            )?;
+        }
+    }
     Ok(())
 }

@@ -151,6 +151,23 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
+    /// Asks for every queued or running job of `user_id` to be cancelled
+    /// (their owner was deactivated); the jobs asked for now.
+    pub async fn request_cancel_for_user(&self, user_id: Uuid) -> Result<Vec<Job>> {
+        let sql = format!(
+            "UPDATE jobs SET cancel_requested = 1 WHERE user_id = $1 AND status IN ('queued', 'running') \
+             AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"
+        );
+        let changed = sqlx::query(&sql)
+            .bind(user_id.to_string())
+            .fetch_all(&self.writer)
+            .await?;
+        if !changed.is_empty() {
+            self.feed.notify(Channel::Jobs);
+        }
+        changed.iter().map(rows::job).collect()
+    }
+
     /// Records that the job's container started, in `image`, with `python`.
     pub async fn mark_running(
         &self,

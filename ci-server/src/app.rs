@@ -11,6 +11,7 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::credential_watch::StreamCredentials;
 use crate::listener::{serve_connections, FrontDoor};
 use crate::request_body::BodyPacing;
 use crate::sse::StreamReads;
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     pub stream_resync: Duration,
     /// Timeouts and the connection cap (see [`crate::listener`]).
     pub front_door: FrontDoor,
+    /// How often the keys of open streams are checked again, so a stream of
+    /// a revoked key or a deactivated user ends within about this long.
+    pub credential_check: Duration,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +42,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(15),
             stream_resync: Duration::from_secs(2),
             front_door: FrontDoor::default(),
+            credential_check: Duration::from_secs(2),
         }
     }
 }
@@ -52,6 +57,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// What the event streams have read, shared by all of them.
     pub stream_reads: Arc<StreamReads>,
+    /// The keys open streams were opened with, checked again now and then.
+    pub stream_credentials: Arc<StreamCredentials>,
 }
 
 impl App {
@@ -61,6 +68,7 @@ impl App {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             stream_reads: Arc::default(),
+            stream_credentials: Arc::default(),
         }
     }
 }
@@ -118,6 +126,11 @@ pub async fn serve(
             .max_upload_bytes
             .saturating_add(MULTIPART_OVERHEAD),
     };
+    tokio::spawn(app.stream_credentials.clone().watch(
+        app.store.clone(),
+        app.config.credential_check,
+        token.clone(),
+    ));
     let router = router(app);
     let signal = token.clone();
     tokio::spawn(async move {

@@ -7,6 +7,7 @@
 
 mod app;
 mod auth;
+mod credential_watch;
 mod error;
 mod listener;
 mod request_body;

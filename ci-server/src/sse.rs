@@ -21,6 +21,8 @@ use ci_persistence::Store;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
+use crate::credential_watch::StreamCredential;
+
 /// At most this many chunks per page.
 const PAGE_ROWS: i64 = 500;
 
@@ -77,7 +79,16 @@ pub fn sse_event(id: Option<i64>, event: &StreamEvent) -> Event {
     }
 }
 
-/// The events of a job from `start` until it ends, or until `shutdown`.
+/// The last event of a stream whose key was revoked or whose user was
+/// deactivated while it was open. Beyond the contract's event types; clients
+/// skip types they do not know, reconnect, and are then refused with 401.
+fn credential_ended_event() -> Event {
+    let data = serde_json::json!({"type": "error", "detail": "Invalid or revoked API key"});
+    Event::default().data(data.to_string())
+}
+
+/// The events of a job from `start` until it ends, until `shutdown`, or
+/// until the stream's credential is revoked.
 pub fn job_events(
     store: Store,
     job_id: JobId,
@@ -85,8 +96,10 @@ pub fn job_events(
     resync: std::time::Duration,
     reads: std::sync::Arc<StreamReads>,
     shutdown: CancellationToken,
+    credential: StreamCredential,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        let revoked = credential.revoked.clone();
         let mut changed = store.changes().subscribe_job(job_id);
         tracing::info!(%job_id, ?start, "stream: following the job's output");
         let mut after = match start {
@@ -99,6 +112,11 @@ pub fn job_events(
             }
         };
         loop {
+            if revoked.is_cancelled() {
+                tracing::info!(%job_id, "stream: ended, its key no longer authenticates");
+                yield Ok(credential_ended_event());
+                return;
+            }
             // Mark the job's changes seen before reading, so a change that
             // lands while we read wakes the next wait instead of being lost.
             changed.mark_seen();
@@ -143,6 +161,7 @@ pub fn job_events(
                 _ = changed.changed() => {}
                 _ = tokio::time::sleep(resync) => {}
                 _ = shutdown.cancelled() => return,
+                _ = revoked.cancelled() => {}
             }
         }
     }

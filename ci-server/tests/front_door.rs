@@ -8,6 +8,8 @@
 //! an end of stream) under generous deadlines; none assumes a timer fires
 //! early or late, only that it fires.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};

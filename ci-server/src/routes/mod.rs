@@ -109,29 +109,34 @@ pub async fn submit_async(
 /// client can reconnect to it.
 pub async fn submit_stream(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let user = key.user(&app).await?;
     let job = queue_job(&app, &user, &headers, multipart).await?;
     let first = futures::stream::once(async move {
         Ok(sse_event(None, &StreamEvent::JobId { job_id: job.id }))
     });
     Ok(sse_response(
         &app,
-        first.chain(events(&app, job.id, StartAt::After(0))),
+        first.chain(events(&app, &key, job.id, StartAt::After(0))),
     ))
 }
 
 /// As `/submit-stream` without the job id event (the reference's oldest endpoint).
 pub async fn submit(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let user = key.user(&app).await?;
     let job = queue_job(&app, &user, &headers, multipart).await?;
-    Ok(sse_response(&app, events(&app, job.id, StartAt::After(0))))
+    Ok(sse_response(
+        &app,
+        events(&app, &key, job.id, StartAt::After(0)),
+    ))
 }
 
 pub async fn list_jobs(
@@ -238,11 +243,12 @@ pub async fn stream_job(
         },
         StreamStart::Now => StartAt::After(job.last_seq),
     };
-    Ok(sse_response(&app, events(&app, job.id, start)))
+    Ok(sse_response(&app, events(&app, &key, job.id, start)))
 }
 
 fn events(
     app: &App,
+    key: &BearerKey,
     job_id: JobId,
     start: StartAt,
 ) -> impl Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> {
@@ -253,6 +259,7 @@ fn events(
         app.config.stream_resync,
         app.stream_reads.clone(),
         app.shutdown.clone(),
+        app.stream_credentials.hold(&key.hash),
     )
 }
 
