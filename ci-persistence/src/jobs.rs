@@ -151,6 +151,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
+    /// How many of `user_id`'s jobs wait to start (for the per-user cap).
+    pub async fn count_queued_jobs_for_user(&self, user_id: Uuid) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND status = 'queued'",
+        )
+        .bind(user_id.to_string())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Asks for every queued or running job of `user_id` to be cancelled
     /// (their owner was deactivated); the jobs asked for now.
     pub async fn request_cancel_for_user(&self, user_id: Uuid) -> Result<Vec<Job>> {

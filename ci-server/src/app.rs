@@ -15,6 +15,7 @@ use crate::credential_watch::StreamCredentials;
 use crate::listener::{serve_connections, FrontDoor};
 use crate::request_body::BodyPacing;
 use crate::sse::StreamReads;
+use crate::user_limits::{UserLimits, UserSlots};
 use crate::{routes, session, web};
 
 /// Settings of one replica.
@@ -33,6 +34,8 @@ pub struct ServerConfig {
     /// How often the keys of open streams are checked again, so a stream of
     /// a revoked key or a deactivated user ends within about this long.
     pub credential_check: Duration,
+    /// Caps per user (see [`crate::user_limits`]).
+    pub user_limits: UserLimits,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
             stream_resync: Duration::from_secs(2),
             front_door: FrontDoor::default(),
             credential_check: Duration::from_secs(2),
+            user_limits: UserLimits::default(),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct App {
     pub stream_reads: Arc<StreamReads>,
     /// The keys open streams were opened with, checked again now and then.
     pub stream_credentials: Arc<StreamCredentials>,
+    /// The streams and uploads each user has open on this replica.
+    pub user_slots: Arc<UserSlots>,
 }
 
 impl App {
@@ -69,6 +75,7 @@ impl App {
             shutdown: CancellationToken::new(),
             stream_reads: Arc::default(),
             stream_credentials: Arc::default(),
+            user_slots: Arc::default(),
         }
     }
 }

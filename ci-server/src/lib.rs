@@ -15,6 +15,7 @@ mod routes;
 mod session;
 mod sse;
 mod upload;
+mod user_limits;
 mod web;
 
 pub use app::{router, serve, App, ServerConfig};
@@ -22,3 +23,4 @@ pub use error::ApiError;
 pub use listener::{FrontDoor, RESERVED_CONNECTIONS};
 pub use request_body::RequestBodyError;
 pub use sse::{StreamReads, PAGE_BYTES};
+pub use user_limits::UserLimits;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ci_config::DatabaseArgs;
 use ci_persistence::Store;
-use ci_server::{serve, App, FrontDoor, ServerConfig};
+use ci_server::{serve, App, FrontDoor, ServerConfig, UserLimits};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -48,6 +48,18 @@ struct Args {
     /// (0 turns it off); a slower one is cut with 408.
     #[arg(long, env = "CI_UPLOAD_MIN_RATE", default_value_t = 64 * 1024)]
     upload_min_rate: u64,
+
+    /// Event streams one user may have open at once on this server (429 past it).
+    #[arg(long, env = "CI_MAX_STREAMS_PER_USER", default_value_t = UserLimits::default().max_streams)]
+    max_streams_per_user: usize,
+
+    /// Jobs one user may have waiting to start (429 past it).
+    #[arg(long, env = "CI_MAX_QUEUED_JOBS_PER_USER", default_value_t = UserLimits::default().max_queued_jobs)]
+    max_queued_jobs_per_user: u64,
+
+    /// Uploads one user may send at once to this server (429 past it).
+    #[arg(long, env = "CI_MAX_UPLOADS_PER_USER", default_value_t = UserLimits::default().max_uploads)]
+    max_uploads_per_user: usize,
 }
 
 #[tokio::main]
@@ -100,6 +112,11 @@ async fn main() -> anyhow::Result<()> {
             keep_alive_timeout,
             max_connections: args.max_connections,
             upload_min_rate: args.upload_min_rate,
+        },
+        user_limits: UserLimits {
+            max_streams: args.max_streams_per_user,
+            max_queued_jobs: args.max_queued_jobs_per_user,
+            max_uploads: args.max_uploads_per_user,
         },
         ..ServerConfig::default()
     };

@@ -22,6 +22,7 @@ use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::credential_watch::StreamCredential;
+use crate::user_limits::UserSlot;
 
 /// At most this many chunks per page.
 const PAGE_ROWS: i64 = 500;
@@ -79,6 +80,15 @@ pub fn sse_event(id: Option<i64>, event: &StreamEvent) -> Event {
     }
 }
 
+/// What an open stream holds until it ends: the watch on its key and its
+/// place among its user's streams.
+#[derive(Debug)]
+pub struct StreamHold {
+    pub credential: StreamCredential,
+    #[allow(dead_code)] // held for its Drop
+    pub slot: UserSlot,
+}
+
 /// The last event of a stream whose key was revoked or whose user was
 /// deactivated while it was open. Beyond the contract's event types; clients
 /// skip types they do not know, reconnect, and are then refused with 401.
@@ -96,10 +106,12 @@ pub fn job_events(
     resync: std::time::Duration,
     reads: std::sync::Arc<StreamReads>,
     shutdown: CancellationToken,
-    credential: StreamCredential,
+    hold: StreamHold,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
-        let revoked = credential.revoked.clone();
+        let revoked = hold.credential.revoked.clone();
+        // Held for as long as the stream is open.
+        let _hold = hold;
         let mut changed = store.changes().subscribe_job(job_id);
         tracing::info!(%job_id, ?start, "stream: following the job's output");
         let mut after = match start {
