@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let location = args.db.location();
     let store = Store::open(&location)
         .await
-        .with_context(|| format!("cannot open the database ({location:?})"))?;
+        .with_context(|| format!("cannot open the database {}", location.describe()))?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .or_else(|_| {
