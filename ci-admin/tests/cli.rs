@@ -470,6 +470,17 @@ macro_rules! backend_suite {
                     let job = store.get_job(id).await.unwrap().unwrap();
                     assert_eq!(job.cancel_requested, asked, "{job:?}");
                 }
+                // The controller ends them cancelled: the reason is the deactivation.
+                let cancelled = ci_persistence::JobOutcome::cancelled();
+                let job = store.finish_job(running, &cancelled).await.unwrap();
+                let reason = "The job was cancelled: its owner's account was deactivated";
+                assert_eq!(job.failure_reason.as_deref(), Some(reason));
+                let page = store.read_log_page(running, 0, 100, 1 << 20).await.unwrap();
+                assert_eq!(page.chunks.last().unwrap().text, format!("{reason}\n"));
+                // A job cancelled by its owner has no such reason.
+                store.request_cancel(bobs).await.unwrap();
+                let job = store.finish_job(bobs, &cancelled).await.unwrap();
+                assert_eq!(job.failure_reason, None);
             });
         }
 
