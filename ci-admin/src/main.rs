@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Err(e) => {
             return Err(e)
-                .with_context(|| format!("cannot open the database {}", describe(&location)))
+                .with_context(|| format!("cannot open the database {}", location.describe()))
         }
     };
     let mut out = std::io::stdout().lock();
@@ -50,13 +50,4 @@ async fn run(cli: Cli) -> Result<()> {
     store.close().await;
     result?;
     out.flush().context("cannot write the output")
-}
-
-/// Names the database for an error message without echoing a URL, which may
-/// carry a password.
-fn describe(location: &DatabaseLocation) -> String {
-    match location {
-        DatabaseLocation::SqliteFile(path) => format!("at {}", path.display()),
-        DatabaseLocation::Url(_) => "named by --database-url / CI_DATABASE_URL".to_string(),
-    }
 }

@@ -117,6 +117,9 @@ fn write_details(user: &User, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
+/// The reason a deactivated user's jobs end with.
+pub const DEACTIVATED_REASON: &str = "The job was cancelled: its owner's account was deactivated";
+
 pub(crate) async fn set_active(
     store: &Store,
     who: &UserRef,
@@ -131,5 +134,20 @@ pub(crate) async fn set_active(
     };
     let verb = if active { "activated" } else { "deactivated" };
     writeln!(out, "✓ User {verb}: {}", user.email)?;
+    if !active {
+        // A deactivated user's key stops working at once; their jobs stop too
+        // (the controller ends them as cancelled).
+        let cancelled = store
+            .request_cancel_for_user(user.id, DEACTIVATED_REASON)
+            .await
+            .context("cannot cancel the user's jobs")?;
+        if !cancelled.is_empty() {
+            writeln!(
+                out,
+                "  {} queued or running job(s) cancelled.",
+                cancelled.len()
+            )?;
+        }
+    }
     Ok(())
 }

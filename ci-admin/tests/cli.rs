@@ -419,6 +419,54 @@ macro_rules! backend_suite {
         }
 
         #[test]
+        fn deactivating_a_user_cancels_their_queued_and_running_jobs_only() {
+            let admin = $make;
+            let alice = admin.create_user("Alice", "alice@example.com");
+            let bob = admin.create_user("Bob", "bob@example.com");
+            let (queued, running, ended, bobs) = with_store(&admin.location(), |store| async move {
+                let digest = store.put_archive(b"not a zip; never unpacked").await.unwrap();
+                let job = |user| ci_persistence::NewJob {
+                    id: Uuid::new_v4(),
+                    user_id: user,
+                    archive_digest: digest.clone(),
+                    options: Default::default(),
+                };
+                let queued = store.create_job(&job(alice)).await.unwrap().id;
+                let running = store.create_job(&job(alice)).await.unwrap().id;
+                store.mark_running(running, "c", "i", None).await.unwrap();
+                let ended = store.create_job(&job(alice)).await.unwrap().id;
+                store.mark_running(ended, "c", "i", None).await.unwrap();
+                store
+                    .finish_job(ended, &ci_persistence::JobOutcome::exited(0))
+                    .await
+                    .unwrap();
+                let bobs = store.create_job(&job(bob)).await.unwrap().id;
+                (queued, running, ended, bobs)
+            });
+            assert_eq!(
+                admin.ok(&["user", "deactivate", &alice.to_string()]),
+                "✓ User deactivated: alice@example.com\n  2 queued or running job(s) cancelled.\n"
+            );
+            with_store(&admin.location(), |store| async move {
+                for (id, asked) in [(queued, true), (running, true), (ended, false), (bobs, false)] {
+                    let job = store.get_job(id).await.unwrap().unwrap();
+                    assert_eq!(job.cancel_requested, asked, "{job:?}");
+                }
+                // The controller ends them cancelled: the reason is the deactivation.
+                let cancelled = ci_persistence::JobOutcome::cancelled();
+                let job = store.finish_job(running, &cancelled).await.unwrap();
+                let reason = "The job was cancelled: its owner's account was deactivated";
+                assert_eq!(job.failure_reason.as_deref(), Some(reason));
+                let page = store.read_log_page(running, 0, 100, 1 << 20).await.unwrap();
+                assert_eq!(page.chunks.last().unwrap().text, format!("{reason}\n"));
+                // A job cancelled by its owner has no such reason.
+                store.request_cancel(bobs).await.unwrap();
+                let job = store.finish_job(bobs, &cancelled).await.unwrap();
+                assert_eq!(job.failure_reason, None);
+            });
+        }
+
+        #[test]
         fn key_create_shows_the_key_once_with_a_warning_and_the_key_works() {
             let admin = $make;
             let alice = admin.create_user("Alice", "alice@example.com");

@@ -87,6 +87,12 @@ impl System {
         // the benchmark, the address read from the announcement on stdout.
         let started = Instant::now();
         let mut server = process::command(&options.bin_dir.join("ci-server"));
+        // The figures open a thousand streams and queue hundreds of jobs of
+        // one user: far past the caps that protect a shared installation.
+        server
+            .env("CI_MAX_STREAMS_PER_USER", "100000")
+            .env("CI_MAX_QUEUED_JOBS_PER_USER", "100000")
+            .env("CI_MAX_UPLOADS_PER_USER", "100000");
         server
             .args(["--host", "127.0.0.1", "--port", "0"])
             .envs(db_env.iter().map(|(name, value)| (*name, value)));

@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     let location = args.db.location();
     let store = Store::open(&location)
         .await
-        .with_context(|| format!("cannot open the database ({location:?})"))?;
+        .with_context(|| format!("cannot open the database {}", location.describe()))?;
     let runtime = DockerRuntime::connect().await.context(
         "cannot reach the Docker engine (is dockerd running? see scripts/docker-engine.sh)",
     )?;

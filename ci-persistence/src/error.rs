@@ -22,7 +22,8 @@ pub enum StoreError {
     /// A stored value could not be read back (a bad uuid, an unknown status).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?} (expected sqlite:// or postgres://)")]
+    /// Holds the URL's scheme only: the rest may carry a password.
+    #[error("unsupported database URL scheme {0:?} (expected sqlite:// or postgres://)")]
     UnsupportedUrl(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -33,6 +34,11 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("cannot create the database folder {path}: {source}")]
     CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot make the database file {path} private (owner only): {source}")]
+    FileMode {
         path: String,
         source: std::io::Error,
     },

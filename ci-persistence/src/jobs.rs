@@ -151,6 +151,36 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
     }
 
+    /// How many of `user_id`'s jobs wait to start (for the per-user cap).
+    pub async fn count_queued_jobs_for_user(&self, user_id: Uuid) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND status = 'queued'",
+        )
+        .bind(user_id.to_string())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Asks for every queued or running job of `user_id` to be cancelled
+    /// (their owner was deactivated), `reason` becoming each one's reason
+    /// once it has ended cancelled; the jobs asked for now.
+    pub async fn request_cancel_for_user(&self, user_id: Uuid, reason: &str) -> Result<Vec<Job>> {
+        let sql = format!(
+            "UPDATE jobs SET cancel_requested = 1, cancel_reason = $2 WHERE user_id = $1 \
+             AND status IN ('queued', 'running') AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"
+        );
+        let changed = sqlx::query(&sql)
+            .bind(user_id.to_string())
+            .bind(reason)
+            .fetch_all(&self.writer)
+            .await?;
+        if !changed.is_empty() {
+            self.feed.notify(Channel::Jobs);
+        }
+        changed.iter().map(rows::job).collect()
+    }
+
     /// Records that the job's container started, in `image`, with `python`.
     pub async fn mark_running(
         &self,
@@ -189,7 +219,17 @@ impl Store {
             }
             .into());
         }
-        let reason_line = outcome.reason.as_ref().map(|r| {
+        let mut tx = self.writer.begin().await?;
+        let mut reason = outcome.reason.clone();
+        if reason.is_none() && outcome.status == JobStatus::Cancelled {
+            // Cancelled for someone else's reason (the owner was deactivated).
+            reason = sqlx::query_scalar("SELECT cancel_reason FROM jobs WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        }
+        let reason_line = reason.as_ref().map(|r| {
             let mut line = r.clone();
             if !line.ends_with('\n') {
                 line.push('\n');
@@ -201,13 +241,12 @@ impl Store {
              last_seq = last_seq + $6 WHERE id = $7 AND status IN ({}) RETURNING {JOB_COLUMNS}",
             statuses_leading_to(outcome.status)
         );
-        let mut tx = self.writer.begin().await?;
         let ended = sqlx::query(&sql)
             .bind(outcome.status.as_str())
             .bind(outcome.success.map(i64::from))
             .bind(outcome.exit_code)
             .bind(to_micros(now()))
-            .bind(outcome.reason.clone())
+            .bind(reason)
             .bind(i64::from(reason_line.is_some()))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)

@@ -77,11 +77,25 @@ impl Store {
         let url = match location {
             DatabaseLocation::SqliteFile(path) => {
                 create_parent_dir(path)?;
+                make_private_file(path)?;
                 sqlite_url(path)
             }
             DatabaseLocation::Url(url) => url.clone(),
         };
-        Self::open_url(&url, options).await
+        let store = Self::open_url(&url, options).await?;
+        if let DatabaseLocation::SqliteFile(path) = location {
+            // SQLite gives a new -wal or -shm file the database file's mode;
+            // ones left by an older build are made private here.
+            for suffix in ["-wal", "-shm"] {
+                let mut side = path.as_os_str().to_owned();
+                side.push(suffix);
+                let side = Path::new(&side);
+                if side.exists() {
+                    set_private(side, PRIVATE_FILE)?;
+                }
+            }
+        }
+        Ok(store)
     }
 
     /// Opens a database by sqlx URL (`sqlite://…` or `postgres://…`).
@@ -94,7 +108,8 @@ impl Store {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            return Err(StoreError::UnsupportedUrl(scheme.to_string()));
         };
         let mut url = url.to_string();
         if backend == Backend::Sqlite && !url.contains("mode=") {
@@ -220,14 +235,61 @@ async fn migrate(backend: Backend, pool: &AnyPool) -> Result<()> {
     }
 }
 
+/// The installation's files hold every user's code, output and key hashes:
+/// only the account that runs the services may read them.
+const PRIVATE_DIR: u32 = 0o700;
+const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates the database's missing folders (`~/.ci`), readable by the owner
+/// only; a folder that exists keeps its mode (it may be shared on purpose),
+/// the files in it are private anyway.
 fn create_parent_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
     }
     Ok(())
+}
+
+/// Creates the database file readable by its owner only, or makes an
+/// existing one so, before SQLite opens it (SQLite would create it with the
+/// process's umask, 0644 by default).
+fn make_private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => return set_private(path, PRIVATE_FILE),
+        // Not a file (a folder, say): SQLite's own error says so.
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+        .map_err(|source| StoreError::FileMode {
+            path: path.display().to_string(),
+            source,
+        })?;
+    // The mode given at creation is filtered by the umask: 0600 or tighter.
+    set_private(path, PRIVATE_FILE)
+}
+
+fn set_private(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        StoreError::FileMode {
+            path: path.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// A `sqlite://` URL for a file path; sqlx percent-decodes the path, so
@@ -245,8 +307,61 @@ fn sqlite_url(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_url;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_new_database_and_its_folder_are_private() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join(".ci").join("jobs.db");
+        let store = Store::open(&DatabaseLocation::SqliteFile(path.clone()))
+            .await
+            .expect("open");
+        store
+            .create_user("Ada", "ada@example.com")
+            .await
+            .expect("a write, so the WAL exists");
+        assert_eq!(mode(root.path().join(".ci").as_path()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        for side in ["jobs.db-wal", "jobs.db-shm"] {
+            assert_eq!(mode(&root.path().join(".ci").join(side)), 0o600, "{side}");
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_existing_database_left_readable_is_made_private() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("jobs.db");
+        let store = Store::open(&DatabaseLocation::SqliteFile(path.clone()))
+            .await
+            .expect("open");
+        store
+            .create_user("Ada", "ada@example.com")
+            .await
+            .expect("a write");
+        let wal = root.path().join("jobs.db-wal");
+        for file in [&path, &wal] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let again = Store::open(&DatabaseLocation::SqliteFile(path.clone()))
+            .await
+            .expect("open again");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&wal), 0o600);
+        assert_eq!(again.list_users().await.expect("users").len(), 1);
+        again.close().await;
+        store.close().await;
+    }
 
     #[test]
     fn sqlite_urls_encode_awkward_characters() {

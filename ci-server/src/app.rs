@@ -11,7 +11,11 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::credential_watch::StreamCredentials;
+use crate::listener::{serve_connections, FrontDoor};
+use crate::request_body::BodyPacing;
 use crate::sse::StreamReads;
+use crate::user_limits::{UserLimits, UserSlots};
 use crate::{routes, session, web};
 
 /// Settings of one replica.
@@ -25,6 +29,13 @@ pub struct ServerConfig {
     /// How often a stream looks at the database even without a wake-up: a
     /// safety net should a notification be missed.
     pub stream_resync: Duration,
+    /// Timeouts and the connection cap (see [`crate::listener`]).
+    pub front_door: FrontDoor,
+    /// How often the keys of open streams are checked again, so a stream of
+    /// a revoked key or a deactivated user ends within about this long.
+    pub credential_check: Duration,
+    /// Caps per user (see [`crate::user_limits`]).
+    pub user_limits: UserLimits,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +44,9 @@ impl Default for ServerConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             keep_alive: Duration::from_secs(15),
             stream_resync: Duration::from_secs(2),
+            front_door: FrontDoor::default(),
+            credential_check: Duration::from_secs(2),
+            user_limits: UserLimits::default(),
         }
     }
 }
@@ -47,6 +61,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// What the event streams have read, shared by all of them.
     pub stream_reads: Arc<StreamReads>,
+    /// The keys open streams were opened with, checked again now and then.
+    pub stream_credentials: Arc<StreamCredentials>,
+    /// The streams and uploads each user has open on this replica.
+    pub user_slots: Arc<UserSlots>,
 }
 
 impl App {
@@ -56,6 +74,8 @@ impl App {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             stream_reads: Arc::default(),
+            stream_credentials: Arc::default(),
+            user_slots: Arc::default(),
         }
     }
 }
@@ -103,11 +123,26 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = app.shutdown.clone();
+    let door = app.config.front_door;
+    let pacing = BodyPacing {
+        min_rate: door.upload_min_rate,
+        // A body may start as slowly as a request head may take to arrive.
+        grace: door.header_read_timeout,
+        drain_limit: app
+            .config
+            .max_upload_bytes
+            .saturating_add(MULTIPART_OVERHEAD),
+    };
+    tokio::spawn(app.stream_credentials.clone().watch(
+        app.store.clone(),
+        app.config.credential_check,
+        token.clone(),
+    ));
     let router = router(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+    serve_connections(listener, router, door, pacing, token).await
 }

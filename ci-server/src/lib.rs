@@ -7,13 +7,20 @@
 
 mod app;
 mod auth;
+mod credential_watch;
 mod error;
+mod listener;
+mod request_body;
 mod routes;
 mod session;
 mod sse;
 mod upload;
+mod user_limits;
 mod web;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;
+pub use listener::{FrontDoor, RESERVED_CONNECTIONS};
+pub use request_body::RequestBodyError;
 pub use sse::{StreamReads, PAGE_BYTES};
+pub use user_limits::UserLimits;

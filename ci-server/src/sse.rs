@@ -21,6 +21,9 @@ use ci_persistence::Store;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
+use crate::credential_watch::StreamCredential;
+use crate::user_limits::UserSlot;
+
 /// At most this many chunks per page.
 const PAGE_ROWS: i64 = 500;
 
@@ -77,7 +80,25 @@ pub fn sse_event(id: Option<i64>, event: &StreamEvent) -> Event {
     }
 }
 
-/// The events of a job from `start` until it ends, or until `shutdown`.
+/// What an open stream holds until it ends: the watch on its key and its
+/// place among its user's streams.
+#[derive(Debug)]
+pub struct StreamHold {
+    pub credential: StreamCredential,
+    #[allow(dead_code)] // held for its Drop
+    pub slot: UserSlot,
+}
+
+/// The last event of a stream whose key was revoked or whose user was
+/// deactivated while it was open. Beyond the contract's event types; clients
+/// skip types they do not know, reconnect, and are then refused with 401.
+fn credential_ended_event() -> Event {
+    let data = serde_json::json!({"type": "error", "detail": "Invalid or revoked API key"});
+    Event::default().data(data.to_string())
+}
+
+/// The events of a job from `start` until it ends, until `shutdown`, or
+/// until the stream's credential is revoked.
 pub fn job_events(
     store: Store,
     job_id: JobId,
@@ -85,8 +106,12 @@ pub fn job_events(
     resync: std::time::Duration,
     reads: std::sync::Arc<StreamReads>,
     shutdown: CancellationToken,
+    hold: StreamHold,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        let revoked = hold.credential.revoked.clone();
+        // Held for as long as the stream is open.
+        let _hold = hold;
         let mut changed = store.changes().subscribe_job(job_id);
         tracing::info!(%job_id, ?start, "stream: following the job's output");
         let mut after = match start {
@@ -99,6 +124,11 @@ pub fn job_events(
             }
         };
         loop {
+            if revoked.is_cancelled() {
+                tracing::info!(%job_id, "stream: ended, its key no longer authenticates");
+                yield Ok(credential_ended_event());
+                return;
+            }
             // Mark the job's changes seen before reading, so a change that
             // lands while we read wakes the next wait instead of being lost.
             changed.mark_seen();
@@ -143,6 +173,7 @@ pub fn job_events(
                 _ = changed.changed() => {}
                 _ = tokio::time::sleep(resync) => {}
                 _ = shutdown.cancelled() => return,
+                _ = revoked.cancelled() => {}
             }
         }
     }

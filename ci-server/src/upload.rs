@@ -16,6 +16,7 @@ use ci_common::python::InvalidPythonVersion;
 use ci_common::JobOptions;
 
 use crate::error::ApiError;
+use crate::request_body::RequestBodyError;
 
 /// An uploaded project zip, spooled to a scratch file (deleted when dropped),
 /// and how the job is asked to run.
@@ -214,11 +215,30 @@ fn scratch_error(e: std::io::Error) -> ApiError {
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if let Some(too_slow) = body_too_slow(&e) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("Upload cut: {too_slow}"),
+        );
+    }
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         too_large(limit)
     } else {
         ApiError::bad_request(format!("Malformed multipart upload: {}", e.body_text()))
     }
+}
+
+/// The pacing error under a multipart error, when the body was cut for
+/// arriving too slowly (see [`crate::request_body`]).
+fn body_too_slow<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a RequestBodyError> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(paced @ RequestBodyError::TooSlow { .. }) = e.downcast_ref() {
+            return Some(paced);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// A zip whose central directory cannot be read is refused here; what is inside

@@ -95,6 +95,8 @@ pub struct Options {
     pub job_network: String,
     /// More environment for the controller (`CI_MAX_CONCURRENT_JOBS`, …).
     pub controller_env: Vec<(String, String)>,
+    /// More environment for every `ci-server` (`CI_MAX_UPLOAD_BYTES`, …).
+    pub server_env: Vec<(String, String)>,
     /// Run on a fresh database of the PostgreSQL server named by
     /// `CI_TEST_POSTGRES_URL` instead of a SQLite file.
     pub postgres: bool,
@@ -105,6 +107,7 @@ impl Default for Options {
         Options {
             job_network: "none".to_string(),
             controller_env: Vec::new(),
+            server_env: Vec::new(),
             postgres: false,
         }
     }
@@ -125,6 +128,11 @@ impl Options {
     pub fn controller_env(mut self, name: &str, value: &str) -> Self {
         self.controller_env
             .push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn server_env(mut self, name: &str, value: &str) -> Self {
+        self.server_env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -335,6 +343,9 @@ impl TestSystem {
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .env("HOME", &self.home)
             .env("RUST_LOG", SERVICE_LOG_FILTER);
+        for (name, value) in &self.options.server_env {
+            cmd.env(name, value);
+        }
         let (service, url) =
             Service::start_announcing(name, &mut cmd, &log, SERVER_ANNOUNCEMENT, SERVICE_START)
                 .unwrap_or_else(|e| panic!("ci-server ({name}) did not start: {e}"));

@@ -24,8 +24,9 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::auth::{AuthUser, BearerKey};
 use crate::error::ApiError;
-use crate::sse::{job_events, sse_event, StartAt};
+use crate::sse::{job_events, sse_event, StartAt, StreamHold};
 use crate::upload::read_project_zip;
+use crate::user_limits::{too_many_queued, UserSlot};
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
@@ -77,6 +78,12 @@ async fn queue_job(
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Job, ApiError> {
+    let limits = &app.config.user_limits;
+    let _uploading = app.user_slots.upload(user.id, limits)?;
+    // Before the upload is read: a user at the cap is told without sending it.
+    if app.store.count_queued_jobs_for_user(user.id).await? >= limits.max_queued_jobs {
+        return Err(too_many_queued(limits));
+    }
     let upload = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
     let archive_digest = upload.digest.clone();
     app.store
@@ -109,29 +116,36 @@ pub async fn submit_async(
 /// client can reconnect to it.
 pub async fn submit_stream(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let user = key.user(&app).await?;
+    let slot = app.user_slots.stream(user.id, &app.config.user_limits)?;
     let job = queue_job(&app, &user, &headers, multipart).await?;
     let first = futures::stream::once(async move {
         Ok(sse_event(None, &StreamEvent::JobId { job_id: job.id }))
     });
     Ok(sse_response(
         &app,
-        first.chain(events(&app, job.id, StartAt::After(0))),
+        first.chain(events(&app, &key, slot, job.id, StartAt::After(0))),
     ))
 }
 
 /// As `/submit-stream` without the job id event (the reference's oldest endpoint).
 pub async fn submit(
     State(app): State<App>,
-    AuthUser(user): AuthUser,
+    key: BearerKey,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let user = key.user(&app).await?;
+    let slot = app.user_slots.stream(user.id, &app.config.user_limits)?;
     let job = queue_job(&app, &user, &headers, multipart).await?;
-    Ok(sse_response(&app, events(&app, job.id, StartAt::After(0))))
+    Ok(sse_response(
+        &app,
+        events(&app, &key, slot, job.id, StartAt::After(0)),
+    ))
 }
 
 pub async fn list_jobs(
@@ -238,11 +252,16 @@ pub async fn stream_job(
         },
         StreamStart::Now => StartAt::After(job.last_seq),
     };
-    Ok(sse_response(&app, events(&app, job.id, start)))
+    let slot = app
+        .user_slots
+        .stream(job.user_id, &app.config.user_limits)?;
+    Ok(sse_response(&app, events(&app, &key, slot, job.id, start)))
 }
 
 fn events(
     app: &App,
+    key: &BearerKey,
+    slot: UserSlot,
     job_id: JobId,
     start: StartAt,
 ) -> impl Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> {
@@ -253,6 +272,10 @@ fn events(
         app.config.stream_resync,
         app.stream_reads.clone(),
         app.shutdown.clone(),
+        StreamHold {
+            credential: app.stream_credentials.hold(&key.hash),
+            slot,
+        },
     )
 }
 

@@ -550,7 +550,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
     within("a response on the raw socket", read_response(&mut socket)).await
 }
 
-async fn read_response(socket: &mut TcpStream) -> RawResponse {
+pub async fn read_response(socket: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
