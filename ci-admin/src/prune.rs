@@ -94,7 +94,7 @@ pub(crate) async fn prune(store: &Store, request: Prune, out: &mut impl Write) -
     write_counts(out, &reaped)?;
 
     let Some(pages) = pages else {
-        // PostgreSQL: autovacuum reclaims the space.
+        writeln!(out, "  space: PostgreSQL's autovacuum reclaims it")?;
         return Ok(());
     };
     if pages.incremental {

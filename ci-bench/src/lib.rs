@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures eleven figures, each against a baseline
+//! made with `ci-admin`) and measures twelve figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.

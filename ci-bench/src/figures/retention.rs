@@ -2,7 +2,7 @@
 //! one ended job, read with `GET /jobs/{id}` on 64 keep-alive connections
 //! (figure 4's client), while the controller's reaper (the same
 //! `Reaper::round` the leader runs, with its default steps and pauses, on a
-//! store of its own) deletes 10 000 jobs that ended long ago, each with 5
+//! store, a runtime and a thread of its own) deletes 10 000 jobs that ended long ago, each with 5
 //! output chunks; against the same load with nothing to reap, in ABBA order
 //! (3 pairs of 3 s windows; `--quick`: 2 000 jobs, one pair of 1 s). The
 //! figure is the ratio of the p99s, each over all requests of its kind.
@@ -103,18 +103,15 @@ async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {
             }
             progress(format!("retention: {jobs} old jobs to reap"));
             insert_old_jobs(&location, owner, &digest, jobs).await?;
-            let mut reaper = Reaper::new(store.clone(), ReaperConfig::default());
             let started = Instant::now();
-            let round = tokio::spawn(async move {
-                let round = reaper.round(&CancellationToken::new()).await;
-                (round, started.elapsed())
-            });
+            let round = reap_on_a_thread_of_its_own(location.clone());
             let loaded = load::run(system.addr, &path, Some(&key), shape).await?;
             let window_end = started.elapsed();
-            let (round, took) = round
+            let (round, took) = tokio::task::spawn_blocking(move || round.join())
                 .await
-                .map_err(|e| BenchError::Setup(format!("the reaper's round panicked: {e}")))?;
-            let round = round.map_err(store_error)?;
+                .map_err(|e| BenchError::Setup(format!("waiting for the reaper: {e}")))?
+                .map_err(|_| BenchError::Setup("the reaper's thread panicked".into()))??;
+            let took = took.duration_since(started);
             if round.reaped.jobs != jobs as u64 {
                 return Err(BenchError::Setup(format!(
                     "the round reaped {} of {jobs} old jobs",
@@ -171,6 +168,29 @@ async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     .extra("connections", shape.connections)
     .extra("seconds", shape.duration.as_secs_f64())
     .extra("db", ctx.database)])
+}
+
+/// Runs one reaper round on a store, a runtime and a thread of its own, as
+/// the controller is a process of its own: the load client's runtime never
+/// waits for the reaper's tasks. The round and when it ended.
+fn reap_on_a_thread_of_its_own(
+    location: ci_persistence::DatabaseLocation,
+) -> std::thread::JoinHandle<Result<(ci_controller::reaper::Round, Instant)>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::io("building the reaper's runtime"))?;
+        runtime.block_on(async {
+            let store = Store::open(&location).await.map_err(store_error)?;
+            let round = Reaper::new(store.clone(), ReaperConfig::default())
+                .round(&CancellationToken::new())
+                .await
+                .map_err(store_error);
+            store.close().await;
+            Ok((round?, Instant::now()))
+        })
+    })
 }
 
 /// `jobs` completed jobs of `owner` on `digest`, ended 400 days ago, each
