@@ -38,17 +38,45 @@ pub fn default_db_path() -> PathBuf {
         .join("jobs.db")
 }
 
+/// How the service binaries write their log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (the job id, the
+    /// request id) as keys, for log shippers that should not parse prose.
+    Json,
+}
+
+/// `--log-format` / `CI_LOG_FORMAT`, flattened into each service binary's flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log line format on stderr: `text`, or `json` for log shippers.
+    #[arg(long, env = "CI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
-/// (sqlx's per-statement logs kept to warnings), colours only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// (sqlx's per-statement logs kept to warnings), colours only on a terminal
+/// and never in JSON, where every line must parse.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .init(),
+    }
 }
 
 #[cfg(test)]

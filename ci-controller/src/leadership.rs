@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerConfig;
 use crate::leader::{self, LeaseConfig, LEASE_NAME};
+use crate::metrics::ControllerMetrics;
 use crate::runtime::ContainerRuntime;
 use crate::Reconciler;
 
@@ -52,6 +53,8 @@ pub struct Controller {
     pub lease: LeaseConfig,
     /// This controller's name in the lease row; unique per process.
     pub holder: String,
+    /// Shared with the status listener, which serves them.
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// Leads whenever it can until `shutdown`, publishing each change of
@@ -68,6 +71,7 @@ pub async fn run(
         config,
         lease,
         holder,
+        metrics,
     } = controller;
     // One term of leadership per round: a controller that loses the lease (the
     // database was out of reach for longer than the lease lasts, or another
@@ -90,10 +94,11 @@ pub async fn run(
         );
 
         let term = shutdown.child_token();
-        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
+        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone())
+            .with_metrics(metrics.clone());
         let mut run = tokio::spawn(reconciler.run(term.clone()));
         tokio::select! {
-            lost = leader::keep(&store, &holder, &lease) => {
+            lost = leader::keep(&store, &holder, &lease, &metrics) => {
                 term.cancel();
                 let _ = run.await;
                 tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
@@ -130,6 +135,7 @@ mod tests {
                 renew_every: Duration::from_millis(50),
             },
             holder: holder.to_string(),
+            metrics: Arc::default(),
         }
     }
 

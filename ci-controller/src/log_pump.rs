@@ -18,6 +18,7 @@ use ci_persistence::{Store, StoreError};
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use crate::metrics::ControllerMetrics;
 use crate::runtime::{ContainerRuntime, LogLine, RuntimeError};
 
 /// How output is batched and bounded.
@@ -83,6 +84,8 @@ struct Batch {
     started: Option<Instant>,
     stored_bytes: u64,
     truncated: bool,
+    /// Lines left out past the budget since the metrics last took them.
+    dropped_lines: u64,
     /// The missing-output notice was written and no line came since: one
     /// notice per stretch, however often the engine fails on it.
     noticed: bool,
@@ -98,6 +101,7 @@ impl Batch {
             stored_bytes,
             // A marker already stored took the budget past its end.
             truncated: stored_bytes > max,
+            dropped_lines: 0,
             noticed: false,
         }
     }
@@ -127,6 +131,7 @@ impl Batch {
             self.cursor = Some(LogCursor::new(line.timestamp.clone()));
         }
         if self.truncated {
+            self.dropped_lines += 1;
             return;
         }
         self.carry.extend_from_slice(&line.bytes);
@@ -171,6 +176,7 @@ pub async fn pump_logs(
     container_id: String,
     resume_after: Option<LogCursor>,
     config: PumpConfig,
+    metrics: &ControllerMetrics,
 ) -> Result<PumpEnd, PumpError> {
     // After an adoption the budget goes on from what is stored already.
     let stored_bytes = store.stored_log_bytes(job_id).await?;
@@ -189,7 +195,7 @@ pub async fn pump_logs(
         let next = tokio::select! {
             next = lines.next() => next,
             _ = sleep_until_opt(deadline) => {
-                if flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded {
+                if flush(&store, job_id, &mut batch, metrics).await? == PumpEnd::JobEnded {
                     return Ok(PumpEnd::JobEnded);
                 }
                 continue;
@@ -204,8 +210,11 @@ pub async fn pump_logs(
                 }
                 broken_reads = 0;
                 batch.push(&line, config.max_log_bytes);
+                if batch.dropped_lines > 0 {
+                    metrics.output_lines_dropped(std::mem::take(&mut batch.dropped_lines));
+                }
                 if batch.text.len() >= config.flush_bytes
-                    && flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded
+                    && flush(&store, job_id, &mut batch, metrics).await? == PumpEnd::JobEnded
                 {
                     return Ok(PumpEnd::JobEnded);
                 }
@@ -231,7 +240,7 @@ pub async fn pump_logs(
                         Some(now.fixed_offset())
                     }
                 };
-                if flush(&store, job_id, &mut batch).await? == PumpEnd::JobEnded {
+                if flush(&store, job_id, &mut batch, metrics).await? == PumpEnd::JobEnded {
                     return Ok(PumpEnd::JobEnded);
                 }
                 if broken_reads > 0 {
@@ -241,7 +250,7 @@ pub async fn pump_logs(
                 lines = runtime.logs(&container_id, skip_until.map(|t| t.timestamp()));
             }
             Some(Err(e)) => {
-                flush(&store, job_id, &mut batch).await?;
+                flush(&store, job_id, &mut batch, metrics).await?;
                 return Err(e.into());
             }
             None => {
@@ -250,7 +259,7 @@ pub async fn pump_logs(
                         String::from_utf8_lossy(&std::mem::take(&mut batch.carry)).into_owned();
                     batch.text.push_str(&rest);
                 }
-                return flush(&store, job_id, &mut batch).await;
+                return flush(&store, job_id, &mut batch, metrics).await;
             }
         }
     }
@@ -286,7 +295,12 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Writes the batch as one chunk, retrying briefly when the database is busy.
-async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<PumpEnd, PumpError> {
+async fn flush(
+    store: &Store,
+    job_id: JobId,
+    batch: &mut Batch,
+    metrics: &ControllerMetrics,
+) -> Result<PumpEnd, PumpError> {
     if batch.text.is_empty() {
         return Ok(PumpEnd::Drained);
     }
@@ -300,6 +314,7 @@ async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<PumpEn
         {
             Ok(_) => {
                 batch.stored_bytes += text.len() as u64;
+                metrics.output_stored(text.len() as u64);
                 return Ok(PumpEnd::Drained);
             }
             Err(StoreError::IllegalTransition(_)) => return Ok(PumpEnd::JobEnded),
@@ -438,6 +453,7 @@ mod tests {
             "c".into(),
             None,
             config,
+            &ControllerMetrics::default(),
         )
         .await
         .unwrap();
@@ -544,6 +560,7 @@ mod tests {
             "c".into(),
             Some(LogCursor::new("2026-11-22T19:00:01.000000001Z")),
             config,
+            &ControllerMetrics::default(),
         )
         .await
         .unwrap();

@@ -23,6 +23,7 @@ use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
 use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
+use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, PythonWish};
 use crate::runtime::{ContainerRuntime, ContainerState, FileRead, RuntimeError};
 use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
@@ -44,6 +45,7 @@ pub(crate) struct Context {
     pub config: Arc<ControllerConfig>,
     /// Wakes the reconciler for another pass.
     pub wake: mpsc::UnboundedSender<JobId>,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// How a worker's step ended, when it did not fail.
@@ -159,7 +161,7 @@ async fn apply_policy(ctx: &Context, job_id: JobId, error: WorkerError) -> Worke
     match error_policy(&error) {
         Policy::EndJob(outcome) => {
             tracing::warn!(reason = %error, "job cannot run");
-            finish(ctx, job_id, &outcome).await?;
+            finish(ctx, job_id, &outcome, Finished::of(&outcome, false)).await?;
             Ok(Done::JobEnded)
         }
         Policy::Retry { after } => {
@@ -183,7 +185,8 @@ pub(crate) async fn start_and_follow(
         remove_container(&ctx, &stale).await;
     }
     let launched = launch(&ctx, &job, &pythons).await?;
-    ctx.store
+    let running = ctx
+        .store
         .mark_running(
             job.id,
             &launched.container_id,
@@ -192,6 +195,7 @@ pub(crate) async fn start_and_follow(
         )
         .await
         .map_err(WorkerError::MarkRunning)?;
+    ctx.metrics.job_started(&running);
     tracing::info!(container = %launched.container_id, image = %launched.image, "job running");
     Ok(pump_logs(
         ctx.store.clone(),
@@ -200,6 +204,7 @@ pub(crate) async fn start_and_follow(
         launched.container_id,
         None,
         ctx.config.pump,
+        &ctx.metrics,
     )
     .await?
     .into())
@@ -225,6 +230,7 @@ pub(crate) async fn follow(ctx: Context, job_id: JobId, container_id: String) ->
         container_id,
         job.log_cursor,
         ctx.config.pump,
+        &ctx.metrics,
     )
     .await?
     .into())
@@ -245,7 +251,7 @@ pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) 
     if let Some(limits) = ctx.config.test_report {
         store_report(&ctx, job_id, &container_id, limits).await?;
     }
-    finish(&ctx, job_id, &outcome).await?;
+    finish(&ctx, job_id, &outcome, Finished::of(&outcome, false)).await?;
     remove_container(&ctx, &container_id).await;
     Ok(Done::Recorded)
 }
@@ -257,6 +263,7 @@ pub(crate) async fn end(
     job_id: JobId,
     container_id: Option<String>,
     outcome: JobOutcome,
+    how: Finished,
     following: Option<JoinHandle<WorkerResult>>,
 ) -> WorkerResult {
     tracing::info!(status = %outcome.status, reason = ?outcome.reason, "ending job");
@@ -273,7 +280,7 @@ pub(crate) async fn end(
             pump.abort();
         }
     }
-    finish(&ctx, job_id, &outcome).await?;
+    finish(&ctx, job_id, &outcome, how).await?;
     if let Some(id) = &container_id {
         remove_container(&ctx, id).await;
     }
@@ -370,8 +377,14 @@ fn no_report_reason(outcome: &JobOutcome) -> String {
 
 /// Records the job's end; a job that had already ended is fine. A job that
 /// ends without a stored report (it never ran, was stopped or cancelled)
-/// gets the reason it has no test results.
-async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<(), WorkerError> {
+/// gets the reason it has no test results. Counted as `how` when this call
+/// ended it.
+async fn finish(
+    ctx: &Context,
+    job_id: JobId,
+    outcome: &JobOutcome,
+    how: Finished,
+) -> Result<(), WorkerError> {
     if ctx.config.test_report.is_some() {
         let missing = JobReport::Missing {
             reason: no_report_reason(outcome),
@@ -384,6 +397,7 @@ async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<()
     }
     match ctx.store.finish_job(job_id, outcome).await {
         Ok(job) => {
+            ctx.metrics.job_finished(&job, how);
             tracing::info!(status = %job.status, success = ?job.success, exit_code = ?job.exit_code, "job ended");
             Ok(())
         }

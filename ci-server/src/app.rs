@@ -11,6 +11,8 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log;
+use crate::metrics::{self, ServerMetrics};
 use crate::sse::StreamReads;
 use crate::{routes, session, web};
 
@@ -25,6 +27,11 @@ pub struct ServerConfig {
     /// How often a stream looks at the database even without a wake-up: a
     /// safety net should a notification be missed.
     pub stream_resync: Duration,
+    /// `CI_METRICS_TOKEN`: when set, `GET /metrics` needs it as a bearer token.
+    pub metrics_token: Option<String>,
+    /// Per-request metrics and access-log lines; off only for the
+    /// benchmark's baseline, which measures what they cost.
+    pub observe_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +40,8 @@ impl Default for ServerConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             keep_alive: Duration::from_secs(15),
             stream_resync: Duration::from_secs(2),
+            metrics_token: None,
+            observe_requests: true,
         }
     }
 }
@@ -47,6 +56,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// What the event streams have read, shared by all of them.
     pub stream_reads: Arc<StreamReads>,
+    /// This replica's Prometheus metrics.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl App {
@@ -56,6 +67,7 @@ impl App {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             stream_reads: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -70,12 +82,14 @@ pub fn router(app: App) -> Router {
             .saturating_add(MULTIPART_OVERHEAD),
     )
     .unwrap_or(usize::MAX);
-    Router::new()
+    let observe = app.config.observe_requests;
+    let routes = Router::new()
         .route("/", get(web::page))
         .route("/assets/app.js", get(web::app_js))
         .route("/assets/app.css", get(web::app_css))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/session",
             post(session::create_session).delete(session::delete_session),
@@ -92,8 +106,17 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}/tests", get(routes::test_results::job_tests))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .layer(DefaultBodyLimit::max(body_limit));
+    if !observe {
+        return routes.with_state(app);
+    }
+    // `Router::layer` wraps each route (and the fallbacks) on its own, so
+    // both layers see the route template the request matched.
+    let routes = routes.layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        metrics::count_requests,
+    ));
+    access_log::layer(routes).with_state(app)
 }
 
 /// Serves until `shutdown` resolves, then ends open streams and drains requests.

@@ -38,10 +38,13 @@ pub struct BearerKey {
 impl BearerKey {
     /// The key's owner: 401 for an unknown or revoked key or an inactive user.
     pub async fn user(&self, app: &App) -> Result<User, ApiError> {
-        app.store
+        let user = app
+            .store
             .authenticate(&self.hash)
             .await?
-            .ok_or_else(ApiError::invalid_key)
+            .ok_or_else(ApiError::invalid_key)?;
+        crate::access_log::note_user(user.id);
+        Ok(user)
     }
 }
 

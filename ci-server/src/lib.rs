@@ -5,9 +5,11 @@
 //! the database as the controller writes it, so any replica can serve any
 //! request, including the continuation of a stream another replica began.
 
+mod access_log;
 mod app;
 mod auth;
 mod error;
+mod metrics;
 mod routes;
 mod session;
 mod sse;
@@ -16,4 +18,5 @@ mod web;
 
 pub use app::{router, serve, App, ServerConfig};
 pub use error::ApiError;
+pub use metrics::ServerMetrics;
 pub use sse::{StreamReads, PAGE_BYTES};

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use ci_config::DatabaseArgs;
+use ci_config::{DatabaseArgs, LogArgs};
 use ci_persistence::Store;
 use ci_server::{serve, App, ServerConfig};
 use clap::Parser;
@@ -16,6 +16,9 @@ struct Args {
     #[command(flatten)]
     db: DatabaseArgs,
 
+    #[command(flatten)]
+    log: LogArgs,
+
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -27,12 +30,20 @@ struct Args {
     /// Larger uploads are refused with 413.
     #[arg(long, env = "CI_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
     max_upload_bytes: u64,
+
+    /// Bearer token `GET /metrics` asks for; unset, the metrics are open.
+    #[arg(long, env = "CI_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+
+    /// Per-request metrics and access-log lines (off: the benchmark's baseline).
+    #[arg(long, env = "CI_OBSERVE_REQUESTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", hide = true)]
+    observe_requests: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ci_config::init_logging();
     let args = Args::parse();
+    ci_config::init_logging(args.log.log_format);
 
     let location = args.db.location();
     let store = Store::open(&location)
@@ -57,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
 
     let config = ServerConfig {
         max_upload_bytes: args.max_upload_bytes,
+        metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
+        observe_requests: args.observe_requests,
         ..ServerConfig::default()
     };
     serve(listener, App::new(store, config), shutdown_signal())

@@ -78,6 +78,7 @@ async fn queue_job(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Job, ApiError> {
     let upload = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
+    app.metrics.uploaded(upload.size);
     let archive_digest = upload.digest.clone();
     app.store
         .put_archive_from(&archive_digest, tokio::io::BufReader::new(upload.file))
@@ -154,7 +155,11 @@ pub(crate) async fn owned_job(
         key.user(app).await?;
         return Err(ApiError::job_not_found());
     };
-    match app.store.authenticate_with_job(&key.hash, id).await? {
+    let found = app.store.authenticate_with_job(&key.hash, id).await?;
+    if let Some((user, _)) = &found {
+        crate::access_log::note_user(user.id);
+    }
+    match found {
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
         Some((user, Some(job))) if job.user_id != user.id => Err(ApiError::access_denied()),
@@ -172,11 +177,14 @@ pub async fn get_job(
         key.user(&app).await?;
         return Err(ApiError::job_not_found());
     };
-    match app
+    let found = app
         .store
         .authenticate_with_job_summary(&key.hash, id)
-        .await?
-    {
+        .await?;
+    if let Some((user, _)) = &found {
+        crate::access_log::note_user(*user);
+    }
+    match found {
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
         Some((user, Some((owner, _)))) if owner != user => Err(ApiError::access_denied()),
@@ -262,6 +270,12 @@ fn sse_response(
         + Send
         + 'static,
 ) -> Response {
+    // Counted open until the body is dropped, however the stream ends.
+    let open = app.metrics.stream_opened();
+    let stream = stream.map(move |event| {
+        let _open = &open;
+        event
+    });
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(app.config.keep_alive))
         .into_response();
