@@ -113,8 +113,11 @@ async fn authentication_failures_are_counted_by_reason() {
         Some(1.0),
         "{text}"
     );
-    let invalid = sample(&text, r#"ci_http_auth_failures_total{reason="invalid_key"}"#)
-        .expect("invalid keys counted");
+    let invalid = sample(
+        &text,
+        r#"ci_http_auth_failures_total{reason="invalid_key"}"#,
+    )
+    .expect("invalid keys counted");
     assert_eq!(invalid, 2.0, "{text}");
 }
 
@@ -166,7 +169,10 @@ async fn the_metrics_token_is_asked_for_when_set() {
     assert_eq!(right.status(), 200);
     let text = right.text().await.unwrap();
     assert_eq!(
-        sample(&text, r#"ci_http_auth_failures_total{reason="metrics_token"}"#),
+        sample(
+            &text,
+            r#"ci_http_auth_failures_total{reason="metrics_token"}"#
+        ),
         Some(2.0),
         "{text}"
     );

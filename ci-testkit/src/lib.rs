@@ -11,6 +11,8 @@
 //! - [`status`]: the services' `/ready` answers, which tests wait on instead
 //!   of on the wording of a log line.
 //! - [`postgres`]: scratch PostgreSQL databases, made and dropped.
+//! - [`prometheus`]: a real Prometheus scraping the services, read through
+//!   its HTTP API.
 //! - [`docker`]: an installation's containers, and sweeping what a test left.
 //! - [`cli`]: the `ci` command line, run to its end or in the background.
 //! - [`fixtures`]: the Python projects the tests submit.
@@ -24,6 +26,7 @@ mod error;
 pub mod fixtures;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod relay;
 pub mod sse;
 pub mod status;

@@ -94,6 +94,8 @@ pub struct Options {
     pub job_network: String,
     /// More environment for the controller (`CI_MAX_CONCURRENT_JOBS`, …).
     pub controller_env: Vec<(String, String)>,
+    /// More environment for the servers (`CI_LOG_FORMAT`, …).
+    pub server_env: Vec<(String, String)>,
     /// Run on a fresh database of the PostgreSQL server named by
     /// `CI_TEST_POSTGRES_URL` instead of a SQLite file.
     pub postgres: bool,
@@ -104,6 +106,7 @@ impl Default for Options {
         Options {
             job_network: "none".to_string(),
             controller_env: Vec::new(),
+            server_env: Vec::new(),
             postgres: false,
         }
     }
@@ -124,6 +127,11 @@ impl Options {
     pub fn controller_env(mut self, name: &str, value: &str) -> Self {
         self.controller_env
             .push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn server_env(mut self, name: &str, value: &str) -> Self {
+        self.server_env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -321,6 +329,9 @@ impl TestSystem {
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .env("HOME", &self.home)
             .env("RUST_LOG", SERVICE_LOG_FILTER);
+        for (name, value) in &self.options.server_env {
+            cmd.env(name, value);
+        }
         let (service, url) =
             Service::start_announcing(name, &mut cmd, &log, SERVER_ANNOUNCEMENT, SERVICE_START)
                 .unwrap_or_else(|e| panic!("ci-server ({name}) did not start: {e}"));
@@ -354,6 +365,18 @@ impl TestSystem {
         });
         // Ready once it holds the lease; fail fast if it dies instead.
         self.wait_for_controller_status(LEADER, SERVICE_START);
+    }
+
+    /// `host:port` of the controller's status listener (`/ready`, `/metrics`).
+    pub fn controller_status_addr(&self) -> Option<String> {
+        let controller = self.controller.as_ref()?;
+        Some(
+            controller
+                .status_url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+        )
     }
 
     /// What the controller's `/ready` says: `leader` or `standby`.
