@@ -427,6 +427,7 @@ mod tests {
                 user_id: user.id,
                 archive_digest: digest,
                 options: ci_common::JobOptions::default(),
+                request_id: None,
             })
             .await
             .unwrap();

@@ -140,18 +140,18 @@ impl Reconciler {
                 Action::Start => eligible.push(Candidate::from(job)),
                 Action::Adopt => {
                     if let Some(id) = container_id {
-                        self.adopt(job.id, id);
+                        self.adopt(job, id);
                     }
                 }
                 Action::Complete => {
                     if let Some(id) = container_id {
-                        self.complete(job.id, id);
+                        self.complete(job, id);
                     }
                 }
                 Action::End(reason) => {
                     let outcome = reason.outcome(self.ctx.config.job_timeout);
                     let how = Finished::of(&outcome, reason == EndReason::TimedOut);
-                    self.end(job.id, container_id, outcome, how);
+                    self.end(job, container_id, outcome, how);
                 }
             }
         }
@@ -240,29 +240,24 @@ impl Reconciler {
     fn start(&mut self, job: &Job, stale_container: Option<String>, pythons: Arc<PythonOffer>) {
         let step =
             worker::start_and_follow(self.ctx.clone(), job.clone(), stale_container, pythons);
-        let w = worker::spawn(&self.ctx, job.id, WorkerKind::Following, step);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Following, step);
         self.workers.insert(job.id, w);
     }
 
-    fn adopt(&mut self, job_id: JobId, container_id: String) {
-        let step = worker::follow(self.ctx.clone(), job_id, container_id);
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Following, step);
-        self.workers.insert(job_id, w);
+    fn adopt(&mut self, job: &Job, container_id: String) {
+        let step = worker::follow(self.ctx.clone(), job.id, container_id);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Following, step);
+        self.workers.insert(job.id, w);
     }
 
-    fn complete(&mut self, job_id: JobId, container_id: String) {
-        let step = worker::complete(self.ctx.clone(), job_id, container_id);
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
-        self.workers.insert(job_id, w);
+    fn complete(&mut self, job: &Job, container_id: String) {
+        let step = worker::complete(self.ctx.clone(), job.id, container_id);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Ending, step);
+        self.workers.insert(job.id, w);
     }
 
-    fn end(
-        &mut self,
-        job_id: JobId,
-        container_id: Option<String>,
-        outcome: JobOutcome,
-        how: Finished,
-    ) {
+    fn end(&mut self, job: &Job, container_id: Option<String>, outcome: JobOutcome, how: Finished) {
+        let job_id = job.id;
         let following = match self.workers.remove(&job_id) {
             Some(w) if w.kind == WorkerKind::Ending => {
                 // Already being ended; once is enough.
@@ -280,7 +275,7 @@ impl Reconciler {
             how,
             following,
         );
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Ending, step);
         self.workers.insert(job_id, w);
     }
 }
@@ -389,6 +384,7 @@ mod tests {
                     user_id: user,
                     archive_digest: digest,
                     options,
+                    request_id: None,
                 })
                 .await
                 .unwrap();

@@ -253,6 +253,7 @@ mod tests {
                     user_id: user.id,
                     archive_digest: digest.clone(),
                     options: Default::default(),
+                    request_id: None,
                 })
                 .await
                 .expect("job");

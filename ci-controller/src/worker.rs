@@ -135,14 +135,19 @@ pub(crate) struct Worker {
     pub handle: JoinHandle<WorkerResult>,
 }
 
-/// Runs `step` for `job_id` as a worker: in the job's span, under the error
-/// policy, waking the reconciler when done.
-pub(crate) fn spawn<F>(ctx: &Context, job_id: JobId, kind: WorkerKind, step: F) -> Worker
+/// Runs `step` for `job` as a worker: in the job's span (its id, and the
+/// request id of its submission, which the server's access line carries
+/// too), under the error policy, waking the reconciler when done.
+pub(crate) fn spawn<F>(ctx: &Context, job: &Job, kind: WorkerKind, step: F) -> Worker
 where
     F: Future<Output = WorkerResult> + Send + 'static,
 {
     let ctx = ctx.clone();
-    let span = tracing::info_span!("job", %job_id);
+    let job_id = job.id;
+    let span = tracing::info_span!("job", %job_id, request_id = tracing::field::Empty);
+    if let Some(request_id) = &job.request_id {
+        span.record("request_id", request_id.as_str());
+    }
     let handle = tokio::spawn(
         async move {
             let result = match step.await {

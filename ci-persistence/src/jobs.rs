@@ -19,6 +19,8 @@ pub struct NewJob {
     pub user_id: Uuid,
     pub archive_digest: String,
     pub options: JobOptions,
+    /// The submission's request id (see [`Job::request_id`]).
+    pub request_id: Option<String>,
 }
 
 /// How a job ended.
@@ -89,8 +91,8 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO jobs (id, user_id, status, created_at, archive_digest, \
-             python_requested, project, fresh_env, pytest_args) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING {JOB_COLUMNS}"
+             python_requested, project, fresh_env, pytest_args, request_id) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(new.id.to_string())
@@ -104,6 +106,7 @@ impl Store {
                 serde_json::to_string(&new.options.pytest_args)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             )
+            .bind(new.request_id.as_deref())
             .fetch_one(&self.writer)
             .await?;
         self.feed.notify(Channel::Jobs);

@@ -93,3 +93,12 @@ fn access_line<B>(response: &Response<B>, latency: Duration, _span: &Span) {
 pub fn note_user(user_id: uuid::Uuid) {
     Span::current().record("user_id", tracing::field::display(user_id));
 }
+
+/// The request id of the request with these headers (set by this layer),
+/// for a job it queues.
+pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}

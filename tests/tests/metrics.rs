@@ -166,6 +166,21 @@ fn json_logs_are_json_line_by_line_and_never_hold_the_key() {
     assert!(submit["latency_ms"].as_f64().is_some(), "{submit}");
     let request_id = submit["span"]["request_id"].as_str().unwrap_or_default();
     assert!(request_id.parse::<uuid::Uuid>().is_ok(), "{submit}");
+    // The controller's lines about the job carry the submission's request id.
+    let controller = logs.iter().find(|l| l.name == "controller").unwrap();
+    let job_lines: Vec<serde_json::Value> = controller
+        .text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["span"]["job_id"] == id.to_string())
+        .collect();
+    assert!(
+        !job_lines.is_empty(),
+        "no controller line in the job's span"
+    );
+    for line in &job_lines {
+        assert_eq!(line["span"]["request_id"], request_id, "{line}");
+    }
     let job_lines = access_lines
         .iter()
         .filter(|l| l["span"]["route"] == "/jobs/{id}")

@@ -90,6 +90,7 @@ async fn queue_job(
             user_id: user.id,
             archive_digest,
             options: upload.options,
+            request_id: crate::access_log::request_id(headers),
         })
         .await?;
     tracing::info!(job_id = %job.id, user = %user.email, bytes = upload.size, "job queued");
