@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures eleven figures, each against a baseline
+//! made with `ci-admin`) and measures twelve figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The eleven figures, by the name `--only` takes.
+/// The twelve figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -70,6 +70,8 @@ pub enum FigureKind {
     BigInputs,
     Page,
     TestResults,
+    /// Metrics and access logs against none; the controller's scrape.
+    Operations,
 }
 
 impl Options {
@@ -184,6 +186,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         add(
             figures,
             figures::fanout::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Operations) {
+        progress("figure 12: operating costs (metrics, access logs, scrape), on a fresh system");
+        add(
+            figures,
+            figures::operations::measure(&system_options, &ctx).await?,
         );
     }
     if options.wants(FigureKind::Watcher) {

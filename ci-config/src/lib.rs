@@ -60,12 +60,21 @@ pub struct LogArgs {
 /// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
 /// (sqlx's per-statement logs kept to warnings), colours only on a terminal
 /// and never in JSON, where every line must parse.
-pub fn init_logging(format: LogFormat) {
+///
+/// Lines are written by a thread of their own, so a request does not wait
+/// for its access line to reach the file or pipe; the writer blocks (loses
+/// nothing) when that thread falls far behind. Keep the returned guard until
+/// the process ends: dropping it writes what is still buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -77,6 +86,7 @@ pub fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .init(),
     }
+    guard
 }
 
 #[cfg(test)]

@@ -93,7 +93,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ci_config::init_logging(args.log.log_format);
+    // Held to the end of main, so the last lines are written.
+    let _log_writer = ci_config::init_logging(args.log.log_format);
 
     let mut config = ControllerConfig {
         image: args.python_base_image,

@@ -1,32 +1,65 @@
 //! One access-log line per request, through tower-http's tracing layer, and
 //! the request id that ties a request's lines together.
 //!
-//! Every request runs in a `request` span holding its method, route template,
-//! path, request id and, once a key or session was checked, the user id; the
-//! line is written when the response headers go out, with status and latency.
-//! The key is never a field: it travels in a header, which is not logged.
-//! The request id is the client's `x-request-id` when it sent a sensible one,
-//! else a fresh UUID, and it is sent back in the response's `x-request-id`.
+//! The line (`request`, at info) is written when the response headers go
+//! out, with method, route template, path, status, latency, request id and,
+//! once a key or session was checked, the user id. The key is never a field:
+//! it travels in a header, which is not logged. The request id is the
+//! client's `x-request-id` when it sent a sensible one, else a fresh UUID; it
+//! is sent back in the response's `x-request-id` and stored on a job the
+//! request queues, so the controller's lines about the job carry it too.
+//!
+//! The facts are gathered as plain values by [`crate::metrics::count_requests`]
+//! (which sees the route and the request) into [`AccessFacts`] on the
+//! response, and the line is one event with them as fields. The request's
+//! span is at debug level: at the default level no span is made, because
+//! formatting a span's fields for every request cost a tenth of the
+//! `GET /jobs/{id}` throughput (ci-bench figure 12).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, Response};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::metrics::UNMATCHED_ROUTE;
-
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest request id taken from a client; a longer one is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// Wraps `routes` (each route, see [`crate::router`]) in the request span,
-/// the access line and the request id.
+/// Where authentication puts the user it found, for the access line: one per
+/// request, in its extensions (see [`crate::auth::BearerKey`]).
+#[derive(Debug, Clone, Default)]
+pub struct UserSlot(Arc<OnceLock<uuid::Uuid>>);
+
+impl UserSlot {
+    pub fn note(&self, user_id: uuid::Uuid) {
+        let _ = self.0.set(user_id);
+    }
+
+    pub fn get(&self) -> Option<uuid::Uuid> {
+        self.0.get().copied()
+    }
+}
+
+/// What the access line says about a request, put on its response.
+#[derive(Debug, Clone)]
+pub struct AccessFacts {
+    pub method: &'static str,
+    pub route: &'static str,
+    /// Cloning a `Uri` or a `HeaderValue` shares its bytes: no copy per request.
+    pub uri: axum::http::Uri,
+    pub request_id: Option<axum::http::HeaderValue>,
+    pub user: UserSlot,
+}
+
+/// Wraps `routes` (each route, see [`crate::router`]) in the tracing layer
+/// (the access line) and the request id.
 pub fn layer<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
     routes
         .layer(
@@ -42,7 +75,7 @@ pub fn layer<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
         .layer(axum::middleware::map_request(drop_unsuitable_request_id))
 }
 
-/// A client's request id goes into every log line of the request, so only a
+/// A client's request id goes into the log lines of the request, so only a
 /// short one of letters, digits and `-_.:` is kept; any other is replaced by
 /// a fresh one.
 async fn drop_unsuitable_request_id(mut request: Request) -> Request {
@@ -59,39 +92,38 @@ async fn drop_unsuitable_request_id(mut request: Request) -> Request {
     request
 }
 
+/// At debug level only (see the module docs).
 fn request_span(request: &Request<Body>) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-        .unwrap_or(UNMATCHED_ROUTE);
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!(
+    tracing::debug_span!(
         "request",
-        method = %request.method(),
-        route,
-        path = request.uri().path(),
-        request_id,
-        user_id = tracing::field::Empty,
+        request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
     )
 }
 
 fn access_line<B>(response: &Response<B>, latency: Duration, _span: &Span) {
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "request"
-    );
-}
-
-/// Puts the authenticated user's id on the request's span, so its access
-/// line says who asked.
-pub fn note_user(user_id: uuid::Uuid) {
-    Span::current().record("user_id", tracing::field::display(user_id));
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    match response.extensions().get::<AccessFacts>() {
+        Some(facts) => tracing::info!(
+            method = facts.method,
+            route = facts.route,
+            path = facts.uri.path(),
+            status,
+            latency_ms,
+            request_id = facts
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            user_id = facts.user.get().map(tracing::field::display),
+            "request"
+        ),
+        None => tracing::info!(status, latency_ms, "request"),
+    }
 }
 
 /// The request id of the request with these headers (set by this layer),

@@ -5,11 +5,12 @@
 //! are labelled by route template (`/jobs/{id}`), never by raw path: a label
 //! per job id would grow Prometheus's series without bound.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::access_log::{AccessFacts, UserSlot, REQUEST_ID};
 use crate::app::App;
 
 /// The route label of a request that matched no route (404s), so probes of
@@ -60,15 +62,53 @@ impl AuthFailure {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
+}
+
+/// The route templates seen so far, each kept once for the life of the
+/// process: the router's templates are a fixed, small set, so labels are
+/// borrowed instead of allocated per request.
+static ROUTES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+
+/// `template` as a `'static` label (see [`ROUTES`]).
+pub fn route_label(template: &str) -> &'static str {
+    if let Ok(known) = ROUTES.read() {
+        if let Some(route) = known.iter().find(|r| **r == template) {
+            return route;
+        }
+    }
+    let Ok(mut known) = ROUTES.write() else {
+        return UNMATCHED_ROUTE;
+    };
+    if let Some(route) = known.iter().find(|r| **r == template) {
+        return route;
+    }
+    let route: &'static str = Box::leak(template.to_string().into_boxed_str());
+    known.push(route);
+    route
+}
+
+/// The method label: the standard methods by name, any other as `other`,
+/// so a client cannot make new series by inventing methods.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,14 +215,15 @@ impl ServerMetrics {
         text
     }
 
-    fn observe(&self, route: &str, method: &str, status: StatusCode, started: Instant) {
-        let method = method.to_string();
-        let route = route.to_string();
+    fn observe(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: StatusCode,
+        started: Instant,
+    ) {
         self.request_duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-                method: method.clone(),
-            })
+            .get_or_create(&RouteLabels { route, method })
             .observe(started.elapsed().as_secs_f64());
         self.requests
             .get_or_create(&RequestLabels {
@@ -196,28 +237,38 @@ impl ServerMetrics {
 
 /// Counts and times every request; added per route by
 /// [`crate::router`], so the route template is known here.
-pub async fn count_requests(State(app): State<App>, request: Request, next: Next) -> Response {
+/// It also gathers the access line's facts (see [`crate::access_log`]).
+pub async fn count_requests(
+    State(metrics): State<Arc<ServerMetrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = request.method().clone();
-    let response = next.run(request).await;
+        .map_or(UNMATCHED_ROUTE, |p| route_label(p.as_str()));
+    let method = method_label(request.method());
+    let user = UserSlot::default();
+    request.extensions_mut().insert(user.clone());
+    let facts = AccessFacts {
+        method,
+        route,
+        uri: request.uri().clone(),
+        request_id: request.headers().get(&REQUEST_ID).cloned(),
+        user,
+    };
+    let mut response = next.run(request).await;
     if let Some(reason) = response.extensions().get::<AuthFailure>() {
-        app.metrics
+        metrics
             .auth_failures
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             })
             .inc();
     }
-    app.metrics.observe(
-        route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-        method.as_str(),
-        response.status(),
-        started,
-    );
+    metrics.observe(route, method, response.status(), started);
+    response.extensions_mut().insert(facts);
     response
 }
 

@@ -1,4 +1,4 @@
-//! The eleven figures. Each takes its baseline in the same run, interleaved with
+//! The twelve figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod latency;
 pub mod logs;
 pub mod memory;
+pub mod operations;
 pub mod overhead;
 pub mod page;
 pub mod test_results;

@@ -158,7 +158,7 @@ pub(crate) async fn owned_job(
     };
     let found = app.store.authenticate_with_job(&key.hash, id).await?;
     if let Some((user, _)) = &found {
-        crate::access_log::note_user(user.id);
+        key.user_slot.note(user.id);
     }
     match found {
         None => Err(ApiError::invalid_key()),
@@ -183,7 +183,7 @@ pub async fn get_job(
         .authenticate_with_job_summary(&key.hash, id)
         .await?;
     if let Some((user, _)) = &found {
-        crate::access_log::note_user(*user);
+        key.user_slot.note(*user);
     }
     match found {
         None => Err(ApiError::invalid_key()),
