@@ -31,10 +31,6 @@ struct Args {
     #[arg(long, env = "CI_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
     max_upload_bytes: u64,
 
-    /// Bearer token `GET /metrics` asks for; unset, the metrics are open.
-    #[arg(long, env = "CI_METRICS_TOKEN", hide_env_values = true)]
-    metrics_token: Option<String>,
-
     /// Per-request metrics and access-log lines (off: the benchmark's baseline).
     #[arg(long, env = "CI_OBSERVE_REQUESTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", hide = true)]
     observe_requests: bool,
@@ -69,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
 
     let config = ServerConfig {
         max_upload_bytes: args.max_upload_bytes,
-        metrics_token: args.metrics_token.filter(|t| !t.is_empty()),
+        // From the environment only: a flag would show the token to `ps`.
+        metrics_token: std::env::var("CI_METRICS_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         observe_requests: args.observe_requests,
         ..ServerConfig::default()
     };
