@@ -554,6 +554,7 @@ mod tests {
             max_log_bytes: 100,
             ..config()
         };
+        let metrics = ControllerMetrics::default();
         let end = pump_logs(
             store.clone(),
             runtime.clone(),
@@ -561,7 +562,7 @@ mod tests {
             "c".into(),
             Some(LogCursor::new("2026-11-22T19:00:01.000000001Z")),
             config,
-            &ControllerMetrics::default(),
+            &metrics,
         )
         .await
         .unwrap();
@@ -580,7 +581,33 @@ mod tests {
             .lock()
             .unwrap()
             .push_back(vec![line(3, "more\n")]);
-        pump(&store, &runtime, job, config).await;
+        let end = pump_logs(
+            store.clone(),
+            runtime.clone(),
+            job,
+            "c".into(),
+            None,
+            config,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, PumpEnd::Drained);
         assert_eq!(output(&store, job).await, out);
+        // Counted: what this controller stored (not the 80 bytes before it),
+        // and the one line left out after the cut.
+        let text = metrics
+            .encode(&store, crate::leadership::Leadership::Leader)
+            .await
+            .unwrap();
+        let stored = (out.len() - 80) as f64;
+        assert_eq!(
+            crate::metrics::sample(&text, "ci_jobs_output_stored_bytes_total"),
+            stored
+        );
+        assert_eq!(
+            crate::metrics::sample(&text, "ci_jobs_output_dropped_lines_total"),
+            1.0
+        );
     }
 }
