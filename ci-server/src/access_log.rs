@@ -23,9 +23,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, Response};
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
+
+use crate::app::App;
+use crate::metrics::ServerMetrics;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -58,27 +63,64 @@ pub struct AccessFacts {
     pub user: UserSlot,
 }
 
-/// Wraps `routes` (each route, see [`crate::router`]) in the tracing layer
-/// (the access line) and the request id.
-pub fn layer<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
-    routes
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(access_line)
-                // The access line already says 5xx; one line per request.
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_unsuitable_request_id))
+/// Wraps `routes` in the request id, the tracing layer (the access line)
+/// and the metrics, as one layer: `Router::layer` boxes each route's service
+/// once per call, and every box is one more allocation and indirection per
+/// request.
+pub fn layer(routes: Router<App>, metrics: Arc<ServerMetrics>) -> Router<App> {
+    routes.layer(
+        tower::ServiceBuilder::new()
+            .map_request(drop_unsuitable_request_id)
+            .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_request(())
+                    .on_response(access_line)
+                    // The access line already says 5xx; one line per request.
+                    .on_failure(()),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                crate::metrics::count_requests,
+            )),
+    )
+}
+
+/// Request ids made here: UUID-shaped, a random half chosen once per
+/// process and a counter, so making one costs no system call (a fresh
+/// random UUID asks the kernel for randomness every time) and two replicas
+/// never make the same one.
+#[derive(Debug, Clone)]
+struct RequestIds {
+    process: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            process: uuid::Uuid::new_v4().as_u64_pair().0,
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = uuid::Uuid::from_u64_pair(self.process, n);
+        axum::http::HeaderValue::from_str(&id.hyphenated().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// A client's request id goes into the log lines of the request, so only a
 /// short one of letters, digits and `-_.:` is kept; any other is replaced by
 /// a fresh one.
-async fn drop_unsuitable_request_id(mut request: Request) -> Request {
+fn drop_unsuitable_request_id(mut request: Request) -> Request {
     let suitable = request.headers().get(&REQUEST_ID).map(|v| {
         let v = v.as_bytes();
         !v.is_empty()

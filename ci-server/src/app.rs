@@ -112,11 +112,7 @@ pub fn router(app: App) -> Router {
     }
     // `Router::layer` wraps each route (and the fallbacks) on its own, so
     // both layers see the route template the request matched.
-    let routes = routes.layer(axum::middleware::from_fn_with_state(
-        app.metrics.clone(),
-        metrics::count_requests,
-    ));
-    access_log::layer(routes).with_state(app)
+    access_log::layer(routes, app.metrics.clone()).with_state(app)
 }
 
 /// Serves until `shutdown` resolves, then ends open streams and drains requests.
