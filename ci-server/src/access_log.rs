@@ -13,8 +13,9 @@
 //! (which sees the route and the request) into [`AccessFacts`] on the
 //! response, and the line is one event with them as fields. The request's
 //! span is at debug level: at the default level no span is made, because
-//! formatting a span's fields for every request cost a tenth of the
-//! `GET /jobs/{id}` throughput (ci-bench figure 12).
+//! formatting a span's fields for every request, with the line written by
+//! the request's own task, halved the `GET /jobs/{id}` throughput of a debug
+//! build (ci-bench figure 12; BENCHMARKS.md).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
