@@ -430,6 +430,7 @@ macro_rules! backend_suite {
                     user_id: user,
                     archive_digest: digest.clone(),
                     options: Default::default(),
+                    request_id: None,
                 };
                 let queued = store.create_job(&job(alice)).await.unwrap().id;
                 let running = store.create_job(&job(alice)).await.unwrap().id;
@@ -946,6 +947,7 @@ fn installation_to_prune(admin: &Admin) -> PruneFixture {
                         user_id: owner,
                         archive_digest: digest,
                         options: Default::default(),
+                        request_id: None,
                     })
                     .await
                     .unwrap();

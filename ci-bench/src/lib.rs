@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures twelve figures, each against a baseline
+//! made with `ci-admin`) and measures thirteen figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The twelve figures, by the name `--only` takes.
+/// The thirteen figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -72,6 +72,8 @@ pub enum FigureKind {
     TestResults,
     /// The API's p99 while the reaper deletes 10 000 old jobs.
     Retention,
+    /// Metrics and access logs against none; the controller's scrape.
+    Operations,
 }
 
 impl Options {
@@ -193,6 +195,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         add(
             figures,
             figures::fanout::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Operations) {
+        progress("figure 13: operating costs (metrics, access logs, scrape), on a fresh system");
+        add(
+            figures,
+            figures::operations::measure(&system_options, &ctx).await?,
         );
     }
     if options.wants(FigureKind::Watcher) {

@@ -52,6 +52,8 @@ pub struct System {
     pub addr: SocketAddr,
     server: Service,
     controller: Service,
+    /// The controller's status listener (`/ready`, `/metrics`).
+    pub controller_status_url: String,
     database: Database,
     bin_dir: PathBuf,
     image: String,
@@ -134,6 +136,7 @@ impl System {
             prefix,
             server,
             controller,
+            controller_status_url: status_url,
             database,
             bin_dir: options.bin_dir.clone(),
             image: options.image.clone(),
@@ -148,7 +151,28 @@ impl System {
         self.scratch.path()
     }
 
-    /// Where this system's database is, for a figure that opens it too.
+    /// Another `ci-server` on this system's database with `env` beside it
+    /// (a replica set up otherwise, for a baseline); stopped when dropped.
+    pub fn start_server(&self, name: &str, env: &[(&str, &str)]) -> Result<(Service, SocketAddr)> {
+        let mut server = process::command(&self.bin_dir.join("ci-server"));
+        server
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .envs(db_env(&self.database).iter().map(|(n, v)| (*n, v)))
+            .envs(env.iter().map(|(n, v)| (*n, *v)));
+        let (service, url) = start_announcing(
+            name,
+            &mut server,
+            &self.scratch.path().join(format!("{name}.log")),
+            SERVER_ANNOUNCEMENT,
+        )?;
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|_| BenchError::Setup(format!("{name} announced {url:?}")))?;
+        Ok((service, addr))
+    }
+
+    /// Where this system's database is, for a figure that fills it directly.
     pub fn database_location(&self) -> ci_persistence::DatabaseLocation {
         match &self.database {
             Database::Sqlite(path) => ci_persistence::DatabaseLocation::SqliteFile(path.clone()),

@@ -132,6 +132,8 @@ pub struct Job {
     pub options: JobOptions,
     /// The Python the job ran, once its image was chosen.
     pub python: Option<PythonVersion>,
+    /// The request id of the submission that queued it, when there was one.
+    pub request_id: Option<String>,
 }
 
 /// How the user asked for a job to run, beside the project itself. All of it
@@ -173,6 +175,7 @@ impl Job {
             log_cursor: None,
             last_seq: 0,
             options: JobOptions::default(),
+            request_id: None,
             python: None,
         }
     }

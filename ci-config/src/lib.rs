@@ -43,17 +43,55 @@ pub fn default_db_path() -> PathBuf {
         .join("jobs.db")
 }
 
+/// How the service binaries write their log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (the job id, the
+    /// request id) as keys, for log shippers that should not parse prose.
+    Json,
+}
+
+/// `--log-format` / `CI_LOG_FORMAT`, flattened into each service binary's flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log line format on stderr: `text`, or `json` for log shippers.
+    #[arg(long, env = "CI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// Logs to stderr for the service binaries: `RUST_LOG` when set, else `info`
-/// (sqlx's per-statement logs kept to warnings), colours only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// (sqlx's per-statement logs kept to warnings), colours only on a terminal
+/// and never in JSON, where every line must parse.
+///
+/// Lines are written by a thread of their own, so a request does not wait
+/// for its access line to reach the file or pipe; the writer blocks (loses
+/// nothing) when that thread falls far behind. Keep the returned guard until
+/// the process ends: dropping it writes what is still buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .init(),
+    }
+    guard
 }
 
 #[cfg(test)]

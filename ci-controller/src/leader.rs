@@ -8,6 +8,8 @@ use tokio::time::Instant;
 
 use ci_persistence::{Store, StoreError};
 
+use crate::metrics::ControllerMetrics;
+
 pub const LEASE_NAME: &str = "controller";
 
 #[derive(Debug, Clone)]
@@ -57,7 +59,12 @@ pub async fn acquire(store: &Store, holder: &str, config: &LeaseConfig) -> Resul
 /// after failed renewals, and also when a renewal hangs (a connection whose
 /// peer vanished without a word, a lock on the lease row), which is given up
 /// on in time rather than awaited.
-pub async fn keep(store: &Store, holder: &str, config: &LeaseConfig) -> String {
+pub async fn keep(
+    store: &Store,
+    holder: &str,
+    config: &LeaseConfig,
+    metrics: &ControllerMetrics,
+) -> String {
     let mut last_renewal = Instant::now();
     // The lease written at `last_renewal` lasts until `ttl` after it; stop
     // acting one renewal period before that.
@@ -69,16 +76,18 @@ pub async fn keep(store: &Store, holder: &str, config: &LeaseConfig) -> String {
             Ok(Ok(true)) => last_renewal = Instant::now(),
             Ok(Ok(false)) => return "another controller took the lease".to_string(),
             Ok(Err(e)) => {
+                metrics.lease_renewal_failed();
                 tracing::warn!(error = %e, "cannot renew the lease");
                 if last_renewal.elapsed() >= margin {
                     return format!("the lease could not be renewed in time: {e}");
                 }
             }
             Err(_) => {
+                metrics.lease_renewal_failed();
                 return format!(
                     "renewing the lease did not finish within {:?} of the last renewal",
                     margin
-                )
+                );
             }
         }
     }

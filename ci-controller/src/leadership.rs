@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerConfig;
 use crate::leader::{self, LeaseConfig, LEASE_NAME};
+use crate::metrics::ControllerMetrics;
 use crate::reaper::Reaper;
 use crate::runtime::ContainerRuntime;
 use crate::Reconciler;
@@ -53,6 +54,8 @@ pub struct Controller {
     pub lease: LeaseConfig,
     /// This controller's name in the lease row; unique per process.
     pub holder: String,
+    /// Shared with the status listener, which serves them.
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// Leads whenever it can until `shutdown`, publishing each change of
@@ -69,6 +72,7 @@ pub async fn run(
         config,
         lease,
         holder,
+        metrics,
     } = controller;
     // One term of leadership per round: a controller that loses the lease (the
     // database was out of reach for longer than the lease lasts, or another
@@ -91,14 +95,15 @@ pub async fn run(
         );
 
         let term = shutdown.child_token();
-        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone());
+        let reconciler = Reconciler::new(store.clone(), runtime.clone(), config.clone())
+            .with_metrics(metrics.clone());
         let mut run = tokio::spawn(reconciler.run(term.clone()));
         // The reaper beside the reconciler, as its own task: a pass never
         // waits for it, and it stops with the term.
         let reaper =
             tokio::spawn(Reaper::new(store.clone(), config.reaper.clone()).run(term.clone()));
         let shut_down = tokio::select! {
-            lost = leader::keep(&store, &holder, &lease) => {
+            lost = leader::keep(&store, &holder, &lease, &metrics) => {
                 term.cancel();
                 let _ = run.await;
                 tracing::warn!(reason = %lost, "lost the controller lease; stopped acting and standing by");
@@ -141,6 +146,7 @@ mod tests {
                 renew_every: Duration::from_millis(50),
             },
             holder: holder.to_string(),
+            metrics: Arc::default(),
         }
     }
 

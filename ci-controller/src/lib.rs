@@ -19,6 +19,7 @@ pub mod junit_report;
 pub mod leader;
 pub mod leadership;
 pub mod log_pump;
+pub mod metrics;
 pub mod project_facts;
 pub mod pythons;
 pub mod reaper;

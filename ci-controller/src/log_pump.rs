@@ -18,6 +18,7 @@ use ci_persistence::{Store, StoreError};
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use crate::metrics::ControllerMetrics;
 use crate::runtime::{ContainerRuntime, LogLine, RuntimeError};
 
 /// How output is batched and bounded.
@@ -86,6 +87,8 @@ struct Batch {
     started: Option<Instant>,
     stored_bytes: u64,
     truncated: bool,
+    /// Lines left out past the budget since the metrics last took them.
+    dropped_lines: u64,
     /// The missing-output notice was written and no line came since: one
     /// notice per stretch, however often the engine fails on it.
     noticed: bool,
@@ -102,6 +105,7 @@ impl Batch {
             stored_bytes,
             // A marker already stored took the budget past its end.
             truncated: stored_bytes > max,
+            dropped_lines: 0,
             noticed: false,
         }
     }
@@ -131,6 +135,7 @@ impl Batch {
             self.cursor = Some(LogCursor::new(line.timestamp.clone()));
         }
         if self.truncated {
+            self.dropped_lines += 1;
             return;
         }
         self.carry.extend_from_slice(&line.bytes);
@@ -180,6 +185,7 @@ pub async fn pump_logs(
     container_id: String,
     resume_after: Option<LogCursor>,
     config: PumpConfig,
+    metrics: &ControllerMetrics,
 ) -> Result<PumpEnd, PumpError> {
     let mut resume_after = resume_after;
     loop {
@@ -190,6 +196,7 @@ pub async fn pump_logs(
             &container_id,
             resume_after,
             config,
+            metrics,
         )
         .await
         {
@@ -225,6 +232,7 @@ async fn follow_from(
     container_id: &str,
     resume_after: Option<LogCursor>,
     config: PumpConfig,
+    metrics: &ControllerMetrics,
 ) -> Result<PumpEnd, Stop> {
     // After an adoption the budget goes on from what is stored already.
     let stored_bytes = store
@@ -246,7 +254,7 @@ async fn follow_from(
         let next = tokio::select! {
             next = lines.next() => next,
             _ = sleep_until_opt(deadline) => {
-                flush(store, job_id, &mut batch).await?;
+                flush(store, job_id, &mut batch, metrics).await?;
                 continue;
             }
         };
@@ -259,8 +267,11 @@ async fn follow_from(
                 }
                 broken_reads = 0;
                 batch.push(&line, config.max_log_bytes);
+                if batch.dropped_lines > 0 {
+                    metrics.output_lines_dropped(std::mem::take(&mut batch.dropped_lines));
+                }
                 if batch.text.len() >= config.flush_bytes {
-                    flush(store, job_id, &mut batch).await?;
+                    flush(store, job_id, &mut batch, metrics).await?;
                 }
             }
             Some(Err(RuntimeError::LogReadBroken(reason))) => {
@@ -284,7 +295,7 @@ async fn follow_from(
                         Some(now.fixed_offset())
                     }
                 };
-                flush(store, job_id, &mut batch).await?;
+                flush(store, job_id, &mut batch, metrics).await?;
                 if broken_reads > 0 {
                     tokio::time::sleep(Duration::from_millis(100 << broken_reads.min(4))).await;
                 }
@@ -292,7 +303,7 @@ async fn follow_from(
                 lines = runtime.logs(container_id, skip_until.map(|t| t.timestamp()));
             }
             Some(Err(e)) => {
-                flush(store, job_id, &mut batch).await?;
+                flush(store, job_id, &mut batch, metrics).await?;
                 return Err(Stop::Failed(e.into()));
             }
             None => {
@@ -301,7 +312,7 @@ async fn follow_from(
                         String::from_utf8_lossy(&std::mem::take(&mut batch.carry)).into_owned();
                     batch.text.push_str(&rest);
                 }
-                flush(store, job_id, &mut batch).await?;
+                flush(store, job_id, &mut batch, metrics).await?;
                 return Ok(PumpEnd::Drained);
             }
         }
@@ -338,7 +349,12 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Writes the batch as one chunk, retrying briefly when the database is busy.
-async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<(), Stop> {
+async fn flush(
+    store: &Store,
+    job_id: JobId,
+    batch: &mut Batch,
+    metrics: &ControllerMetrics,
+) -> Result<(), Stop> {
     if batch.text.is_empty() {
         return Ok(());
     }
@@ -358,6 +374,7 @@ async fn flush(store: &Store, job_id: JobId, batch: &mut Batch) -> Result<(), St
             Ok(_) => {
                 batch.stored_bytes += text.len() as u64;
                 batch.stored_cursor = batch.cursor.clone();
+                metrics.output_stored(text.len() as u64);
                 return Ok(());
             }
             Err(StoreError::IllegalTransition(_)) => return Err(Stop::JobEnded),
@@ -471,6 +488,7 @@ mod tests {
                 user_id: user.id,
                 archive_digest: digest,
                 options: ci_common::JobOptions::default(),
+                request_id: None,
             })
             .await
             .unwrap();
@@ -497,6 +515,7 @@ mod tests {
             "c".into(),
             None,
             config,
+            &ControllerMetrics::default(),
         )
         .await
         .unwrap();
@@ -637,6 +656,7 @@ mod tests {
             max_log_bytes: 100,
             ..config()
         };
+        let metrics = ControllerMetrics::default();
         let end = pump_logs(
             store.clone(),
             runtime.clone(),
@@ -644,6 +664,7 @@ mod tests {
             "c".into(),
             Some(LogCursor::new("2026-11-22T19:00:01.000000001Z")),
             config,
+            &metrics,
         )
         .await
         .unwrap();
@@ -662,7 +683,33 @@ mod tests {
             .lock()
             .unwrap()
             .push_back(vec![line(3, "more\n")]);
-        pump(&store, &runtime, job, config).await;
+        let end = pump_logs(
+            store.clone(),
+            runtime.clone(),
+            job,
+            "c".into(),
+            None,
+            config,
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(end, PumpEnd::Drained);
         assert_eq!(output(&store, job).await, out);
+        // Counted: what this controller stored (not the 80 bytes before it),
+        // and the one line left out after the cut.
+        let text = metrics
+            .encode(&store, crate::leadership::Leadership::Leader)
+            .await
+            .unwrap();
+        let stored = (out.len() - 80) as f64;
+        assert_eq!(
+            crate::metrics::sample(&text, "ci_jobs_output_stored_bytes_total"),
+            stored
+        );
+        assert_eq!(
+            crate::metrics::sample(&text, "ci_jobs_output_dropped_lines_total"),
+            1.0
+        );
     }
 }

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ci_config::{parse_duration, DatabaseArgs};
+use ci_config::{parse_duration, DatabaseArgs, LogArgs};
 use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
 use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
 use ci_controller::leadership::{self, Controller};
+use ci_controller::metrics::ControllerMetrics;
 use ci_controller::status_listener::{self, DEFAULT_STATUS_ADDR};
 use ci_controller::DockerRuntime;
 use ci_persistence::Store;
@@ -21,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     #[command(flatten)]
     db: DatabaseArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Prefix of job container names, so installations can share one engine.
     #[arg(long, env = "CI_CONTAINER_PREFIX", default_value = "")]
@@ -97,8 +101,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ci_config::init_logging();
     let args = Args::parse();
+    // Held to the end of main, so the last lines are written.
+    let _log_writer = ci_config::init_logging(args.log.log_format);
     if args.retention.is_zero() || args.reap_interval.is_zero() {
         anyhow::bail!("--retention and --reap-interval must be longer than 0s");
     }
@@ -145,13 +150,19 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(watch_signals(shutdown.clone()));
     // Whether this controller leads, as it changes, for the status listener.
     let (leadership, leadership_seen) = status_listener::leadership_channel();
+    let metrics = Arc::new(ControllerMetrics::default());
     if let Some(listener) = status_listener::bind(&args.metrics_addr).await? {
         let local = listener.local_addr().context("no local address")?;
         // On stdout, like ci-server's `Listening on`, so whoever asked for
         // port 0 learns the port.
         println!("Metrics on http://{local}");
         tracing::info!(%local, "status listener on");
-        status_listener::spawn(listener, leadership_seen, shutdown.clone());
+        let state = status_listener::StatusState {
+            leadership: leadership_seen,
+            metrics: metrics.clone(),
+            store: store.clone(),
+        };
+        status_listener::spawn(listener, state, shutdown.clone());
     }
     let controller = Controller {
         store,
@@ -159,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         lease: LeaseConfig::default(),
         holder,
+        metrics,
     };
     leadership::run(controller, shutdown, leadership).await?;
     tracing::info!("ci-controller stopped");

@@ -285,6 +285,7 @@ mod tests {
                 user_id: owner,
                 archive_digest: digest,
                 options: JobOptions::default(),
+                request_id: None,
             })
             .await
             .unwrap();

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ControllerConfig;
-use crate::decision::{decide, Action, Observed, WorkerState};
+use crate::decision::{decide, Action, EndReason, Observed, WorkerState};
+use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, LABEL_PYTHON};
 use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeError};
 use crate::scheduler::{self, Candidate, Turns};
@@ -53,11 +54,19 @@ impl Reconciler {
                 runtime,
                 config: Arc::new(config),
                 wake,
+                metrics: Arc::default(),
             },
             workers: HashMap::new(),
             wake_rx,
             turns: Turns::default(),
         }
+    }
+
+    /// Counts into `metrics` (shared by every term of leadership) instead
+    /// of metrics of its own.
+    pub fn with_metrics(mut self, metrics: Arc<ControllerMetrics>) -> Self {
+        self.ctx.metrics = metrics;
+        self
     }
 
     /// Runs passes until `shutdown`: on every new or cancelled job, whenever a
@@ -100,6 +109,7 @@ impl Reconciler {
 
     /// One comparison of the database with Docker, and the steps it calls for.
     pub async fn pass(&mut self) -> Result<(), PassError> {
+        let began = std::time::Instant::now();
         let jobs = self.ctx.store.list_unfinished_jobs().await?;
         let containers = self
             .ctx
@@ -130,23 +140,25 @@ impl Reconciler {
                 Action::Start => eligible.push(Candidate::from(job)),
                 Action::Adopt => {
                     if let Some(id) = container_id {
-                        self.adopt(job.id, id);
+                        self.adopt(job, id);
                     }
                 }
                 Action::Complete => {
                     if let Some(id) = container_id {
-                        self.complete(job.id, id);
+                        self.complete(job, id);
                     }
                 }
                 Action::End(reason) => {
                     let outcome = reason.outcome(self.ctx.config.job_timeout);
-                    self.end(job.id, container_id, outcome);
+                    let how = Finished::of(&outcome, reason == EndReason::TimedOut);
+                    self.end(job, container_id, outcome, how);
                 }
             }
         }
 
         let free = self.ctx.config.max_concurrent_jobs.saturating_sub(busy);
         let starts = scheduler::pick(&eligible, &running_per_user, &mut self.turns, free);
+        let in_use = busy + starts.len();
         if !starts.is_empty() {
             // The runner images are looked up afresh whenever jobs start, so
             // an image built meanwhile is on offer without a restart.
@@ -165,6 +177,9 @@ impl Reconciler {
         }
 
         self.sweep_orphans(&jobs, &containers).await;
+        self.ctx
+            .metrics
+            .pass_took(began.elapsed(), in_use, self.ctx.config.max_concurrent_jobs);
         Ok(())
     }
 
@@ -225,23 +240,24 @@ impl Reconciler {
     fn start(&mut self, job: &Job, stale_container: Option<String>, pythons: Arc<PythonOffer>) {
         let step =
             worker::start_and_follow(self.ctx.clone(), job.clone(), stale_container, pythons);
-        let w = worker::spawn(&self.ctx, job.id, WorkerKind::Following, step);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Following, step);
         self.workers.insert(job.id, w);
     }
 
-    fn adopt(&mut self, job_id: JobId, container_id: String) {
-        let step = worker::follow(self.ctx.clone(), job_id, container_id);
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Following, step);
-        self.workers.insert(job_id, w);
+    fn adopt(&mut self, job: &Job, container_id: String) {
+        let step = worker::follow(self.ctx.clone(), job.id, container_id);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Following, step);
+        self.workers.insert(job.id, w);
     }
 
-    fn complete(&mut self, job_id: JobId, container_id: String) {
-        let step = worker::complete(self.ctx.clone(), job_id, container_id);
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
-        self.workers.insert(job_id, w);
+    fn complete(&mut self, job: &Job, container_id: String) {
+        let step = worker::complete(self.ctx.clone(), job.id, container_id);
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Ending, step);
+        self.workers.insert(job.id, w);
     }
 
-    fn end(&mut self, job_id: JobId, container_id: Option<String>, outcome: JobOutcome) {
+    fn end(&mut self, job: &Job, container_id: Option<String>, outcome: JobOutcome, how: Finished) {
+        let job_id = job.id;
         let following = match self.workers.remove(&job_id) {
             Some(w) if w.kind == WorkerKind::Ending => {
                 // Already being ended; once is enough.
@@ -251,8 +267,15 @@ impl Reconciler {
             Some(w) => Some(w.handle),
             None => None,
         };
-        let step = worker::end(self.ctx.clone(), job_id, container_id, outcome, following);
-        let w = worker::spawn(&self.ctx, job_id, WorkerKind::Ending, step);
+        let step = worker::end(
+            self.ctx.clone(),
+            job_id,
+            container_id,
+            outcome,
+            how,
+            following,
+        );
+        let w = worker::spawn(&self.ctx, job, WorkerKind::Ending, step);
         self.workers.insert(job_id, w);
     }
 }
@@ -282,6 +305,7 @@ mod tests {
         config: ControllerConfig,
         user: Uuid,
         controller: Option<(CancellationToken, JoinHandle<()>)>,
+        metrics: Arc<ControllerMetrics>,
         _dir: tempfile::TempDir,
     }
 
@@ -307,6 +331,7 @@ mod tests {
                 config,
                 user,
                 controller: None,
+                metrics: Arc::default(),
                 _dir: dir,
             };
             h.start_controller();
@@ -319,7 +344,8 @@ mod tests {
                 self.store.clone(),
                 Arc::new(self.engine.clone()),
                 self.config.clone(),
-            );
+            )
+            .with_metrics(self.metrics.clone());
             let run = tokio::spawn(reconciler.run(token.clone()));
             self.controller = Some((token, run));
         }
@@ -358,6 +384,7 @@ mod tests {
                     user_id: user,
                     archive_digest: digest,
                     options,
+                    request_id: None,
                 })
                 .await
                 .unwrap();
@@ -429,6 +456,16 @@ mod tests {
                         .map(|c| c.id)
                 })
                 .await
+        }
+
+        /// The controller's metrics as Prometheus would scrape them.
+        async fn metric(&self, series: &str) -> f64 {
+            let text = self
+                .metrics
+                .encode(&self.store, crate::leadership::Leadership::Leader)
+                .await
+                .unwrap();
+            crate::metrics::sample(&text, series)
         }
 
         async fn container_gone(&self, id: &str) {
@@ -687,6 +724,57 @@ mod tests {
         h.container_gone(&id).await;
     }
 
+    /// A job's end is counted before its container is removed, so once the
+    /// container is gone its count is there to read.
+    #[tokio::test]
+    async fn ended_jobs_are_counted_by_outcome_and_started_ones_timed() {
+        let h = Harness::start(|_| {}).await;
+        let jobs = [h.submit().await, h.submit().await, h.submit().await];
+        for (n, job) in jobs.into_iter().enumerate() {
+            let id = h.running_container(job).await;
+            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+                .await;
+            h.engine.print(&id, "0123456789\n");
+            h.output_until(job, "0123456789").await;
+            match n {
+                0 => h.engine.exit(&id, 0),
+                1 => h.engine.exit(&id, 1),
+                _ => {
+                    h.store.request_cancel(job).await.unwrap();
+                }
+            }
+            h.ended(job).await;
+            h.container_gone(&id).await;
+        }
+        assert_eq!(
+            h.metric(r#"ci_jobs_finished_total{outcome="passed"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(
+            h.metric(r#"ci_jobs_finished_total{outcome="failed"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(
+            h.metric(r#"ci_jobs_finished_total{outcome="cancelled"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(h.metric("ci_jobs_queue_wait_seconds_count").await, 3.0);
+        assert_eq!(h.metric("ci_jobs_duration_seconds_count").await, 3.0);
+        assert_eq!(h.metric("ci_jobs_output_stored_bytes_total").await, 33.0);
+        assert_eq!(h.metric(r#"ci_jobs{status="completed"}"#).await, 2.0);
+        assert_eq!(h.metric(r#"ci_jobs{status="cancelled"}"#).await, 1.0);
+        assert_eq!(h.metric(r#"ci_jobs{status="queued"}"#).await, 0.0);
+        assert_eq!(h.metric("ci_controller_capacity_jobs").await, 4.0);
+        assert!(
+            h.metric("ci_controller_reconcile_duration_seconds_count")
+                .await
+                >= 3.0
+        );
+    }
+
     #[tokio::test]
     async fn a_queued_job_cancelled_never_starts() {
         let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
@@ -719,6 +807,11 @@ mod tests {
                 e.container_of(job).is_none().then_some(())
             })
             .await;
+        assert_eq!(
+            h.metric(r#"ci_jobs_finished_total{outcome="timed_out"}"#)
+                .await,
+            1.0
+        );
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use crate::config::ControllerConfig;
 use crate::container_spec::job_container_spec;
 use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
+use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, PythonWish};
 use crate::runtime::{ContainerRuntime, ContainerState, FileRead, RuntimeError};
 use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
@@ -44,6 +45,7 @@ pub(crate) struct Context {
     pub config: Arc<ControllerConfig>,
     /// Wakes the reconciler for another pass.
     pub wake: mpsc::UnboundedSender<JobId>,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// How a worker's step ended, when it did not fail.
@@ -133,14 +135,19 @@ pub(crate) struct Worker {
     pub handle: JoinHandle<WorkerResult>,
 }
 
-/// Runs `step` for `job_id` as a worker: in the job's span, under the error
-/// policy, waking the reconciler when done.
-pub(crate) fn spawn<F>(ctx: &Context, job_id: JobId, kind: WorkerKind, step: F) -> Worker
+/// Runs `step` for `job` as a worker: in the job's span (its id, and the
+/// request id of its submission, which the server's access line carries
+/// too), under the error policy, waking the reconciler when done.
+pub(crate) fn spawn<F>(ctx: &Context, job: &Job, kind: WorkerKind, step: F) -> Worker
 where
     F: Future<Output = WorkerResult> + Send + 'static,
 {
     let ctx = ctx.clone();
-    let span = tracing::info_span!("job", %job_id);
+    let job_id = job.id;
+    let span = tracing::info_span!("job", %job_id, request_id = tracing::field::Empty);
+    if let Some(request_id) = &job.request_id {
+        span.record("request_id", request_id.as_str());
+    }
     let handle = tokio::spawn(
         async move {
             let result = match step.await {
@@ -159,7 +166,7 @@ async fn apply_policy(ctx: &Context, job_id: JobId, error: WorkerError) -> Worke
     match error_policy(&error) {
         Policy::EndJob(outcome) => {
             tracing::warn!(reason = %error, "job cannot run");
-            finish(ctx, job_id, &outcome).await?;
+            finish(ctx, job_id, &outcome, Finished::of(&outcome, false)).await?;
             Ok(Done::JobEnded)
         }
         Policy::Retry { after } => {
@@ -183,7 +190,8 @@ pub(crate) async fn start_and_follow(
         remove_container(&ctx, &stale).await;
     }
     let launched = launch(&ctx, &job, &pythons).await?;
-    ctx.store
+    let running = ctx
+        .store
         .mark_running(
             job.id,
             &launched.container_id,
@@ -192,6 +200,7 @@ pub(crate) async fn start_and_follow(
         )
         .await
         .map_err(WorkerError::MarkRunning)?;
+    ctx.metrics.job_started(&running);
     tracing::info!(container = %launched.container_id, image = %launched.image, "job running");
     Ok(pump_logs(
         ctx.store.clone(),
@@ -200,6 +209,7 @@ pub(crate) async fn start_and_follow(
         launched.container_id,
         None,
         ctx.config.pump,
+        &ctx.metrics,
     )
     .await?
     .into())
@@ -225,6 +235,7 @@ pub(crate) async fn follow(ctx: Context, job_id: JobId, container_id: String) ->
         container_id,
         job.log_cursor,
         ctx.config.pump,
+        &ctx.metrics,
     )
     .await?
     .into())
@@ -245,7 +256,7 @@ pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) 
     if let Some(limits) = ctx.config.test_report {
         store_report(&ctx, job_id, &container_id, limits).await?;
     }
-    finish(&ctx, job_id, &outcome).await?;
+    finish(&ctx, job_id, &outcome, Finished::of(&outcome, false)).await?;
     remove_container(&ctx, &container_id).await;
     Ok(Done::Recorded)
 }
@@ -257,6 +268,7 @@ pub(crate) async fn end(
     job_id: JobId,
     container_id: Option<String>,
     outcome: JobOutcome,
+    how: Finished,
     following: Option<JoinHandle<WorkerResult>>,
 ) -> WorkerResult {
     tracing::info!(status = %outcome.status, reason = ?outcome.reason, "ending job");
@@ -273,7 +285,7 @@ pub(crate) async fn end(
             pump.abort();
         }
     }
-    finish(&ctx, job_id, &outcome).await?;
+    finish(&ctx, job_id, &outcome, how).await?;
     if let Some(id) = &container_id {
         remove_container(&ctx, id).await;
     }
@@ -370,8 +382,14 @@ fn no_report_reason(outcome: &JobOutcome) -> String {
 
 /// Records the job's end; a job that had already ended is fine. A job that
 /// ends without a stored report (it never ran, was stopped or cancelled)
-/// gets the reason it has no test results.
-async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<(), WorkerError> {
+/// gets the reason it has no test results. Counted as `how` when this call
+/// ended it.
+async fn finish(
+    ctx: &Context,
+    job_id: JobId,
+    outcome: &JobOutcome,
+    how: Finished,
+) -> Result<(), WorkerError> {
     if ctx.config.test_report.is_some() {
         let missing = JobReport::Missing {
             reason: no_report_reason(outcome),
@@ -384,6 +402,7 @@ async fn finish(ctx: &Context, job_id: JobId, outcome: &JobOutcome) -> Result<()
     }
     match ctx.store.finish_job(job_id, outcome).await {
         Ok(job) => {
+            ctx.metrics.job_finished(&job, how);
             tracing::info!(status = %job.status, success = ?job.success, exit_code = ?job.exit_code, "job ended");
             Ok(())
         }

@@ -98,6 +98,7 @@ async fn job(store: &Store, user_id: Uuid) -> Uuid {
             user_id,
             archive_digest: digest,
             options: JobOptions::default(),
+            request_id: None,
         })
         .await
         .unwrap();
@@ -126,6 +127,7 @@ pub async fn job_options_and_the_python_run_are_kept(s: Store, other: Store) {
             user_id,
             archive_digest: digest.clone(),
             options: options.clone(),
+            request_id: Some("req-1234".into()),
         })
         .await
         .unwrap();
@@ -136,8 +138,10 @@ pub async fn job_options_and_the_python_run_are_kept(s: Store, other: Store) {
     // Read back by another process, and through the controller's listing.
     let read = other.get_job(id).await.unwrap().unwrap();
     assert_eq!(read.options, options);
+    assert_eq!(read.request_id.as_deref(), Some("req-1234"));
     let unfinished = other.list_unfinished_jobs().await.unwrap();
     assert_eq!(unfinished[0].options, options);
+    assert_eq!(unfinished[0].request_id.as_deref(), Some("req-1234"));
     let running = other
         .mark_running(id, "c", "img", Some("3.13".parse().unwrap()))
         .await
@@ -794,6 +798,7 @@ pub async fn concurrent_job_creation_from_two_processes(s: Store, other: Store) 
                     user_id: uid,
                     archive_digest: digest,
                     options: JobOptions::default(),
+                    request_id: None,
                 })
                 .await
         }));
@@ -1045,6 +1050,7 @@ async fn job_on(store: &Store, user_id: Uuid, archive: &[u8]) -> Uuid {
             user_id,
             archive_digest: digest,
             options: ci_common::JobOptions::default(),
+            request_id: None,
         })
         .await
         .unwrap();

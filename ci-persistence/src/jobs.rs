@@ -19,6 +19,8 @@ pub struct NewJob {
     pub user_id: Uuid,
     pub archive_digest: String,
     pub options: JobOptions,
+    /// The submission's request id (see [`Job::request_id`]).
+    pub request_id: Option<String>,
 }
 
 /// How a job ended.
@@ -63,6 +65,16 @@ impl JobOutcome {
     }
 }
 
+/// How many jobs there are in each status, and since when the oldest queued
+/// one waits: what the controller's gauges show, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCensus {
+    /// Every status, in [`JobStatus::ALL`]'s order, with its count (0 too).
+    pub by_status: Vec<(JobStatus, i64)>,
+    /// When the oldest job still queued was submitted.
+    pub oldest_queued_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// `'a', 'b'`: the statuses from which `to` may be reached, for a guarded UPDATE.
 fn statuses_leading_to(to: JobStatus) -> String {
     JobStatus::ALL
@@ -79,8 +91,8 @@ impl Store {
         let now = now();
         let sql = format!(
             "INSERT INTO jobs (id, user_id, status, created_at, archive_digest, \
-             python_requested, project, fresh_env, pytest_args) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING {JOB_COLUMNS}"
+             python_requested, project, fresh_env, pytest_args, request_id) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9) RETURNING {JOB_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(new.id.to_string())
@@ -94,6 +106,7 @@ impl Store {
                 serde_json::to_string(&new.options.pytest_args)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             )
+            .bind(new.request_id.as_deref())
             .fetch_one(&self.writer)
             .await?;
         self.feed.notify(Channel::Jobs);
@@ -129,6 +142,35 @@ impl Store {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id");
         let rows = sqlx::query(&sql).fetch_all(&self.reader).await?;
         rows.iter().map(rows::job).collect()
+    }
+
+    /// The [`JobCensus`], in two statements that the `jobs_status` index
+    /// answers (the count without reading a row; the oldest queued job from
+    /// the queued rows only).
+    pub async fn job_census(&self) -> Result<JobCensus> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut counts = std::collections::HashMap::new();
+        for row in &rows {
+            let status: String = sqlx::Row::try_get(row, 0)?;
+            let count: i64 = sqlx::Row::try_get(row, 1)?;
+            let status: JobStatus = status
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("job status {status:?}")))?;
+            counts.insert(status, count);
+        }
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(JobCensus {
+            by_status: JobStatus::ALL
+                .into_iter()
+                .map(|s| (s, counts.get(&s).copied().unwrap_or(0)))
+                .collect(),
+            oldest_queued_at: oldest.map(ci_common::time::from_micros),
+        })
     }
 
     /// Asks for a job to be cancelled. An ended job is returned unchanged.

@@ -27,7 +27,7 @@ pub use archives::{archive_digest, ARCHIVE_CHUNK_BYTES};
 pub use change_feed::{ChangeFeed, Channel, JobWatch};
 pub use error::StoreError;
 pub use events::LogPage;
-pub use jobs::{JobOutcome, NewJob};
+pub use jobs::{JobCensus, JobOutcome, NewJob};
 pub use location::DatabaseLocation;
 pub use retention::{FilePages, ReapStep, Reaped, ARCHIVE_GRACE};
 pub use sessions::SessionLookup;

@@ -16,7 +16,7 @@ pub(crate) const KEY_COLUMNS: &str =
 pub(crate) const JOB_COLUMNS: &str =
     "id, user_id, status, success, exit_code, created_at, started_at, ended_at, \
      container_id, archive_digest, image, cancel_requested, failure_reason, log_cursor, last_seq, \
-     python_requested, project, fresh_env, pytest_args, python";
+     python_requested, project, fresh_env, pytest_args, python, request_id";
 
 /// What a [`JobSummary`] needs of a job.
 pub(crate) const SUMMARY_COLUMNS: &str =
@@ -138,6 +138,7 @@ pub(crate) fn job(row: &AnyRow) -> Result<Job> {
             },
         },
         python: python(row, "python")?,
+        request_id: row.try_get("request_id")?,
     })
 }
 

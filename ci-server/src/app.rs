@@ -11,8 +11,10 @@ use ci_persistence::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log;
 use crate::credential_watch::StreamCredentials;
 use crate::listener::{serve_connections, FrontDoor};
+use crate::metrics::{self, ServerMetrics};
 use crate::request_body::BodyPacing;
 use crate::sse::StreamReads;
 use crate::user_limits::{UserLimits, UserSlots};
@@ -36,6 +38,11 @@ pub struct ServerConfig {
     pub credential_check: Duration,
     /// Caps per user (see [`crate::user_limits`]).
     pub user_limits: UserLimits,
+    /// `CI_METRICS_TOKEN`: when set, `GET /metrics` needs it as a bearer token.
+    pub metrics_token: Option<String>,
+    /// Per-request metrics and access-log lines; off only for the
+    /// benchmark's baseline, which measures what they cost.
+    pub observe_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +54,8 @@ impl Default for ServerConfig {
             front_door: FrontDoor::default(),
             credential_check: Duration::from_secs(2),
             user_limits: UserLimits::default(),
+            metrics_token: None,
+            observe_requests: true,
         }
     }
 }
@@ -65,6 +74,8 @@ pub struct App {
     pub stream_credentials: Arc<StreamCredentials>,
     /// The streams and uploads each user has open on this replica.
     pub user_slots: Arc<UserSlots>,
+    /// This replica's Prometheus metrics.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl App {
@@ -76,6 +87,7 @@ impl App {
             stream_reads: Arc::default(),
             stream_credentials: Arc::default(),
             user_slots: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -90,12 +102,14 @@ pub fn router(app: App) -> Router {
             .saturating_add(MULTIPART_OVERHEAD),
     )
     .unwrap_or(usize::MAX);
-    Router::new()
+    let observe = app.config.observe_requests;
+    let routes = Router::new()
         .route("/", get(web::page))
         .route("/assets/app.js", get(web::app_js))
         .route("/assets/app.css", get(web::app_css))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/session",
             post(session::create_session).delete(session::delete_session),
@@ -112,8 +126,13 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}/tests", get(routes::test_results::job_tests))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(app)
+        .layer(DefaultBodyLimit::max(body_limit));
+    if !observe {
+        return routes.with_state(app);
+    }
+    // `Router::layer` wraps each route (and the fallbacks) on its own, so
+    // both layers see the route template the request matched.
+    access_log::layer(routes, app.metrics.clone()).with_state(app)
 }
 
 /// Serves until `shutdown` resolves, then ends open streams and drains requests.

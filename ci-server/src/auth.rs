@@ -11,6 +11,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use ci_common::{hash_api_key, looks_like_api_key, User};
 
+use crate::access_log::UserSlot;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::session;
@@ -33,15 +34,21 @@ impl FromRequestParts<App> for AuthUser {
 #[derive(Debug, Clone)]
 pub struct BearerKey {
     pub hash: String,
+    /// Where the user the key turns out to belong to is noted, for the
+    /// request's access line.
+    pub user_slot: UserSlot,
 }
 
 impl BearerKey {
     /// The key's owner: 401 for an unknown or revoked key or an inactive user.
     pub async fn user(&self, app: &App) -> Result<User, ApiError> {
-        app.store
+        let user = app
+            .store
             .authenticate(&self.hash)
             .await?
-            .ok_or_else(ApiError::invalid_key)
+            .ok_or_else(ApiError::invalid_key)?;
+        self.user_slot.note(user.id);
+        Ok(user)
     }
 }
 
@@ -54,7 +61,10 @@ impl FromRequestParts<App> for BearerKey {
                 return Err(ApiError::not_authenticated());
             };
             let hash = session::key_hash_from_session(parts, app, session_id).await?;
-            return Ok(BearerKey { hash });
+            return Ok(BearerKey {
+                hash,
+                user_slot: user_slot(parts),
+            });
         };
         // As FastAPI's HTTPBearer: no usable `Bearer <credentials>` header is 403.
         let header = header.to_str().map_err(|_| ApiError::not_authenticated())?;
@@ -72,6 +82,17 @@ impl FromRequestParts<App> for BearerKey {
         }
         Ok(BearerKey {
             hash: hash_api_key(key),
+            user_slot: user_slot(parts),
         })
     }
+}
+
+/// The request's slot for its user (a detached one when requests are not
+/// observed, as for the benchmark's baseline).
+fn user_slot(parts: &Parts) -> UserSlot {
+    parts
+        .extensions
+        .get::<UserSlot>()
+        .cloned()
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use ci_config::{parse_duration, DatabaseArgs};
+use ci_config::{parse_duration, DatabaseArgs, LogArgs};
 use ci_persistence::Store;
 use ci_server::{serve, App, FrontDoor, ServerConfig, UserLimits};
 use clap::Parser;
@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 struct Args {
     #[command(flatten)]
     db: DatabaseArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
 
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -60,12 +63,16 @@ struct Args {
     /// Uploads one user may send at once to this server (429 past it).
     #[arg(long, env = "CI_MAX_UPLOADS_PER_USER", default_value_t = UserLimits::default().max_uploads)]
     max_uploads_per_user: usize,
+    /// Per-request metrics and access-log lines (off: the benchmark's baseline).
+    #[arg(long, env = "CI_OBSERVE_REQUESTS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", hide = true)]
+    observe_requests: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ci_config::init_logging();
     let args = Args::parse();
+    // Held to the end of main, so the last lines are written.
+    let _log_writer = ci_config::init_logging(args.log.log_format);
 
     let location = args.db.location();
     let store = Store::open(&location)
@@ -118,6 +125,11 @@ async fn main() -> anyhow::Result<()> {
             max_queued_jobs: args.max_queued_jobs_per_user,
             max_uploads: args.max_uploads_per_user,
         },
+        // From the environment only: a flag would show the token to `ps`.
+        metrics_token: std::env::var("CI_METRICS_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        observe_requests: args.observe_requests,
         ..ServerConfig::default()
     };
     serve(listener, App::new(store, config), shutdown_signal())

@@ -12,6 +12,8 @@
 //!   of on the wording of a log line.
 //! - [`postgres`]: scratch PostgreSQL databases, made and dropped.
 //! - [`database`]: plain SQL on an installation's database (ages, pragmas).
+//! - [`prometheus`]: a real Prometheus scraping the services, read through
+//!   its HTTP API.
 //! - [`docker`]: an installation's containers, and sweeping what a test left.
 //! - [`cli`]: the `ci` command line, run to its end or in the background.
 //! - [`fixtures`]: the Python projects the tests submit.
@@ -26,6 +28,7 @@ mod error;
 pub mod fixtures;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod relay;
 pub mod sse;
 pub mod status;

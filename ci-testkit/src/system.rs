@@ -95,7 +95,8 @@ pub struct Options {
     pub job_network: String,
     /// More environment for the controller (`CI_MAX_CONCURRENT_JOBS`, …).
     pub controller_env: Vec<(String, String)>,
-    /// More environment for every `ci-server` (`CI_MAX_UPLOAD_BYTES`, …).
+    /// More environment for every `ci-server` (`CI_MAX_UPLOAD_BYTES`,
+    /// `CI_LOG_FORMAT`, …).
     pub server_env: Vec<(String, String)>,
     /// Run on a fresh database of the PostgreSQL server named by
     /// `CI_TEST_POSTGRES_URL` instead of a SQLite file.
@@ -379,6 +380,18 @@ impl TestSystem {
         });
         // Ready once it holds the lease; fail fast if it dies instead.
         self.wait_for_controller_status(LEADER, SERVICE_START);
+    }
+
+    /// `host:port` of the controller's status listener (`/ready`, `/metrics`).
+    pub fn controller_status_addr(&self) -> Option<String> {
+        let controller = self.controller.as_ref()?;
+        Some(
+            controller
+                .status_url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+        )
     }
 
     /// What the controller's `/ready` says: `leader` or `standby`.

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod latency;
 pub mod logs;
 pub mod memory;
+pub mod operations;
 pub mod overhead;
 pub mod page;
 pub mod retention;

@@ -242,6 +242,7 @@ async fn controller_step(
                     user_id: user.id,
                     archive_digest: digest.clone(),
                     options: ci_common::JobOptions::default(),
+                    request_id: None,
                 })
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;

@@ -109,6 +109,7 @@ async fn running_job(store: &Store) -> Result<Uuid> {
             user_id: user.id,
             archive_digest,
             options: ci_common::JobOptions::default(),
+            request_id: None,
         })
         .await
         .map_err(store_error)?;

@@ -34,6 +34,7 @@ pub async fn queue_job(store: &Store, user: Uuid, zip: &[u8]) -> Uuid {
             user_id: user,
             archive_digest: digest,
             options: ci_common::JobOptions::default(),
+            request_id: None,
         })
         .await
         .unwrap();

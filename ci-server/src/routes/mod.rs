@@ -85,6 +85,7 @@ async fn queue_job(
         return Err(too_many_queued(limits));
     }
     let upload = read_project_zip(headers, multipart, app.config.max_upload_bytes).await?;
+    app.metrics.uploaded(upload.size);
     let archive_digest = upload.digest.clone();
     app.store
         .put_archive_from(&archive_digest, tokio::io::BufReader::new(upload.file))
@@ -96,6 +97,7 @@ async fn queue_job(
             user_id: user.id,
             archive_digest,
             options: upload.options,
+            request_id: crate::access_log::request_id(headers),
         })
         .await?;
     tracing::info!(job_id = %job.id, user = %user.email, bytes = upload.size, "job queued");
@@ -168,7 +170,11 @@ pub(crate) async fn owned_job(
         key.user(app).await?;
         return Err(ApiError::job_not_found());
     };
-    match app.store.authenticate_with_job(&key.hash, id).await? {
+    let found = app.store.authenticate_with_job(&key.hash, id).await?;
+    if let Some((user, _)) = &found {
+        key.user_slot.note(user.id);
+    }
+    match found {
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
         Some((user, Some(job))) if job.user_id != user.id => Err(ApiError::access_denied()),
@@ -186,11 +192,14 @@ pub async fn get_job(
         key.user(&app).await?;
         return Err(ApiError::job_not_found());
     };
-    match app
+    let found = app
         .store
         .authenticate_with_job_summary(&key.hash, id)
-        .await?
-    {
+        .await?;
+    if let Some((user, _)) = &found {
+        key.user_slot.note(*user);
+    }
+    match found {
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
         Some((user, Some((owner, _)))) if owner != user => Err(ApiError::access_denied()),
@@ -285,6 +294,12 @@ fn sse_response(
         + Send
         + 'static,
 ) -> Response {
+    // Counted open until the body is dropped, however the stream ends.
+    let open = app.metrics.stream_opened();
+    let stream = stream.map(move |event| {
+        let _open = &open;
+        event
+    });
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(app.config.keep_alive))
         .into_response();

@@ -3,6 +3,7 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use ci_common::api::SubmitResponse;
 use ci_persistence::NewJob;
@@ -17,6 +18,7 @@ pub async fn rerun_job(
     State(app): State<App>,
     key: BearerKey,
     id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Json<SubmitResponse>, ApiError> {
     let original = owned_job(&app, &key, id).await?;
     // The archive is kept while a job refers to it, so the original's
@@ -28,6 +30,7 @@ pub async fn rerun_job(
             user_id: original.user_id,
             archive_digest: original.archive_digest.clone(),
             options: original.options.clone(),
+            request_id: crate::access_log::request_id(&headers),
         })
         .await?;
     tracing::info!(job_id = %job.id, rerun_of = %original.id, "job queued again");

@@ -250,6 +250,7 @@ impl TestApp {
                 user_id,
                 archive_digest: digest,
                 options: JobOptions::default(),
+                request_id: None,
             })
             .await
             .expect("create job");
