@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use ci_client::config::{mask_key, KeySource};
 use ci_client::output::{
-    describe_end, format_job_details, format_job_json, format_job_table, AUTH_HELP,
+    describe_end, format_job_details, format_job_json, format_job_table, JobFilter, AUTH_HELP,
 };
 use ci_client::{pack_project, project_name, ApiClient, ClientError, JobEvents, StreamStart};
 use ci_client::{OutputFilter, OutputMode};
@@ -337,8 +337,13 @@ fn report_ended(job: &JobSummary) -> ExitCode {
 }
 
 /// `ci list [--json] [--utc]`.
-pub async fn list(context: &Context, json: bool, utc: bool) -> anyhow::Result<ExitCode> {
-    let jobs = context.api()?.list_jobs().await?;
+pub async fn list(
+    context: &Context,
+    json: bool,
+    utc: bool,
+    filter: &JobFilter,
+) -> anyhow::Result<ExitCode> {
+    let jobs = filter.apply(context.api()?.list_jobs().await?);
     let text = if json {
         let mut text = format_job_json(&jobs).context("cannot format the jobs as JSON")?;
         text.push('\n');
