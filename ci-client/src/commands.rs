@@ -610,27 +610,32 @@ struct QueuedLine {
 }
 
 impl QueuedLine {
-    /// Looks the job up and shows whether it still waits, and behind how
-    /// many of the caller's jobs (the only ones a user may see).
+    /// Looks the job up and shows whether it still waits, and its place in
+    /// the whole queue (the server's `queue_position`: submit order across
+    /// all users). A server without that field gives the place among the
+    /// caller's own queued jobs, the only ones a user may list.
     async fn refresh(&mut self, api: &ApiClient, job_id: JobId) {
-        let Ok(Ok(jobs)) = tokio::time::timeout(QUEUE_POLL, api.list_jobs()).await else {
-            return;
-        };
-        let Some(job) = jobs.iter().find(|j| j.job_id == job_id) else {
+        let Ok(Ok(job)) = tokio::time::timeout(QUEUE_POLL, api.get_job(job_id)).await else {
             return;
         };
         if job.status != JobStatus::Queued {
             self.clear();
             return;
         }
-        let ahead = jobs
-            .iter()
-            .filter(|j| j.status == JobStatus::Queued && j.submitted_at < job.submitted_at)
-            .count();
-        eprint!(
-            "\r\x1b[2KJob {job_id} is queued, waiting for a free runner (position {} among your queued jobs)…",
-            ahead + 1
-        );
+        let place = match job.queue_position {
+            Some(position) => format!("position {position} in the queue"),
+            None => {
+                let Ok(Ok(jobs)) = tokio::time::timeout(QUEUE_POLL, api.list_jobs()).await else {
+                    return;
+                };
+                let ahead = jobs
+                    .iter()
+                    .filter(|j| j.status == JobStatus::Queued && j.submitted_at < job.submitted_at)
+                    .count();
+                format!("position {} among your queued jobs", ahead + 1)
+            }
+        };
+        eprint!("\r\x1b[2KJob {job_id} is queued, waiting for a free runner ({place})…");
         self.shown = true;
     }
 

@@ -56,6 +56,7 @@ macro_rules! conformance_suite {
             reports_stored_as_parsed_commit_only_when_whole,
             new_failures_did_not_fail_in_the_projects_previous_job,
             a_projects_tests_have_a_bounded_history,
+            a_queued_jobs_place_counts_everyones_earlier_queued_jobs,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1441,4 +1442,37 @@ pub async fn a_projects_tests_have_a_bounded_history(s: Store, other: Store) {
     assert_eq!(history.jobs, latest);
     let names: Vec<_> = history.tests.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(names, ["t.py::z"]);
+}
+
+pub async fn a_queued_jobs_place_counts_everyones_earlier_queued_jobs(s: Store, other: Store) {
+    let (a, b) = (user(&s).await, user(&s).await);
+    let first = job(&s, a).await;
+    let second = job(&s, b).await;
+    let third = job(&s, a).await;
+    let places = |ids: [Uuid; 3]| {
+        let other = other.clone();
+        async move {
+            let mut places = Vec::new();
+            for id in ids {
+                places.push(other.queue_position(id).await.unwrap());
+            }
+            places
+        }
+    };
+    assert_eq!(
+        places([first, second, third]).await,
+        [Some(1), Some(2), Some(3)]
+    );
+    s.mark_running(first, "c", "img", None).await.unwrap();
+    assert_eq!(
+        places([first, second, third]).await,
+        [None, Some(1), Some(2)],
+        "a started job leaves the queue"
+    );
+    s.request_cancel(second).await.unwrap();
+    s.finish_job(second, &JobOutcome::cancelled())
+        .await
+        .unwrap();
+    assert_eq!(places([first, second, third]).await, [None, None, Some(1)]);
+    assert_eq!(other.queue_position(Uuid::new_v4()).await.unwrap(), None);
 }
