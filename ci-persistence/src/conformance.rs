@@ -1100,16 +1100,27 @@ pub async fn flaky_tests_disagree_on_the_same_code_of_the_same_owner(s: Store, o
     s.put_job_report(strangers, &report(TestOutcome::Passed))
         .await
         .unwrap();
-    let flaky = other.flaky_tests(first).await.unwrap();
+    let flaky = other.flaky_tests(first, &[]).await.unwrap();
     assert_eq!(
         flaky.get("t.py::test_flips"),
         Some(&vec![second]),
         "only the owner's jobs on the same digest: {flaky:?}"
     );
     assert!(!flaky.contains_key("t.py::test_steady"), "{flaky:?}");
-    let flaky = other.flaky_tests(second).await.unwrap();
+    let flaky = other.flaky_tests(second, &[]).await.unwrap();
     assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![first, third]));
-    assert!(other.flaky_tests(elsewhere).await.unwrap().is_empty());
+    // Asked about the failures only, a passing case is not looked at.
+    let flaky = other
+        .flaky_tests(second, &[TestOutcome::Failed])
+        .await
+        .unwrap();
+    assert!(flaky.is_empty(), "{flaky:?}");
+    let flaky = other
+        .flaky_tests(first, &[TestOutcome::Failed])
+        .await
+        .unwrap();
+    assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![second]));
+    assert!(other.flaky_tests(elsewhere, &[]).await.unwrap().is_empty());
 }
 
 pub async fn reports_stored_as_parsed_commit_only_when_whole(s: Store, other: Store) {

@@ -15,7 +15,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// Rows per INSERT: 9 parameters each stays far below SQLite's limit of
 /// 32 766 bound parameters and PostgreSQL's 65 535.
@@ -35,6 +35,19 @@ fn failure_outcomes_sql() -> String {
         .map(|o| format!("'{}'", o.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// ` AND column IN ('failed', …)` for `outcomes`, nothing when empty. The
+/// outcomes are the enum's own words, not the caller's text.
+fn outcome_filter(column: &str, outcomes: &[TestOutcome]) -> String {
+    if outcomes.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = outcomes
+        .iter()
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
+    format!(" AND {column} IN ({})", names.join(", "))
 }
 
 fn seconds(us: i64) -> f64 {
@@ -96,9 +109,14 @@ pub enum ReportChunk {
 }
 
 /// Inserts `cases`, numbered from `first_ordinal`, in statements of
-/// [`CASES_PER_INSERT`] rows.
+/// [`CASES_PER_INSERT`] rows. On SQLite the parameters are anonymous (`?`,
+/// bound in order): SQLite finds a numbered one (`$7`) by a linear search of
+/// the statement's parameter names, so binding 4 500 of them costs millions
+/// of comparisons; that made storing 5 000 cases take about 470 ms instead
+/// of 24 (a probe at load 20, release build). PostgreSQL needs `$N`.
 async fn insert_cases(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     job_id: &str,
     first_ordinal: usize,
     cases: &[TestCase],
@@ -111,6 +129,10 @@ async fn insert_cases(
             let p = i * 9;
             if i > 0 {
                 sql.push_str(", ");
+            }
+            if backend == Backend::Sqlite {
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                continue;
             }
             sql.push_str(&format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
@@ -174,7 +196,7 @@ impl Store {
             return Ok(());
         }
         if let JobReport::Cases(cases) = report {
-            insert_cases(&mut tx, &id, 0, cases).await?;
+            insert_cases(&mut tx, self.backend, &id, 0, cases).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -210,7 +232,7 @@ impl Store {
             match chunks.recv().await {
                 Some(ReportChunk::Cases(cases)) => {
                     let mut tx = self.writer.begin().await?;
-                    insert_cases(&mut tx, &id, count, &cases).await?;
+                    insert_cases(&mut tx, self.backend, &id, count, &cases).await?;
                     tx.commit().await?;
                     count += cases.len();
                     let more = TestTotals::of(&cases);
@@ -284,16 +306,7 @@ impl Store {
         if let Some(reason) = reason {
             return Ok(Some(JobReport::Missing { reason }));
         }
-        // The outcomes are the enum's own words, not the caller's text.
-        let filter = if outcomes.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = outcomes
-                .iter()
-                .map(|o| format!("'{}'", o.as_str()))
-                .collect();
-            format!(" AND outcome IN ({})", names.join(", "))
-        };
+        let filter = outcome_filter("outcome", outcomes);
         let sql = format!(
             "SELECT test_id, file, name, outcome, duration_us, message, traceback FROM job_test_cases \
              WHERE job_id = $1{filter} ORDER BY ordinal"
@@ -321,8 +334,13 @@ impl Store {
     /// the same owner on the same archive digest (the same code) passed it, or
     /// passed where another failed, with the jobs that disagree, oldest first.
     /// Only the owner's jobs count, so one user never learns of another's.
-    pub async fn flaky_tests(&self, job_id: JobId) -> Result<FlakyJobs> {
+    /// With `outcomes`, only the job's cases with one of them are looked at
+    /// (all when empty): the end-of-job summary asks about the failures
+    /// alone, and a big suite run often on one archive would otherwise have
+    /// every passing case compared with every other run of it.
+    pub async fn flaky_tests(&self, job_id: JobId, outcomes: &[TestOutcome]) -> Result<FlakyJobs> {
         let failures = failure_outcomes_sql();
+        let only = outcome_filter("c.outcome", outcomes);
         let sql = format!(
             "SELECT DISTINCT c.test_id AS test_id, oj.id AS other_job, oj.created_at AS other_created \
              FROM job_test_cases c \
@@ -330,7 +348,7 @@ impl Store {
              JOIN jobs oj ON oj.archive_digest = j.archive_digest AND oj.user_id = j.user_id AND oj.id <> j.id \
              JOIN job_test_cases o ON o.job_id = oj.id AND o.test_id = c.test_id \
              JOIN job_test_reports r ON r.job_id = oj.id AND r.reason IS NULL \
-             WHERE c.job_id = $1 AND ( \
+             WHERE c.job_id = $1{only} AND ( \
                (c.outcome IN ({failures}) AND o.outcome = 'passed') OR \
                (c.outcome = 'passed' AND o.outcome IN ({failures}))) \
              ORDER BY other_created, other_job"

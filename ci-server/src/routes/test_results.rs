@@ -60,7 +60,7 @@ pub async fn job_tests(
         Some(JobReport::Missing { reason }) => no_results(reason),
         Some(JobReport::Cases(cases)) => {
             let summary = app.store.job_test_totals(job.id).await?;
-            let mut flaky = app.store.flaky_tests(job.id).await?;
+            let mut flaky = app.store.flaky_tests(job.id, &outcomes).await?;
             let new_failures = app.store.new_failures(job.id).await?;
             let cases = cases
                 .into_iter()
