@@ -248,6 +248,16 @@ impl ApiClient {
         read_json(self.send(request).await?, &self.base_url).await
     }
 
+    /// The history of a project's tests over the caller's latest jobs of it.
+    pub async fn project_tests(
+        &self,
+        project: &str,
+    ) -> Result<ci_common::test_results::ProjectTests, ClientError> {
+        let path = format!("/projects/{}/tests", path_segment(project));
+        let request = self.get(&path).timeout(QUERY_TIMEOUT);
+        read_json(self.send(request).await?, &self.base_url).await
+    }
+
     /// Asks the server to stop a job; the answer is the job as it is right
     /// after the request (the controller stops a running job shortly after).
     pub async fn cancel_job(&self, job_id: JobId) -> Result<JobSummary, ClientError> {
@@ -454,9 +464,31 @@ fn error_detail(status: StatusCode, body: &str) -> String {
     quoted.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `text` as one URL path segment: every byte but RFC 3986's unreserved
+/// characters percent-encoded, so a project name with `/`, `?` or a space
+/// stays one segment.
+fn path_segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_project_name_stays_one_path_segment() {
+        assert_eq!(path_segment("calc-2_x.y~"), "calc-2_x.y~");
+        assert_eq!(path_segment("a/b c?d%"), "a%2Fb%20c%3Fd%25");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
 
     #[test]
     fn error_details_come_from_the_body_when_possible() {

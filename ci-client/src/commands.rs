@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use ci_client::config::{mask_key, KeySource};
 use ci_client::output::{
-    describe_end, format_job_details, format_job_json, format_job_table, AUTH_HELP,
+    describe_end, format_job_details, format_job_json, format_job_table, JobFilter, AUTH_HELP,
 };
 use ci_client::{pack_project, project_name, ApiClient, ClientError, JobEvents, StreamStart};
 use ci_client::{OutputFilter, OutputMode};
@@ -337,8 +337,13 @@ fn report_ended(job: &JobSummary) -> ExitCode {
 }
 
 /// `ci list [--json] [--utc]`.
-pub async fn list(context: &Context, json: bool, utc: bool) -> anyhow::Result<ExitCode> {
-    let jobs = context.api()?.list_jobs().await?;
+pub async fn list(
+    context: &Context,
+    json: bool,
+    utc: bool,
+    filter: &JobFilter,
+) -> anyhow::Result<ExitCode> {
+    let jobs = filter.apply(context.api()?.list_jobs().await?);
     let text = if json {
         let mut text = format_job_json(&jobs).context("cannot format the jobs as JSON")?;
         text.push('\n');
@@ -605,27 +610,32 @@ struct QueuedLine {
 }
 
 impl QueuedLine {
-    /// Looks the job up and shows whether it still waits, and behind how
-    /// many of the caller's jobs (the only ones a user may see).
+    /// Looks the job up and shows whether it still waits, and its place in
+    /// the whole queue (the server's `queue_position`: submit order across
+    /// all users). A server without that field gives the place among the
+    /// caller's own queued jobs, the only ones a user may list.
     async fn refresh(&mut self, api: &ApiClient, job_id: JobId) {
-        let Ok(Ok(jobs)) = tokio::time::timeout(QUEUE_POLL, api.list_jobs()).await else {
-            return;
-        };
-        let Some(job) = jobs.iter().find(|j| j.job_id == job_id) else {
+        let Ok(Ok(job)) = tokio::time::timeout(QUEUE_POLL, api.get_job(job_id)).await else {
             return;
         };
         if job.status != JobStatus::Queued {
             self.clear();
             return;
         }
-        let ahead = jobs
-            .iter()
-            .filter(|j| j.status == JobStatus::Queued && j.submitted_at < job.submitted_at)
-            .count();
-        eprint!(
-            "\r\x1b[2KJob {job_id} is queued, waiting for a free runner (position {} among your queued jobs)…",
-            ahead + 1
-        );
+        let place = match job.queue_position {
+            Some(position) => format!("position {position} in the queue"),
+            None => {
+                let Ok(Ok(jobs)) = tokio::time::timeout(QUEUE_POLL, api.list_jobs()).await else {
+                    return;
+                };
+                let ahead = jobs
+                    .iter()
+                    .filter(|j| j.status == JobStatus::Queued && j.submitted_at < job.submitted_at)
+                    .count();
+                format!("position {} among your queued jobs", ahead + 1)
+            }
+        };
+        eprint!("\r\x1b[2KJob {job_id} is queued, waiting for a free runner ({place})…");
         self.shown = true;
     }
 

@@ -10,7 +10,7 @@ use ci_client::config::{
     default_config_path, read_config_server_url, resolve_api_key_with_source, DEFAULT_SERVER_URL,
 };
 use ci_client::OutputMode;
-use ci_common::JobOptions;
+use ci_common::{JobOptions, JobStatus};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -85,14 +85,33 @@ enum Command {
         /// Show times in UTC instead of local time.
         #[arg(long)]
         utc: bool,
+        /// Only the jobs of this project.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
+        /// Only the jobs in this state (queued, running, completed, cancelled).
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<JobStatus>,
+        /// At most N jobs (the newest that match).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
-    /// Show a job's test results.
+    /// Show a job's test results, or a project's test history.
     Tests {
-        /// Job ID whose tests to show.
-        job_id: String,
+        /// Job ID whose tests to show (or a unique prefix).
+        #[arg(required_unless_present = "project", conflicts_with = "project")]
+        job_id: Option<String>,
         /// Only the tests that failed (failures, errors, strict xpasses).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "project")]
         failed: bool,
+        /// A project's tests over your latest jobs of it, instead of one job's.
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
+        /// With --project: only the flaky tests (failed and passed on the same code).
+        #[arg(long, requires = "project")]
+        flaky: bool,
+        /// With --project: the N tests with the longest median duration, slowest first.
+        #[arg(long, value_name = "N", requires = "project")]
+        slowest: Option<usize>,
         /// Output in JSON format.
         #[arg(long)]
         json: bool,
@@ -133,6 +152,14 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// A `--status` value: one of the job statuses, by the API's name.
+fn parse_status(raw: &str) -> Result<JobStatus, String> {
+    raw.parse::<JobStatus>().map_err(|_| {
+        let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("expected one of {}", known.join(", "))
+    })
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,7 +235,20 @@ async fn main() -> ExitCode {
             }
         }
         Command::Wait { job_id, all } => commands::wait(&context, &job_id, all).await,
-        Command::List { json, utc } => commands::list(&context, json, utc).await,
+        Command::List {
+            json,
+            utc,
+            project,
+            status,
+            limit,
+        } => {
+            let filter = ci_client::output::JobFilter {
+                project,
+                status,
+                limit,
+            };
+            commands::list(&context, json, utc, &filter).await
+        }
         Command::Cancel { job_id } => commands::cancel(&context, &job_id).await,
         Command::Show { job_id, json } => commands::show(&context, &job_id, json).await,
         Command::Logs { job_id, tail } => commands::logs(&context, &job_id, tail).await,
@@ -219,10 +259,23 @@ async fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tests {
-            job_id,
+            project: Some(project),
+            flaky,
+            slowest,
+            json,
+            ..
+        } => tests_command::project_tests(&context, &project, flaky, slowest, json).await,
+        Command::Tests {
+            job_id: Some(job_id),
             failed,
             json,
+            ..
         } => tests_command::tests(&context, &job_id, failed, json).await,
+        Command::Tests { .. } => {
+            // clap requires a job id or --project.
+            let _ = Cli::command().print_help();
+            Ok(ExitCode::FAILURE)
+        }
     };
     outcome.unwrap_or_else(|error| commands::report(&error))
 }

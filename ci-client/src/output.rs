@@ -59,6 +59,32 @@ const DURATION_WIDTH: usize = 10;
 const PROJECT_WIDTH: usize = 20;
 const PYTHON_WIDTH: usize = 6;
 
+/// `ci list --project NAME --status STATUS --limit N`: which of the
+/// caller's jobs (newest first, as `GET /jobs` sends them) to show. The
+/// contract gives `GET /jobs` no filters, so they are applied here; the
+/// limit counts the jobs that match, not the jobs sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub project: Option<String>,
+    pub status: Option<JobStatus>,
+    pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    /// The jobs that match, in their order, at most `limit` of them.
+    pub fn apply(&self, jobs: Vec<JobSummary>) -> Vec<JobSummary> {
+        jobs.into_iter()
+            .filter(|job| {
+                self.project
+                    .as_deref()
+                    .is_none_or(|p| job.project.as_deref() == Some(p))
+                    && self.status.is_none_or(|s| job.status == s)
+            })
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect()
+    }
+}
+
 /// The `ci list` table, one line per job, or `No jobs found.`; every line ends
 /// in a newline. The contract's five columns come first, in its order, then
 /// duration, submitted time, project and Python. Times are shown in `zone`
@@ -369,5 +395,52 @@ mod tests {
         assert_eq!(value[0]["start_time"], "1970-01-01T00:00:00.123456Z");
         assert!(value[0]["end_time"].is_null());
         assert_eq!(format_job_json(&[]).expect("serialises"), "[]");
+    }
+
+    #[test]
+    fn the_list_filter_keeps_matching_jobs_up_to_the_limit() {
+        let mut jobs = Vec::new();
+        for (i, (status, project)) in [
+            (JobStatus::Completed, Some("calc")),
+            (JobStatus::Running, Some("calc")),
+            (JobStatus::Completed, None),
+            (JobStatus::Completed, Some("other")),
+            (JobStatus::Completed, Some("calc")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut summary = JobSummary::new(Uuid::from_u128(i as u128), status);
+            summary.project = project.map(str::to_string);
+            jobs.push(summary);
+        }
+        let ids = |filter: JobFilter| -> Vec<u128> {
+            filter
+                .apply(jobs.clone())
+                .iter()
+                .map(|j| j.job_id.as_u128())
+                .collect()
+        };
+        assert_eq!(ids(JobFilter::default()), [0, 1, 2, 3, 4]);
+        let calc = JobFilter {
+            project: Some("calc".into()),
+            ..JobFilter::default()
+        };
+        assert_eq!(ids(calc.clone()), [0, 1, 4]);
+        assert_eq!(
+            ids(JobFilter {
+                status: Some(JobStatus::Completed),
+                limit: Some(2),
+                ..calc
+            }),
+            [0, 4]
+        );
+        assert_eq!(
+            ids(JobFilter {
+                limit: Some(0),
+                ..JobFilter::default()
+            }),
+            Vec::<u128>::new()
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! What `ci tests` and the end of `ci submit test` / `ci wait` print about a
 //! job's test results, kept apart from the printing so tests can check it.
 
-use ci_common::test_results::{JobTests, TestCaseView, TestOutcome};
+use ci_common::test_results::{JobTests, ProjectTests, TestCaseView, TestOutcome};
 
 /// How an outcome is shown in tables and summaries (pytest's words).
 fn outcome_label(outcome: TestOutcome) -> &'static str {
@@ -73,6 +73,80 @@ pub fn format_tests_table(tests: &JobTests) -> String {
     out
 }
 
+/// pytest's one-letter progress mark of an outcome (`.FEsxX`), for a
+/// test's recent outcomes in one short column.
+fn outcome_mark(outcome: TestOutcome) -> char {
+    match outcome {
+        TestOutcome::Passed => '.',
+        TestOutcome::Failed => 'F',
+        TestOutcome::Error => 'E',
+        TestOutcome::Skipped => 's',
+        TestOutcome::Xfailed => 'x',
+        TestOutcome::Xpassed => 'X',
+    }
+}
+
+/// `ci tests --project NAME [--flaky] [--slowest N]`: the tests to show.
+/// `--flaky` keeps the flaky ones; `--slowest N` keeps the N with the
+/// longest median duration, slowest first (else they stay by id).
+pub fn select_project_tests(
+    mut tests: ProjectTests,
+    flaky_only: bool,
+    slowest: Option<usize>,
+) -> ProjectTests {
+    if flaky_only {
+        tests.tests.retain(|t| t.flaky);
+    }
+    if let Some(n) = slowest {
+        tests.tests.sort_by(|a, b| {
+            b.median_duration_seconds
+                .total_cmp(&a.median_duration_seconds)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        tests.tests.truncate(n);
+    }
+    tests
+}
+
+/// `ci tests --project NAME`: one line per test (runs, failure rate, median
+/// duration, last outcome, recent outcomes newest first as pytest's marks),
+/// flaky tests marked.
+pub fn format_project_tests_table(tests: &ProjectTests) -> String {
+    if tests.jobs.is_empty() {
+        return format!("No test results for project {}.\n", tests.project);
+    }
+    if tests.tests.is_empty() {
+        return "No matching tests.\n".to_string();
+    }
+    let width = tests
+        .tests
+        .iter()
+        .map(|t| t.id.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!(
+        "{:<width$} {:>4} {:>6} {:>9} {:<8} RECENT (newest first)\n",
+        "TEST", "RUNS", "FAIL%", "MEDIAN", "LAST"
+    );
+    for test in &tests.tests {
+        let recent: String = test.recent.iter().map(|o| outcome_mark(*o)).collect();
+        out.push_str(&format!(
+            "{:<width$} {:>4} {:>5.0}% {:>9} {:<8} {recent}",
+            test.id,
+            test.runs,
+            test.failure_rate * 100.0,
+            seconds(test.median_duration_seconds),
+            outcome_label(test.last_outcome),
+        ));
+        if test.flaky {
+            out.push_str("  [flaky]");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The first line of a message, for one-line summaries.
 fn first_line(message: Option<&str>) -> &str {
     message
@@ -106,9 +180,15 @@ pub fn format_end_of_job_summary(tests: &JobTests) -> String {
             out.push_str(" - ");
             out.push_str(message);
         }
-        if let Some(note) = flaky_note(case) {
+        let notes: Vec<String> = case
+            .new_failure
+            .then(|| "new failure: it did not fail in the project's previous job".to_string())
+            .into_iter()
+            .chain(flaky_note(case))
+            .collect();
+        if !notes.is_empty() {
             out.push_str(" (");
-            out.push_str(&note);
+            out.push_str(&notes.join("; "));
             out.push(')');
         }
         out.push('\n');
@@ -194,6 +274,94 @@ mod tests {
         assert_eq!(
             format_end_of_job_summary(&none),
             "Tests: no results (pytest wrote no test report)\n"
+        );
+    }
+
+    #[test]
+    fn a_new_failure_says_so_in_the_summary() {
+        let mut new = view("t.py::test_new", TestOutcome::Failed, Some("boom"), vec![]);
+        new.new_failure = true;
+        let text = format_end_of_job_summary(&tests(vec![new]));
+        assert_eq!(
+            text.lines().nth(1),
+            Some("FAILED t.py::test_new - boom (new failure: it did not fail in the project's previous job)")
+        );
+    }
+
+    fn project() -> ProjectTests {
+        let history = |id: &str, recent: Vec<TestOutcome>, median, flaky| {
+            let failures = recent.iter().filter(|o| o.is_failure()).count();
+            ci_common::test_results::ProjectTest {
+                id: id.into(),
+                failure_rate: failures as f64 / recent.len() as f64,
+                median_duration_seconds: median,
+                flaky,
+                runs: recent.len(),
+                failures,
+                last_outcome: recent[0],
+                last_duration_seconds: median,
+                mean_duration_seconds: median,
+                recent,
+            }
+        };
+        ProjectTests {
+            project: "calc".into(),
+            tests: vec![
+                history(
+                    "t.py::test_a",
+                    vec![TestOutcome::Failed, TestOutcome::Passed],
+                    0.5,
+                    true,
+                ),
+                history("t.py::test_b", vec![TestOutcome::Passed], 2.0, false),
+                history("t.py::test_c", vec![TestOutcome::Skipped], 1.0, false),
+            ],
+            jobs: vec![uuid::Uuid::nil()],
+        }
+    }
+
+    #[test]
+    fn a_projects_table_has_rates_medians_and_recent_marks() {
+        assert_eq!(
+            format_project_tests_table(&project()),
+            "TEST         RUNS  FAIL%    MEDIAN LAST     RECENT (newest first)\n\
+             t.py::test_a    2    50%     0.50s FAILED   F.  [flaky]\n\
+             t.py::test_b    1     0%     2.00s PASSED   .\n\
+             t.py::test_c    1     0%     1.00s SKIPPED  s\n"
+        );
+        let none = ProjectTests {
+            tests: vec![],
+            jobs: vec![],
+            ..project()
+        };
+        assert_eq!(
+            format_project_tests_table(&none),
+            "No test results for project calc.\n"
+        );
+        let unmatched = ProjectTests {
+            tests: vec![],
+            ..project()
+        };
+        assert_eq!(
+            format_project_tests_table(&unmatched),
+            "No matching tests.\n"
+        );
+    }
+
+    #[test]
+    fn flaky_and_slowest_select_the_projects_tests() {
+        let ids = |t: ProjectTests| -> Vec<String> { t.tests.into_iter().map(|t| t.id).collect() };
+        assert_eq!(
+            ids(select_project_tests(project(), true, None)),
+            ["t.py::test_a"]
+        );
+        assert_eq!(
+            ids(select_project_tests(project(), false, Some(2))),
+            ["t.py::test_b", "t.py::test_c"]
+        );
+        assert_eq!(
+            ids(select_project_tests(project(), false, None)),
+            ["t.py::test_a", "t.py::test_b", "t.py::test_c"]
         );
     }
 

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ci_client::test_report::{format_end_of_job_summary, format_tests_table};
+use ci_client::test_report::{
+    format_end_of_job_summary, format_project_tests_table, format_tests_table, select_project_tests,
+};
 use ci_client::ApiClient;
 use ci_common::JobId;
 
@@ -24,13 +26,35 @@ pub async fn tests(
         .job_tests(job_id, failed)
         .await
         .map_err(about_job(job_id))?;
+    write_tests(&tests, json, format_tests_table)
+}
+
+/// `ci tests --project NAME [--flaky] [--slowest N] [--json]`.
+pub async fn project_tests(
+    context: &Context,
+    project: &str,
+    flaky_only: bool,
+    slowest: Option<usize>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let tests = context.api()?.project_tests(project).await?;
+    let tests = select_project_tests(tests, flaky_only, slowest);
+    write_tests(&tests, json, format_project_tests_table)
+}
+
+/// Prints `tests` on stdout as pretty JSON, or as `table` makes it.
+fn write_tests<T: serde::Serialize>(
+    tests: &T,
+    json: bool,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<ExitCode> {
     let text = if json {
         let mut text =
-            serde_json::to_string_pretty(&tests).context("cannot format the tests as JSON")?;
+            serde_json::to_string_pretty(tests).context("cannot format the tests as JSON")?;
         text.push('\n');
         text
     } else {
-        format_tests_table(&tests)
+        table(tests)
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())

@@ -59,6 +59,10 @@ pub struct JobSummary {
     /// The totals of the job's test report; null when there is none (yet).
     #[serde(default)]
     pub tests: Option<crate::test_results::TestTotals>,
+    /// Beyond the contract, in `GET /jobs/{id}` of a queued job only: how
+    /// many queued jobs (anyone's) were submitted before it, plus one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i64>,
 }
 
 impl JobSummary {
@@ -80,6 +84,7 @@ impl JobSummary {
             project: None,
             engine: None,
             tests: None,
+            queue_position: None,
         }
     }
 }

@@ -65,6 +65,9 @@ macro_rules! conformance_suite {
             an_archive_uploaded_again_is_not_reaped_before_its_job,
             sessions_of_revoked_keys_and_deactivated_users_go,
             freed_pages_are_given_back_where_the_file_keeps_them,
+            new_failures_did_not_fail_in_the_projects_previous_job,
+            a_projects_tests_have_a_bounded_history,
+            a_queued_jobs_place_counts_everyones_earlier_queued_jobs,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1182,16 +1185,27 @@ pub async fn flaky_tests_disagree_on_the_same_code_of_the_same_owner(s: Store, o
     s.put_job_report(strangers, &report(TestOutcome::Passed))
         .await
         .unwrap();
-    let flaky = other.flaky_tests(first).await.unwrap();
+    let flaky = other.flaky_tests(first, &[]).await.unwrap();
     assert_eq!(
         flaky.get("t.py::test_flips"),
         Some(&vec![second]),
         "only the owner's jobs on the same digest: {flaky:?}"
     );
     assert!(!flaky.contains_key("t.py::test_steady"), "{flaky:?}");
-    let flaky = other.flaky_tests(second).await.unwrap();
+    let flaky = other.flaky_tests(second, &[]).await.unwrap();
     assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![first, third]));
-    assert!(other.flaky_tests(elsewhere).await.unwrap().is_empty());
+    // Asked about the failures only, a passing case is not looked at.
+    let flaky = other
+        .flaky_tests(second, &[TestOutcome::Failed])
+        .await
+        .unwrap();
+    assert!(flaky.is_empty(), "{flaky:?}");
+    let flaky = other
+        .flaky_tests(first, &[TestOutcome::Failed])
+        .await
+        .unwrap();
+    assert_eq!(flaky.get("t.py::test_flips"), Some(&vec![second]));
+    assert!(other.flaky_tests(elsewhere, &[]).await.unwrap().is_empty());
 }
 
 pub async fn reports_stored_as_parsed_commit_only_when_whole(s: Store, other: Store) {
@@ -1720,4 +1734,313 @@ pub async fn freed_pages_are_given_back_where_the_file_keeps_them(s: Store, othe
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A job of `project` (if any) on `archive` that ran, left `report` and
+/// ended, as the controller leaves one.
+async fn ended_project_job(
+    store: &Store,
+    user_id: Uuid,
+    project: Option<&str>,
+    archive: &[u8],
+    report: &JobReport,
+) -> Uuid {
+    let id = queued_project_job(store, user_id, project, archive).await;
+    store.mark_running(id, "c", "img", None).await.unwrap();
+    store.put_job_report(id, report).await.unwrap();
+    store.finish_job(id, &JobOutcome::exited(1)).await.unwrap();
+    id
+}
+
+async fn queued_project_job(
+    store: &Store,
+    user_id: Uuid,
+    project: Option<&str>,
+    archive: &[u8],
+) -> Uuid {
+    let digest = store.put_archive(archive).await.unwrap();
+    let id = Uuid::new_v4();
+    store
+        .create_job(&NewJob {
+            id,
+            user_id,
+            archive_digest: digest,
+            options: JobOptions {
+                project: project.map(str::to_string),
+                ..JobOptions::default()
+            },
+            request_id: None,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn report_of(cases: &[(&str, TestOutcome)]) -> JobReport {
+    JobReport::Cases(
+        cases
+            .iter()
+            .map(|(id, outcome)| test_case(id, *outcome, 0.5))
+            .collect(),
+    )
+}
+
+fn ids(names: &[&str]) -> std::collections::HashSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+pub async fn new_failures_did_not_fail_in_the_projects_previous_job(s: Store, other: Store) {
+    use TestOutcome::{Error, Failed, Passed, Skipped, Xpassed};
+    let (owner, stranger) = (user(&s).await, user(&s).await);
+    let first = ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[
+            ("t.py::a", Passed),
+            ("t.py::b", Failed),
+            ("t.py::c", Skipped),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        other.new_failures(first).await.unwrap(),
+        ids(&[]),
+        "the project's first results have nothing to be new against"
+    );
+    // Ended later, but none of them is the project's previous job of the owner:
+    // another project, a job without results, another user's.
+    ended_project_job(
+        &s,
+        owner,
+        Some("other"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed)]),
+    )
+    .await;
+    ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v2",
+        &JobReport::Missing {
+            reason: "never reached pytest".into(),
+        },
+    )
+    .await;
+    ended_project_job(
+        &s,
+        stranger,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[("t.py::b", Passed)]),
+    )
+    .await;
+
+    let now = report_of(&[
+        ("t.py::a", Failed),
+        ("t.py::b", Failed),
+        ("t.py::c", Error),
+        ("t.py::d", Xpassed),
+        ("t.py::e", Passed),
+    ]);
+    let second = queued_project_job(&s, owner, Some("calc"), b"PK v2").await;
+    s.mark_running(second, "c", "img", None).await.unwrap();
+    s.put_job_report(second, &now).await.unwrap();
+    let expected = ids(&["t.py::a", "t.py::c", "t.py::d"]);
+    assert_eq!(
+        other.new_failures(second).await.unwrap(),
+        expected,
+        "passed, skipped or absent before: new; failed before: old (not ended yet)"
+    );
+    s.finish_job(second, &JobOutcome::exited(1)).await.unwrap();
+    assert_eq!(other.new_failures(second).await.unwrap(), expected, "ended");
+    assert_eq!(
+        other.new_failures(first).await.unwrap(),
+        ids(&[]),
+        "a job that ended later is no job's previous one"
+    );
+
+    let third = ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed), ("t.py::e", Failed)]),
+    )
+    .await;
+    assert_eq!(other.new_failures(third).await.unwrap(), ids(&["t.py::e"]));
+
+    let projectless = ended_project_job(
+        &s,
+        owner,
+        None,
+        b"PK v1",
+        &report_of(&[("t.py::a", Passed)]),
+    )
+    .await;
+    let projectless_later = ended_project_job(
+        &s,
+        owner,
+        None,
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed)]),
+    )
+    .await;
+    assert_ne!(projectless, projectless_later);
+    assert_eq!(
+        other.new_failures(projectless_later).await.unwrap(),
+        ids(&[]),
+        "jobs without a project have no history"
+    );
+}
+
+pub async fn a_projects_tests_have_a_bounded_history(s: Store, other: Store) {
+    use TestOutcome::{Failed, Passed, Skipped};
+    let (owner, stranger) = (user(&s).await, user(&s).await);
+    let empty = other.project_tests(owner, "calc").await.unwrap();
+    assert!(empty.tests.is_empty());
+    assert!(empty.jobs.is_empty());
+
+    let a = ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Passed), ("t.py::b", Failed)]),
+    )
+    .await;
+    ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v1",
+        &JobReport::Missing {
+            reason: "never reached pytest".into(),
+        },
+    )
+    .await;
+    ended_project_job(
+        &s,
+        owner,
+        Some("other"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed)]),
+    )
+    .await;
+    ended_project_job(
+        &s,
+        stranger,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed)]),
+    )
+    .await;
+    let b = ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v2",
+        &report_of(&[
+            ("t.py::a", Failed),
+            ("t.py::b", Failed),
+            ("t.py::c", Skipped),
+        ]),
+    )
+    .await;
+    let c = ended_project_job(
+        &s,
+        owner,
+        Some("calc"),
+        b"PK v1",
+        &report_of(&[("t.py::a", Failed), ("t.py::b", Passed)]),
+    )
+    .await;
+    // Not ended: not history yet.
+    let running = queued_project_job(&s, owner, Some("calc"), b"PK v1").await;
+    s.put_job_report(running, &report_of(&[("t.py::a", Passed)]))
+        .await
+        .unwrap();
+
+    let history = other.project_tests(owner, "calc").await.unwrap();
+    assert_eq!(history.project, "calc");
+    assert_eq!(history.jobs, [c, b, a], "newest first, with results only");
+    let found: Vec<_> = history
+        .tests
+        .iter()
+        .map(|t| (t.id.as_str(), t.recent.clone(), t.flaky))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("t.py::a", vec![Failed, Failed, Passed], true),
+            ("t.py::b", vec![Passed, Failed, Failed], true),
+            ("t.py::c", vec![Skipped], false),
+        ],
+        "by id; flaky when failed and passed on the same code (v1)"
+    );
+    let a_test = &history.tests[0];
+    assert_eq!((a_test.runs, a_test.failures), (3, 2));
+    assert!((a_test.failure_rate - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(a_test.median_duration_seconds, 0.5);
+    assert_eq!(a_test.last_outcome, Failed);
+    assert_eq!(
+        other.project_tests(stranger, "calc").await.unwrap().tests[0].recent,
+        [Failed],
+        "each owner sees their own jobs"
+    );
+
+    // The window: only the latest jobs count.
+    let mut latest = Vec::new();
+    for _ in 0..ci_common::test_results::PROJECT_HISTORY_JOBS {
+        latest.push(
+            ended_project_job(
+                &s,
+                owner,
+                Some("calc"),
+                b"PK v3",
+                &report_of(&[("t.py::z", Passed)]),
+            )
+            .await,
+        );
+    }
+    latest.reverse();
+    let history = other.project_tests(owner, "calc").await.unwrap();
+    assert_eq!(history.jobs, latest);
+    let names: Vec<_> = history.tests.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(names, ["t.py::z"]);
+}
+
+pub async fn a_queued_jobs_place_counts_everyones_earlier_queued_jobs(s: Store, other: Store) {
+    let (a, b) = (user(&s).await, user(&s).await);
+    let first = job(&s, a).await;
+    let second = job(&s, b).await;
+    let third = job(&s, a).await;
+    let places = |ids: [Uuid; 3]| {
+        let other = other.clone();
+        async move {
+            let mut places = Vec::new();
+            for id in ids {
+                places.push(other.queue_position(id).await.unwrap());
+            }
+            places
+        }
+    };
+    assert_eq!(
+        places([first, second, third]).await,
+        [Some(1), Some(2), Some(3)]
+    );
+    s.mark_running(first, "c", "img", None).await.unwrap();
+    assert_eq!(
+        places([first, second, third]).await,
+        [None, Some(1), Some(2)],
+        "a started job leaves the queue"
+    );
+    s.request_cancel(second).await.unwrap();
+    s.finish_job(second, &JobOutcome::cancelled())
+        .await
+        .unwrap();
+    assert_eq!(places([first, second, third]).await, [None, None, Some(1)]);
+    assert_eq!(other.queue_position(Uuid::new_v4()).await.unwrap(), None);
 }

@@ -137,6 +137,24 @@ impl Store {
         rows.iter().map(rows::job_summary).collect()
     }
 
+    /// A queued job's place in the whole queue: 1 + the queued jobs of any
+    /// user submitted before it (by submit time, then id); `None` once it is
+    /// not queued. The plain submit order, not the scheduler's: the
+    /// controller's fairness rule (fewest running jobs first, then round
+    /// robin) depends on turns it keeps in its own memory, so no replica can
+    /// replay it; between users with nothing running, it is this order.
+    pub async fn queue_position(&self, id: JobId) -> Result<Option<i64>> {
+        let ahead: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM jobs q WHERE q.status = 'queued' \
+               AND (q.created_at < j.created_at OR (q.created_at = j.created_at AND q.id < j.id))) \
+             FROM jobs j WHERE j.id = $1 AND j.status = 'queued'",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(ahead.map(|n| n + 1))
+    }
+
     /// Jobs that have not ended, oldest first: the controller's work list.
     pub async fn list_unfinished_jobs(&self) -> Result<Vec<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id");

@@ -1,15 +1,21 @@
 //! Test results: a job's report (its cases and totals, or why it has none)
 //! and the flakiness rule, which compares outcomes of jobs on the same code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
+use futures::TryStreamExt;
+
+use ci_common::test_results::{
+    JobReport, ProjectTest, ProjectTests, TestCase, TestOutcome, TestRun, TestTotals,
+    PROJECT_HISTORY_JOBS,
+};
 use ci_common::JobId;
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// Rows per INSERT: 9 parameters each stays far below SQLite's limit of
 /// 32 766 bound parameters and PostgreSQL's 65 535.
@@ -20,6 +26,29 @@ const CASES_PER_INSERT: usize = 500;
 pub(crate) const TESTS_COLUMNS: &str = "r.passed AS tests_passed, r.failed AS tests_failed, \
      r.errors AS tests_errors, r.skipped AS tests_skipped, r.duration_us AS tests_duration_us";
 pub(crate) const TESTS_JOIN: &str = "LEFT JOIN job_test_reports r ON r.job_id = j.id";
+
+/// `'failed', 'error', 'xpassed'`: the failure outcomes, for an SQL `IN`.
+fn failure_outcomes_sql() -> String {
+    TestOutcome::ALL
+        .into_iter()
+        .filter(|o| o.is_failure())
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` AND column IN ('failed', …)` for `outcomes`, nothing when empty. The
+/// outcomes are the enum's own words, not the caller's text.
+fn outcome_filter(column: &str, outcomes: &[TestOutcome]) -> String {
+    if outcomes.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = outcomes
+        .iter()
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
+    format!(" AND {column} IN ({})", names.join(", "))
+}
 
 fn seconds(us: i64) -> f64 {
     us as f64 / 1e6
@@ -80,9 +109,14 @@ pub enum ReportChunk {
 }
 
 /// Inserts `cases`, numbered from `first_ordinal`, in statements of
-/// [`CASES_PER_INSERT`] rows.
+/// [`CASES_PER_INSERT`] rows. On SQLite the parameters are anonymous (`?`,
+/// bound in order): SQLite finds a numbered one (`$7`) by a linear search of
+/// the statement's parameter names, so binding 4 500 of them costs millions
+/// of comparisons; that made storing 5 000 cases take about 470 ms instead
+/// of 24 (a probe at load 20, release build). PostgreSQL needs `$N`.
 async fn insert_cases(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     job_id: &str,
     first_ordinal: usize,
     cases: &[TestCase],
@@ -95,6 +129,10 @@ async fn insert_cases(
             let p = i * 9;
             if i > 0 {
                 sql.push_str(", ");
+            }
+            if backend == Backend::Sqlite {
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                continue;
             }
             sql.push_str(&format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
@@ -158,7 +196,7 @@ impl Store {
             return Ok(());
         }
         if let JobReport::Cases(cases) = report {
-            insert_cases(&mut tx, &id, 0, cases).await?;
+            insert_cases(&mut tx, self.backend, &id, 0, cases).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -194,7 +232,7 @@ impl Store {
             match chunks.recv().await {
                 Some(ReportChunk::Cases(cases)) => {
                     let mut tx = self.writer.begin().await?;
-                    insert_cases(&mut tx, &id, count, &cases).await?;
+                    insert_cases(&mut tx, self.backend, &id, count, &cases).await?;
                     tx.commit().await?;
                     count += cases.len();
                     let more = TestTotals::of(&cases);
@@ -268,16 +306,7 @@ impl Store {
         if let Some(reason) = reason {
             return Ok(Some(JobReport::Missing { reason }));
         }
-        // The outcomes are the enum's own words, not the caller's text.
-        let filter = if outcomes.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = outcomes
-                .iter()
-                .map(|o| format!("'{}'", o.as_str()))
-                .collect();
-            format!(" AND outcome IN ({})", names.join(", "))
-        };
+        let filter = outcome_filter("outcome", outcomes);
         let sql = format!(
             "SELECT test_id, file, name, outcome, duration_us, message, traceback FROM job_test_cases \
              WHERE job_id = $1{filter} ORDER BY ordinal"
@@ -305,13 +334,13 @@ impl Store {
     /// the same owner on the same archive digest (the same code) passed it, or
     /// passed where another failed, with the jobs that disagree, oldest first.
     /// Only the owner's jobs count, so one user never learns of another's.
-    pub async fn flaky_tests(&self, job_id: JobId) -> Result<FlakyJobs> {
-        let failures = TestOutcome::ALL
-            .into_iter()
-            .filter(|o| o.is_failure())
-            .map(|o| format!("'{}'", o.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
+    /// With `outcomes`, only the job's cases with one of them are looked at
+    /// (all when empty): the end-of-job summary asks about the failures
+    /// alone, and a big suite run often on one archive would otherwise have
+    /// every passing case compared with every other run of it.
+    pub async fn flaky_tests(&self, job_id: JobId, outcomes: &[TestOutcome]) -> Result<FlakyJobs> {
+        let failures = failure_outcomes_sql();
+        let only = outcome_filter("c.outcome", outcomes);
         let sql = format!(
             "SELECT DISTINCT c.test_id AS test_id, oj.id AS other_job, oj.created_at AS other_created \
              FROM job_test_cases c \
@@ -319,7 +348,7 @@ impl Store {
              JOIN jobs oj ON oj.archive_digest = j.archive_digest AND oj.user_id = j.user_id AND oj.id <> j.id \
              JOIN job_test_cases o ON o.job_id = oj.id AND o.test_id = c.test_id \
              JOIN job_test_reports r ON r.job_id = oj.id AND r.reason IS NULL \
-             WHERE c.job_id = $1 AND ( \
+             WHERE c.job_id = $1{only} AND ( \
                (c.outcome IN ({failures}) AND o.outcome = 'passed') OR \
                (c.outcome = 'passed' AND o.outcome IN ({failures}))) \
              ORDER BY other_created, other_job"
@@ -341,5 +370,137 @@ impl Store {
             }
         }
         Ok(flaky)
+    }
+
+    /// The new failures of `job_id`: the ids of its failed cases (failed,
+    /// error, strict xpass) that did not fail in the project's previous job.
+    ///
+    /// The previous job is, among the jobs of the same owner with the same
+    /// project name, the one that ended last before this one ended (any
+    /// time, while this one has not ended) and has test results: a job
+    /// without results (it never reached pytest, its report was bad) says
+    /// nothing about the tests, so it is passed over. Ordering by end, not
+    /// by submission, makes the answer final once this job has ended: no
+    /// job can end before it later. A failure is new when the test passed
+    /// there, was skipped or xfailed there, or was not there at all (a new
+    /// test, or one deselected there); a test that failed there too is an
+    /// old failure. Without a project, or without a previous job (the
+    /// project's first results), nothing is new: there is nothing to be
+    /// new against. Only the owner's jobs count, as for flakiness.
+    pub async fn new_failures(&self, job_id: JobId) -> Result<HashSet<String>> {
+        let failures = failure_outcomes_sql();
+        let previous = "SELECT p.id FROM jobs j \
+             JOIN jobs p ON p.user_id = j.user_id AND p.project = j.project AND p.id <> j.id \
+             JOIN job_test_reports pr ON pr.job_id = p.id AND pr.reason IS NULL \
+             WHERE j.id = $1 AND p.ended_at IS NOT NULL AND (j.ended_at IS NULL \
+               OR p.ended_at < j.ended_at OR (p.ended_at = j.ended_at AND p.id < j.id)) \
+             ORDER BY p.ended_at DESC, p.id DESC LIMIT 1";
+        let previous: Option<String> = sqlx::query_scalar(previous)
+            .bind(job_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        let Some(previous) = previous else {
+            return Ok(HashSet::new());
+        };
+        let sql = format!(
+            "SELECT c.test_id FROM job_test_cases c WHERE c.job_id = $1 AND c.outcome IN ({failures}) \
+             AND NOT EXISTS (SELECT 1 FROM job_test_cases o WHERE o.job_id = $2 \
+               AND o.test_id = c.test_id AND o.outcome IN ({failures}))"
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(job_id.to_string())
+            .bind(previous)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The history of a project's tests over the owner's latest
+    /// [`PROJECT_HISTORY_JOBS`] ended jobs of that project that have test
+    /// results (newest end first), as `GET /projects/{name}/tests` shows it.
+    /// The cases are read as a stream and folded per test, so only the
+    /// per-test history is held, never all the rows.
+    pub async fn project_tests(&self, user_id: Uuid, project: &str) -> Result<ProjectTests> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.archive_digest FROM jobs j \
+             JOIN job_test_reports r ON r.job_id = j.id AND r.reason IS NULL \
+             WHERE j.user_id = $1 AND j.project = $2 AND j.ended_at IS NOT NULL \
+             ORDER BY j.ended_at DESC, j.id DESC LIMIT $3",
+        )
+        .bind(user_id.to_string())
+        .bind(project)
+        .bind(PROJECT_HISTORY_JOBS as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut digests = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            jobs.push(
+                id.parse::<JobId>()
+                    .map_err(|e| StoreError::Corrupt(format!("job id {id:?}: {e}")))?,
+            );
+            digests.push(row.try_get::<String, _>("archive_digest")?);
+        }
+        if jobs.is_empty() {
+            return Ok(ProjectTests {
+                project: project.to_string(),
+                tests: Vec::new(),
+                jobs,
+            });
+        }
+        let newness: HashMap<String, usize> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.to_string(), i))
+            .collect();
+        let placeholders: Vec<String> = (1..=jobs.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT job_id, test_id, outcome, duration_us FROM job_test_cases WHERE job_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in &jobs {
+            query = query.bind(id.to_string());
+        }
+        // Per test: (job's place in the window, outcome, duration).
+        let mut runs: HashMap<String, Vec<(usize, TestOutcome, f64)>> = HashMap::new();
+        let mut cases = query.fetch(&self.reader);
+        while let Some(row) = cases.try_next().await? {
+            let job: String = row.try_get("job_id")?;
+            let place = *newness
+                .get(&job)
+                .ok_or_else(|| StoreError::Corrupt(format!("case of job {job:?}")))?;
+            let outcome: String = row.try_get("outcome")?;
+            let outcome = TestOutcome::parse(&outcome)
+                .ok_or_else(|| StoreError::Corrupt(format!("test outcome {outcome:?}")))?;
+            runs.entry(row.try_get("test_id")?).or_default().push((
+                place,
+                outcome,
+                seconds(row.try_get("duration_us")?),
+            ));
+        }
+        drop(cases);
+        let mut tests: Vec<ProjectTest> = runs
+            .into_iter()
+            .filter_map(|(id, mut runs)| {
+                runs.sort_by_key(|(place, _, _)| *place);
+                let runs: Vec<TestRun<'_>> = runs
+                    .iter()
+                    .map(|&(place, outcome, duration_seconds)| TestRun {
+                        outcome,
+                        duration_seconds,
+                        archive_digest: &digests[place],
+                    })
+                    .collect();
+                ProjectTest::of_runs(id, &runs)
+            })
+            .collect();
+        tests.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(ProjectTests {
+            project: project.to_string(),
+            tests,
+            jobs,
+        })
     }
 }

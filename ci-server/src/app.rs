@@ -124,6 +124,10 @@ pub fn router(app: App) -> Router {
         .route("/jobs/{id}/log", get(routes::job_log))
         .route("/jobs/{id}/rerun", post(routes::rerun_job))
         .route("/jobs/{id}/tests", get(routes::test_results::job_tests))
+        .route(
+            "/projects/{name}/tests",
+            get(routes::test_results::project_tests),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit));

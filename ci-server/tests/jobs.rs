@@ -420,12 +420,16 @@ async fn a_job_is_shown_to_its_owner_only() {
                // The contract's summary fields, always present, null when empty.
                "submitted_at": submitted_at, "duration_seconds": null,
                "exit_code": null, "reason": null, "python": null,
-               "project": null, "engine": null, "tests": null})
+               "project": null, "engine": null, "tests": null,
+               // Beyond the contract, in GET /jobs/{id} of a queued job only.
+               "queue_position": 1})
     );
 
-    // The same summary as in the list.
+    // The same summary as in the list, but for the queue position.
     let list: Vec<Value> = app.get("/jobs").send().await.unwrap().json().await.unwrap();
-    assert_eq!(list, vec![summary]);
+    let mut listed = summary.clone();
+    listed.as_object_mut().unwrap().remove("queue_position");
+    assert_eq!(list, vec![listed]);
 
     // A failed job: its summary says so, with times.
     app.store
@@ -637,4 +641,37 @@ async fn the_reference_upload_shape_is_accepted_on_every_submit_route() {
             .len(),
         3
     );
+}
+
+#[tokio::test]
+async fn a_queued_job_tells_its_place_in_the_whole_queue() {
+    let app = spawn_app().await;
+    let (_, other_key, _) = app.new_user().await;
+    let theirs = app.submit_async_as(&other_key).await;
+    let mine = app.submit_async().await;
+    let summary = |id: Uuid| {
+        let request = app.get(&format!("/jobs/{id}"));
+        async move {
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            body
+        }
+    };
+    assert_eq!(
+        summary(mine).await["queue_position"],
+        2,
+        "another user's earlier job is ahead"
+    );
+    app.store
+        .mark_running(theirs, "c", "img", None)
+        .await
+        .unwrap();
+    assert_eq!(summary(mine).await["queue_position"], 1);
+    app.store
+        .mark_running(mine, "c", "img", None)
+        .await
+        .unwrap();
+    let running = summary(mine).await;
+    assert!(running.get("queue_position").is_none(), "{running}");
+    let listed: Value = app.get("/jobs").send().await.unwrap().json().await.unwrap();
+    assert!(listed[0].get("queue_position").is_none(), "{listed}");
 }

@@ -194,3 +194,125 @@ async fn the_tests_of_a_job_have_the_jobs_auth_rules() {
         "Invalid or revoked API key"
     );
 }
+
+/// A job of `project` on `zip` that ran and ended with `report` stored.
+async fn ended_project_job(app: &TestApp, project: &str, zip: Vec<u8>, report: &JobReport) -> Uuid {
+    let form = support::zip_form(zip).text("project", project.to_string());
+    let response = app
+        .client
+        .post(app.url("/submit-async"))
+        .bearer_auth(&app.key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let id: Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    app.store.mark_running(id, "c", "img", None).await.unwrap();
+    app.store.put_job_report(id, report).await.unwrap();
+    app.store
+        .finish_job(id, &JobOutcome::exited(1))
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_failure_that_passed_in_the_projects_previous_job_is_new() {
+    let app = spawn_app().await;
+    let before = JobReport::Cases(vec![
+        case("test_turns", TestOutcome::Passed, 0.1),
+        case("test_broken", TestOutcome::Failed, 0.1),
+    ]);
+    let now = JobReport::Cases(vec![
+        case("test_turns", TestOutcome::Failed, 0.1),
+        case("test_broken", TestOutcome::Failed, 0.1),
+    ]);
+    let first = ended_project_job(&app, "calc", project_zip("test_x.py"), &before).await;
+    let second = ended_project_job(&app, "calc", project_zip("test_y.py"), &now).await;
+    let new_of = |body: &Value| -> Vec<(String, bool)> {
+        body["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["new_failure"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let body = json_of(&app, &format!("/jobs/{second}/tests")).await;
+    assert_eq!(
+        new_of(&body),
+        [("test_turns".into(), true), ("test_broken".into(), false)]
+    );
+    let body = json_of(&app, &format!("/jobs/{first}/tests?outcome=failed")).await;
+    assert_eq!(
+        new_of(&body),
+        [("test_broken".into(), false)],
+        "no history before"
+    );
+}
+
+#[tokio::test]
+async fn a_projects_tests_are_its_history_over_the_callers_jobs() {
+    let app = spawn_app().await;
+    let zip = project_zip("test_x.py");
+    let older = JobReport::Cases(vec![
+        case("test_flips", TestOutcome::Failed, 1.0),
+        case("test_slow", TestOutcome::Passed, 3.0),
+    ]);
+    let newer = JobReport::Cases(vec![
+        case("test_flips", TestOutcome::Passed, 2.0),
+        case("test_slow", TestOutcome::Passed, 5.0),
+    ]);
+    let first = ended_project_job(&app, "calc", zip.clone(), &older).await;
+    let second = ended_project_job(&app, "calc", zip, &newer).await;
+    let body = json_of(&app, "/projects/calc/tests").await;
+    assert_eq!(body["project"], "calc");
+    assert_eq!(body["jobs"], json!([second.to_string(), first.to_string()]));
+    assert_eq!(
+        body["tests"][0],
+        json!({
+            "id": "tests/test_x.py::TestA::test_flips",
+            "recent": ["passed", "failed"],
+            "failure_rate": 0.5,
+            "median_duration_seconds": 1.5,
+            "flaky": true,
+            "runs": 2,
+            "failures": 1,
+            "last_outcome": "passed",
+            "last_duration_seconds": 2.0,
+            "mean_duration_seconds": 1.5,
+        })
+    );
+    assert_eq!(body["tests"][1]["flaky"], false);
+    assert_eq!(body["tests"][1]["median_duration_seconds"], 4.0);
+
+    // Another user's project of the same name is theirs alone.
+    let (_, other_key, _) = app.new_user().await;
+    let theirs: Value = app
+        .client
+        .get(app.url("/projects/calc/tests"))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs, json!({"project": "calc", "tests": [], "jobs": []}));
+    let no_key = app
+        .client
+        .get(app.url("/projects/calc/tests"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_detail(no_key, 403).await, "Not authenticated");
+    // Names are path segments: a space is sent encoded.
+    let spaced = json_of(&app, "/projects/my%20calc/tests").await;
+    assert_eq!(spaced["project"], "my calc");
+}

@@ -28,6 +28,28 @@ pub struct Chromium {
 /// Starts chromedriver on a free port and opens a session of a headless
 /// Chromium with a fresh profile and `extra_args` beside the usual flags.
 pub async fn start_chromium(extra_args: &[&str]) -> Result<Chromium, KitError> {
+    start_chromium_with_prefs(extra_args, None).await
+}
+
+/// [`start_chromium`] whose downloads go to `dir` without asking, so a test
+/// can click a download link and read the file.
+pub async fn start_chromium_downloading_to(
+    extra_args: &[&str],
+    dir: &std::path::Path,
+) -> Result<Chromium, KitError> {
+    let prefs = serde_json::json!({
+        "download.default_directory": dir.display().to_string(),
+        "download.prompt_for_download": false,
+        "download.directory_upgrade": true,
+    });
+    start_chromium_with_prefs(extra_args, Some(prefs)).await
+}
+
+/// [`start_chromium`] with Chromium's profile preferences `prefs`.
+async fn start_chromium_with_prefs(
+    extra_args: &[&str],
+    prefs: Option<serde_json::Value>,
+) -> Result<Chromium, KitError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(KitError::io("finding a free port for chromedriver"))?
@@ -62,11 +84,12 @@ pub async fn start_chromium(extra_args: &[&str]) -> Result<Chromium, KitError> {
     .map(|a| a.to_string())
     .collect();
     args.push(format!("--user-data-dir={}", profile.path().display()));
+    let mut options = serde_json::json!({ "binary": "/usr/bin/chromium", "args": args });
+    if let Some(prefs) = prefs {
+        options["prefs"] = prefs;
+    }
     let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_string(),
-        serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }),
-    );
+    capabilities.insert("goog:chromeOptions".to_string(), options);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + DRIVER_START;
     // chromedriver answers once it listens; until then connecting fails.

@@ -303,23 +303,36 @@ fn on_terminal(cmd: &std::process::Command) -> std::process::Command {
 }
 
 /// A job waiting for a free runner is not silent on a terminal: a status
-/// line says it is queued, and goes when the job ends.
+/// line says it is queued and its place in the whole queue (another user's
+/// job submitted before it counts), and goes when the job ends.
 #[test]
 fn a_queued_job_says_so_on_a_terminal() {
-    let sys = TestSystem::options()
+    let mut sys = TestSystem::options()
         .controller_env("CI_MAX_CONCURRENT_JOBS", "1")
         .start();
     let running = sys.submit_async(&slow_project(60));
     sys.wait_for_job(running, "running", JOB_DEADLINE, |j| {
         j.status == JobStatus::Running
     });
-    let queued = sys.submit_async(&copy_fixture("no-requirements"));
+    let other = sys.create_user("Other");
+    let project = copy_fixture("no-requirements");
+    let theirs = run(sys
+        .ci_as(&other.api_key)
+        .args(["submit", "test", "--async"])
+        .current_dir(project.path()));
+    theirs.assert_code(0);
+    let theirs = theirs.submitted_job_id().unwrap();
+    let queued = sys.submit_async(&project);
     let mut cmd = sys.ci();
     cmd.args(["wait", &queued.to_string()]);
     let mut wait = RunningCi::spawn(&mut on_terminal(&cmd));
     wait.wait_for_stdout("the queued line", JOB_DEADLINE, |out| {
-        out.contains(&format!("Job {queued} is queued")) && out.contains("position 1")
+        out.contains(&format!("Job {queued} is queued")) && out.contains("position 2 in the queue")
     });
+    run(sys
+        .ci_as(&other.api_key)
+        .args(["cancel", &theirs.to_string()]))
+    .assert_code(0);
     sys.cancel(queued).unwrap();
     let out = wait.finish(COMMAND_DEADLINE);
     assert!(

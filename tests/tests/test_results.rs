@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
-use ci_testkit::{copy_fixture, lines_with, run, TestSystem};
+use ci_testkit::{copy_fixture, lines_with, run, run_within, TestSystem, JOB_DEADLINE};
 use serde_json::{json, Value};
 
 const FILE: &str = "tests/test_outcomes.py";
@@ -218,5 +218,156 @@ fn a_test_that_fails_then_passes_on_the_same_code_is_flaky() {
             "FAILED {test} - AssertionError: first run: failing on purpose (flaky: failed, but passed on the same code in job {second})"
         )),
         "{waited}"
+    );
+}
+
+#[test]
+fn a_test_that_passed_in_the_projects_previous_job_is_a_new_failure() {
+    let sys = TestSystem::start();
+    let project = copy_fixture("no-requirements");
+    project.write(
+        "test_turning.py",
+        "import pathlib\n\n\
+         def test_turns():\n    assert pathlib.Path('state.txt').read_text() == 'good', 'state went bad'\n\n\
+         def test_always_broken():\n    assert False, 'never worked'\n",
+    );
+    let submit = || {
+        run_within(
+            sys.ci()
+                .args(["submit", "test", "--project", "turning"])
+                .current_dir(project.path()),
+            JOB_DEADLINE,
+        )
+    };
+    project.write("state.txt", "good");
+    let first = submit();
+    first.assert_code(1);
+    let broken = "FAILED test_turning.py::test_always_broken - AssertionError: never worked";
+    assert!(
+        stderr_summary(&first.stderr).contains(&broken),
+        "the project's first job has nothing to be new against\n{first}"
+    );
+    project.write("state.txt", "bad");
+    let second = submit();
+    second.assert_code(1);
+    let summary = stderr_summary(&second.stderr);
+    assert!(
+        summary.contains(
+            &"FAILED test_turning.py::test_turns - AssertionError: state went bad (new failure: it did not fail in the project's previous job)"
+        ),
+        "{second}"
+    );
+    assert!(
+        summary.contains(&broken),
+        "failed before too: not new\n{second}"
+    );
+    let (first, second) = (first.job_id().unwrap(), second.job_id().unwrap());
+    let (_, body) = sys
+        .get_json(
+            &format!("/jobs/{second}/tests?outcome=failed"),
+            &sys.user.api_key,
+        )
+        .unwrap();
+    let new: Vec<_> = body["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["new_failure"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(new, [("test_turns", true), ("test_always_broken", false)]);
+
+    // The project's history: `ci tests --project`, as JSON and as a table.
+    let history = run(sys.ci().args(["tests", "--project", "turning", "--json"]));
+    history.assert_code(0);
+    let history: Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(
+        history["jobs"],
+        json!([second.to_string(), first.to_string()])
+    );
+    let recent: Vec<_> = history["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap(),
+                t["recent"].clone(),
+                t["failure_rate"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recent,
+        [
+            (
+                "test_greeting.py::test_greet",
+                json!(["passed", "passed"]),
+                json!(0.0)
+            ),
+            (
+                "test_greeting.py::test_greet_empty",
+                json!(["passed", "passed"]),
+                json!(0.0)
+            ),
+            (
+                "test_turning.py::test_always_broken",
+                json!(["failed", "failed"]),
+                json!(1.0)
+            ),
+            (
+                "test_turning.py::test_turns",
+                json!(["failed", "passed"]),
+                json!(0.5)
+            ),
+        ],
+        "{history}"
+    );
+    let table = run(sys.ci().args(["tests", "--project", "turning"]));
+    table.assert_code(0);
+    let row = lines_with(&table.stdout, "test_turning.py::test_turns");
+    assert!(row[0].ends_with(" F."), "{table}");
+    let slowest = run(sys
+        .ci()
+        .args(["tests", "--project", "turning", "--slowest", "1", "--json"]));
+    let slowest: Value = serde_json::from_str(&slowest.stdout).unwrap();
+    assert_eq!(slowest["tests"].as_array().unwrap().len(), 1, "{slowest}");
+    let flaky = run(sys.ci().args(["tests", "--project", "turning", "--flaky"]));
+    assert_eq!(
+        flaky.stdout, "No matching tests.\n",
+        "different code each time: {flaky}"
+    );
+
+    // `ci list` filtered by project, status and count.
+    let listed = run(sys.ci().args([
+        "list",
+        "--json",
+        "--project",
+        "turning",
+        "--status",
+        "completed",
+        "--limit",
+        "1",
+    ]));
+    listed.assert_code(0);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["job_id"], second.to_string());
+    let none = run(sys.ci().args(["list", "--project", "elsewhere"]));
+    assert_eq!(none.stdout, "No jobs found.\n");
+    let running = run(sys
+        .ci()
+        .args(["list", "--project", "turning", "--status", "running"]));
+    assert_eq!(running.stdout, "No jobs found.\n");
+    let bad = run(sys.ci().args(["list", "--status", "finished"]));
+    bad.assert_code(2);
+    assert!(
+        bad.stderr
+            .contains("expected one of queued, running, completed, cancelled"),
+        "{bad}"
     );
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use std::time::{Duration, Instant};
 
-use ci_testkit::browser::{start_chromium, Chromium};
+use ci_testkit::browser::{start_chromium, start_chromium_downloading_to, Chromium};
 use ci_testkit::{
     assert_same_lines, copy_fixture, slow_project, slow_ticks, TestSystem, JOB_DEADLINE,
 };
@@ -32,12 +32,26 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        Browser::start_with(None)
+    }
+
+    /// A browser whose downloads land in `dir`, unasked.
+    fn start_downloading_to(dir: &std::path::Path) -> Browser {
+        Browser::start_with(Some(dir))
+    }
+
+    fn start_with(downloads: Option<&std::path::Path>) -> Browser {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let chromium = runtime
-            .block_on(start_chromium(&[]))
+            .block_on(async {
+                match downloads {
+                    Some(dir) => start_chromium_downloading_to(&[], dir).await,
+                    None => start_chromium(&[]).await,
+                }
+            })
             .unwrap_or_else(|e| panic!("{e}"));
         Browser {
             runtime,
@@ -458,4 +472,132 @@ fn colours_are_rendered_and_markup_in_the_log_is_only_text() {
     );
     assert_eq!(rendered[2], json!(0), "markup from the log became elements");
     assert_eq!(rendered[3], json!(true), "a script from the log ran");
+}
+
+/// pytest's header of a test's traceback section, `____ name ____`.
+fn is_section_of(line: &str, name: &str) -> bool {
+    line.starts_with('_') && line.ends_with('_') && line.contains(&format!(" {name} "))
+}
+
+#[test]
+fn failed_tests_link_to_their_lines_and_the_raw_log_downloads() {
+    let sys = TestSystem::start();
+    let server = sys.server_url();
+    let downloads = tempfile::tempdir().unwrap();
+    let browser = Browser::start_downloading_to(downloads.path());
+    browser.sign_in(&server, &sys.user.api_key);
+    let job = sys.submit_async(&copy_fixture("test-outcomes"));
+    browser.goto(&format!("{server}/jobs/{job}"));
+    // Listed once the job has ended: each failed test with the line it links to.
+    let listed = browser.wait_js(
+        "the failed tests, listed",
+        "const items = [...document.querySelectorAll('#failed-tests li')]; \
+         if (!window.ciJobPage || !window.ciJobPage.streamEnded() || items.length === 0) return null; \
+         return items.map(li => { const a = li.querySelector('a.failed-test'); \
+           return [li.dataset.test, a ? a.getAttribute('href') : null]; });",
+        Value::Null,
+    );
+    let lines = page_lines(&browser);
+    let file = "tests/test_outcomes.py";
+    let listed: Vec<(String, usize)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let href = item[1]
+                .as_str()
+                .unwrap_or_else(|| panic!("not linked: {item}"));
+            let line: usize = href.strip_prefix("#L").unwrap().parse().unwrap();
+            (item[0].as_str().unwrap().to_string(), line)
+        })
+        .collect();
+    let names: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{file}::test_fails"),
+            format!("{file}::test_errors"),
+            format!("{file}::test_xpasses_strictly"),
+        ],
+        "the failures, errors and strict xpasses, in report order"
+    );
+    let line_of = |n: usize| lines[n - 1].as_str();
+    assert!(
+        is_section_of(line_of(listed[0].1), "test_fails"),
+        "{:?}",
+        line_of(listed[0].1)
+    );
+    assert!(
+        is_section_of(line_of(listed[1].1), "ERROR at setup of test_errors"),
+        "{:?}",
+        line_of(listed[1].1)
+    );
+    let xpass = line_of(listed[2].1);
+    assert!(
+        is_section_of(xpass, "test_xpasses_strictly")
+            || xpass.starts_with(&format!("FAILED {file}::test_xpasses_strictly")),
+        "{xpass:?}"
+    );
+
+    // A click opens the line, highlighted.
+    browser.click(&format!(
+        "#failed-tests li[data-test=\"{file}::test_errors\"] a"
+    ));
+    browser.wait_js(
+        "the error's line highlighted",
+        "const row = document.querySelector(`.row.highlight[data-line='${arguments[0]}']`); \
+         return row !== null && location.hash === `#L${arguments[0]}`;",
+        json!(listed[1].1),
+    );
+    browser.screenshot("job-failed-tests.png");
+
+    // The raw log: downloaded by the browser with its session, as served.
+    browser.click("#download");
+    let downloaded = downloads.path().join(format!("job-{job}.log"));
+    let deadline = Instant::now() + PAGE_DEADLINE;
+    loop {
+        // Chromium writes `….crdownload` and renames it when done.
+        let finished = downloaded.exists()
+            && std::fs::read_dir(downloads.path()).unwrap().all(|e| {
+                !e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".crdownload")
+            });
+        if finished {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished download in {}: {:?}",
+            downloads.path().display(),
+            std::fs::read_dir(downloads.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(PAGE_POLL);
+    }
+    let served = browser
+        .runtime
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("{server}/jobs/{job}/log"))
+                .bearer_auth(&sys.user.api_key)
+                .send()
+                .await?
+                .bytes()
+                .await
+        })
+        .unwrap();
+    let file_bytes = std::fs::read(&downloaded).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&file_bytes),
+        String::from_utf8_lossy(&served),
+        "the downloaded log is the served one"
+    );
+    assert!(
+        String::from_utf8_lossy(&file_bytes).contains("test_fails"),
+        "the log holds the job's output"
+    );
 }

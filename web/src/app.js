@@ -3,7 +3,7 @@
 // HttpOnly session cookie the server sets at sign-in; the key itself is only
 // ever in the sign-in form's field, never in storage scripts can read.
 
-import { LogModel } from "./log-model.js";
+import { LogModel, failureLines } from "./log-model.js";
 import { LogView } from "./log-view.js";
 
 /**
@@ -82,7 +82,7 @@ function testCounts(job) {
   const t = job.tests || job.test_counts;
   if (!t || typeof t !== "object") return "";
   return Object.entries(t)
-    .filter(([, n]) => typeof n === "number")
+    .filter(([k, n]) => typeof n === "number" && k !== "duration_seconds")
     .map(([k, n]) => `${n} ${k}`)
     .join(", ");
 }
@@ -234,6 +234,7 @@ async function showJob(id) {
   const found = el("span", { id: "search-count", class: "count" });
   const streamState = el("span", { id: "stream-state", class: "stream-state" }, "connecting…");
   const scroller = el("div", { id: "log", class: "log", tabindex: "0" });
+  const failedTests = el("section", { id: "failed-tests", class: "failed-tests", hidden: true });
   const view = new LogView(scroller, model, (on) => {
     followButton.classList.toggle("on", on);
     followButton.textContent = on ? "Following" : "Follow";
@@ -346,6 +347,7 @@ async function showJob(id) {
     ),
     times,
     el("div", { class: "toolbar log-tools" }, followButton, failureButton, searchBox, prev, next, found, streamState),
+    failedTests,
     scroller,
   );
   onHash();
@@ -381,6 +383,7 @@ async function showJob(id) {
         readyAt = performance.now();
       });
       refresh();
+      showFailedTests();
     }
   };
   source.onerror = () => {
@@ -392,6 +395,40 @@ async function showJob(id) {
     } else {
       streamState.textContent = "reconnecting…";
     }
+  };
+
+  // Once the whole log is here: the failed tests, each linked to the line
+  // where pytest reports it (see failureLines).
+  const showFailedTests = async () => {
+    let tests;
+    try {
+      tests = await api("GET", `/jobs/${id}/tests?outcome=failed,error,xpassed`);
+    } catch (e) {
+      if (e instanceof SignedOut) return showSignIn("Your session ended; sign in again.");
+      return;
+    }
+    const cases = (tests && tests.cases) || [];
+    if (!cases.length) return;
+    const lines = failureLines(model.lower, cases);
+    const items = cases.map((c) => {
+      const line = lines.get(c.id);
+      const name =
+        line === undefined
+          ? el("span", { class: "test-id" }, c.id)
+          : el("a", { href: `#L${line + 1}`, class: "test-id failed-test", "data-line": line + 1 }, c.id);
+      const message = String(c.message || "").split("\n").find((l) => l.trim()) || "";
+      return el(
+        "li",
+        { "data-test": c.id },
+        el("span", { class: "outcome" }, c.outcome),
+        name,
+        c.new_failure ? el("span", { class: "tag" }, "new") : null,
+        c.flaky ? el("span", { class: "tag" }, "flaky") : null,
+        message ? el("span", { class: "message" }, message) : null,
+      );
+    });
+    failedTests.replaceChildren(el("h2", {}, `Failed tests (${cases.length})`), el("ul", {}, ...items));
+    failedTests.hidden = false;
   };
 
   let timer = 0;

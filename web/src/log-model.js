@@ -107,3 +107,59 @@ export class LogModel {
     return { lines, count };
   }
 }
+
+// A section header of pytest's FAILURES / ERRORS: `____ test_x ____`.
+const SECTION = /^_+ (.+?) _+$/;
+
+/**
+ * Where pytest reports each failed test in the log: for every case of
+ * `cases` (`{id, outcome}`, as `GET /jobs/{id}/tests` gives them, in report
+ * order) that can be found, its id mapped to the index of the line. That is
+ * the header of the test's traceback section (`____ TestA.test_b ____`, or
+ * `____ ERROR at setup of test_b ____` for an error), else its line in the
+ * short test summary (`FAILED tests/test_x.py::TestA::test_b - …`). Headers
+ * name a test without its file, so two failing tests of one name in two
+ * files share a header: pytest prints the sections in the order the tests
+ * ran, which is the report's order, so the k-th case of a name takes the
+ * k-th header of that name. `lower` is the log's plain, lower-cased lines
+ * (`LogModel.lower`); one pass over it, whatever the number of cases.
+ */
+export function failureLines(lower, cases) {
+  const sections = new Map();
+  const summaries = new Map();
+  for (let i = 0; i < lower.length; i++) {
+    const line = lower[i];
+    if (line.startsWith("_")) {
+      const m = SECTION.exec(line);
+      if (!m) continue;
+      if (!sections.has(m[1])) sections.set(m[1], []);
+      sections.get(m[1]).push(i);
+    } else if (line.startsWith("failed ") || line.startsWith("error ")) {
+      const rest = line.slice(line.indexOf(" ") + 1);
+      const end = rest.indexOf(" - ");
+      const id = (end >= 0 ? rest.slice(0, end) : rest).trimEnd();
+      if (!summaries.has(id)) summaries.set(id, i);
+    }
+  }
+  const taken = new Map();
+  const found = new Map();
+  for (const c of cases) {
+    const id = c.id.toLowerCase();
+    const parts = id.split("::");
+    const head = parts.length > 1 ? parts.slice(1).join(".") : id;
+    const names = c.outcome === "error" ? [`error at setup of ${head}`, `error at teardown of ${head}`] : [head];
+    let line = -1;
+    for (const name of names) {
+      const at = sections.get(name) || [];
+      const k = taken.get(name) || 0;
+      if (k < at.length) {
+        line = at[k];
+        taken.set(name, k + 1);
+        break;
+      }
+    }
+    if (line < 0 && summaries.has(id)) line = summaries.get(id);
+    if (line >= 0) found.set(c.id, line);
+  }
+  return found;
+}

@@ -2,7 +2,7 @@
 // across lines, search over every line, the first failure.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LogModel } from "../src/log-model.js";
+import { LogModel, failureLines } from "../src/log-model.js";
 
 test("chunks split anywhere make the same lines", () => {
   const m = new LogModel();
@@ -37,4 +37,43 @@ test("the first failure is pytest's first failure line", () => {
   assert.equal(m.firstFailure, -1);
   m.append("___ test_bad ___\nE   assert 1 == 2\nFAILED test_a.py::test_bad\n");
   assert.equal(m.firstFailure, 2);
+});
+
+test("each failed test is found at its traceback, else at its summary line", () => {
+  const m = new LogModel();
+  m.append(
+    [
+      "tests/test_a.py::test_bad FAILED",
+      "=================================== ERRORS ===================================",
+      "_____________________ ERROR at setup of test_needs_setup ______________________",
+      "E   RuntimeError: no fixture",
+      "================================== FAILURES ==================================",
+      "__________________________________ test_bad __________________________________",
+      "E   assert 1 == 2",
+      "_____________________________ TestGroup.test_in[1] ____________________________",
+      "__________________________________ test_bad __________________________________",
+      "=========================== short test summary info ============================",
+      "FAILED tests/test_a.py::test_bad - assert 1 == 2",
+      "FAILED tests/test_c.py::test_no_section - [XPASS(strict)] fixed",
+      "",
+    ].join("\n"),
+  );
+  const cases = [
+    { id: "tests/test_a.py::test_needs_setup", outcome: "error" },
+    { id: "tests/test_a.py::test_bad", outcome: "failed" },
+    { id: "tests/test_a.py::TestGroup::test_in[1]", outcome: "failed" },
+    { id: "tests/test_b.py::test_bad", outcome: "failed" },
+    { id: "tests/test_c.py::test_no_section", outcome: "xpassed" },
+    { id: "tests/test_d.py::test_nowhere", outcome: "failed" },
+  ];
+  assert.deepEqual(
+    [...failureLines(m.lower, cases)],
+    [
+      ["tests/test_a.py::test_needs_setup", 2],
+      ["tests/test_a.py::test_bad", 5],
+      ["tests/test_a.py::TestGroup::test_in[1]", 7],
+      ["tests/test_b.py::test_bad", 8],
+      ["tests/test_c.py::test_no_section", 11],
+    ],
+  );
 });

@@ -203,7 +203,12 @@ pub async fn get_job(
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
         Some((user, Some((owner, _)))) if owner != user => Err(ApiError::access_denied()),
-        Some((_, Some((_, summary)))) => Ok(Json(summary)),
+        Some((_, Some((_, mut summary)))) => {
+            if summary.status == ci_common::JobStatus::Queued {
+                summary.queue_position = app.store.queue_position(id).await?;
+            }
+            Ok(Json(summary))
+        }
     }
 }
 

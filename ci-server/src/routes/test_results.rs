@@ -1,15 +1,16 @@
 //! `GET /jobs/{id}/tests`: a job's test cases, with the same auth rules as
-//! the job itself.
+//! the job itself; `GET /projects/{name}/tests`: the history of a project's
+//! tests over the caller's jobs.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ci_common::test_results::{JobReport, JobTests, TestCaseView, TestOutcome};
+use ci_common::test_results::{JobReport, JobTests, ProjectTests, TestCaseView, TestOutcome};
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::auth::BearerKey;
+use crate::auth::{AuthUser, BearerKey};
 use crate::error::ApiError;
 use crate::routes::owned_job;
 
@@ -59,17 +60,17 @@ pub async fn job_tests(
         Some(JobReport::Missing { reason }) => no_results(reason),
         Some(JobReport::Cases(cases)) => {
             let summary = app.store.job_test_totals(job.id).await?;
-            let mut flaky = app.store.flaky_tests(job.id).await?;
+            let mut flaky = app.store.flaky_tests(job.id, &outcomes).await?;
+            let new_failures = app.store.new_failures(job.id).await?;
             let cases = cases
                 .into_iter()
                 .map(|case| {
                     let flaky_jobs = flaky.remove(&case.id).unwrap_or_default();
                     TestCaseView {
+                        new_failure: new_failures.contains(&case.id),
                         case,
                         flaky: !flaky_jobs.is_empty(),
                         flaky_jobs,
-                        // Needs the job's project (another change).
-                        new_failure: false,
                     }
                 })
                 .collect();
@@ -82,4 +83,19 @@ pub async fn job_tests(
         }
     };
     Ok(Json(tests))
+}
+
+/// `GET /projects/{name}/tests`: per test of the project, its outcomes over
+/// the caller's latest jobs of it (newest first), its failure rate, median
+/// duration and flakiness. Only the caller's jobs: a project name is the
+/// client's word, not something the server vouches for, so two users'
+/// projects of one name never mix. A name without jobs is an empty list,
+/// not a 404: the project exists as soon as a job names it.
+pub async fn project_tests(
+    State(app): State<App>,
+    AuthUser(user): AuthUser,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ProjectTests>, ApiError> {
+    let Path(name) = name.map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "Not Found"))?;
+    Ok(Json(app.store.project_tests(user.id, &name).await?))
 }
