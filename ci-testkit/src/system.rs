@@ -408,6 +408,21 @@ impl TestSystem {
             .is_some_and(|controller| controller.service.is_running())
     }
 
+    /// Kills the controller (SIGKILL: mid-work, nothing cleaned up, its
+    /// lease left to expire).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.service.kill();
+        }
+    }
+
+    /// Starts a controller again after [`Self::kill_controller`]; returns
+    /// once it leads (when the killed one's lease has expired).
+    pub fn restart_controller(&mut self) {
+        assert!(self.controller.is_none(), "a controller is still running");
+        self.start_controller();
+    }
+
     /// Kills the main server (SIGKILL: no goodbye to its clients).
     pub fn kill_server(&mut self) {
         if let Some(mut server) = self.server.take() {
