@@ -114,7 +114,18 @@ impl ManualJob {
     /// -a -i` with `project` (a workspace tar) on its standard input and its
     /// output read (and copied to `sink` when given), `docker rm`.
     pub async fn run(&self, project: &[u8], sink: Option<&Path>) -> Result<ManualRun> {
-        let args = create_args(&self.spec());
+        self.run_spec(&self.spec(), project, sink).await
+    }
+
+    /// [`ManualJob::run`] of another container than the controller's
+    /// (a baseline that differs from it on purpose).
+    pub async fn run_spec(
+        &self,
+        spec: &ContainerSpec,
+        project: &[u8],
+        sink: Option<&Path>,
+    ) -> Result<ManualRun> {
+        let args = create_args(spec);
         let started_wall = SystemTime::now();
         let started = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -516,6 +527,10 @@ mod tests {
             "1000:1000",
             "--workdir",
             "/workspace",
+            "--env",
+            "PY_COLORS=1",
+            "--env",
+            "COLUMNS=120",
             "--network",
             "none",
             "--memory",

@@ -79,8 +79,11 @@ pub struct JobInstall {
     pub pip_cache: bool,
 }
 
-/// What every job's environment holds beside the image's.
-pub const JOB_ENV: [&str; 0] = [];
+/// What every job's environment holds beside the image's: pytest's colours
+/// (it sees no terminal, so it would print none; `ci` and the page show
+/// them, and strip them where they are not wanted) and a width that fits a
+/// terminal and the page instead of pytest's 80 columns.
+pub const JOB_ENV: [&str; 2] = ["PY_COLORS=1", "COLUMNS=120"];
 
 /// Where the preparation container unpacks the requirements files it gets
 /// (and removes them before it is committed).
@@ -370,6 +373,12 @@ mod tests {
         assert!(spec.cmd[2].starts_with(UNPACK_FROM_STDIN));
         assert!(spec.cmd[2].ends_with(JOB_SCRIPT));
         assert_eq!(spec.cmd[3..], ["ci-job"]);
+    }
+
+    #[test]
+    fn pytest_gets_its_colours_and_a_width() {
+        let spec = job_container_spec(&job(), &config(), &JobInstall::default(), "runner:test");
+        assert_eq!(spec.env, ["PY_COLORS=1", "COLUMNS=120"]);
     }
 
     #[test]

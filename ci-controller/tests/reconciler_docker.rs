@@ -156,7 +156,11 @@ async fn a_job_runs_and_its_container_is_removed() {
         (JobStatus::Completed, Some(true), Some(0))
     );
     let out = h.output(id).await;
-    assert!(out.contains("test_calc.py::test_add PASSED"), "{out}");
+    // In pytest's colours (the job has PY_COLORS=1).
+    assert!(
+        out.contains("test_calc.py::test_add \u{1b}[32mPASSED"),
+        "{out}"
+    );
     assert!(out.contains("1 passed"), "{out}");
     h.no_containers_left().await;
 }

@@ -724,6 +724,14 @@ impl TestSystem {
         })
     }
 
+    /// The job's stored output as `ci` prints it to a pipe: without the
+    /// colour sequences (jobs have pytest's colours on), byte for byte else.
+    pub fn stored_output_piped(&self, id: JobId) -> anyhow::Result<String> {
+        let stored = self.stored_output(id)?;
+        let mut filter = ci_client::OutputFilter::new(ci_client::OutputMode::Plain);
+        Ok(filter.filter(&stored))
+    }
+
     /// What the server, its replicas and the controller have logged so far.
     pub fn service_logs(&self) -> Vec<ServiceLog> {
         self.server

@@ -366,3 +366,23 @@ fn a_controller_killed_during_a_preparation_leaves_no_half_environment() {
     assert_eq!(environments(&sys).len(), 1, "built again, once");
     sys.assert_settled();
 }
+
+/// pytest in a job sees no terminal; the job's environment asks it for its
+/// colours (`PY_COLORS=1`, kept by `ci` and the page on a terminal) and a
+/// width of 120 columns instead of 80.
+#[test]
+fn pytest_prints_its_colours_and_uses_120_columns() {
+    let sys = TestSystem::start();
+    let out = sys.submit_sync(&copy_fixture("no-requirements"));
+    out.assert_code(0);
+    let id = out.job_id().expect("a job id");
+    let stored = sys.stored_output(id).expect("the output");
+    assert!(stored.contains("\u{1b}[32m"), "pytest's green\n{stored}");
+    let piped = sys.stored_output_piped(id).expect("the output");
+    let header = piped
+        .lines()
+        .find(|l| l.contains(" test session starts "))
+        .unwrap_or_else(|| panic!("no header line\n{piped}"));
+    assert_eq!(header.chars().count(), 120, "{header:?}");
+    sys.assert_settled();
+}
