@@ -15,6 +15,7 @@ use ci_common::Job;
 use crate::config::{ControllerConfig, JOB_SCRIPT, UNPACK_FROM_STDIN};
 use crate::environment::LocalEntry;
 use crate::junit_report::REPORT_DIR;
+use crate::pythons::{LABEL_PYTHON, LABEL_PYTHON_VERSION};
 use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB, LABEL_PREPARATION};
 
 /// The runner image's unprivileged user, who owns the workspace.
@@ -261,9 +262,17 @@ exit $status\n"
             .into_iter()
             .map(str::to_string)
             .collect(),
+        // The committed environment inherits these labels (the engine merges
+        // a container's labels, its image's among them, into the commit): an
+        // empty Python label keeps it out of every installation's catalog of
+        // runner images, which a controller without the environments (another
+        // branch, an older release) would otherwise take it for, as the newest
+        // build of its Python.
         labels: BTreeMap::from([
             (LABEL_PREPARATION.to_string(), key.to_string()),
             (LABEL_INSTALLATION.to_string(), installation),
+            (LABEL_PYTHON.to_string(), String::new()),
+            (LABEL_PYTHON_VERSION.to_string(), String::new()),
         ]),
         user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: "/".into(),

@@ -836,6 +836,8 @@ mod tests {
         assert_eq!(tar_files(&input), ["requirements.txt"], "never the project");
         assert_eq!(tar_text(&input, "requirements.txt"), "attrs\n");
         assert_eq!(preparation.spec.image, IMAGE);
+        // What the environment inherits: no Python of its own to offer.
+        assert_eq!(preparation.spec.labels[LABEL_PYTHON], "");
         assert!(preparation.spec.cmd[2].contains("pip install"));
         // A shared environment's downloads come from no user's cache.
         assert_eq!(

@@ -205,6 +205,15 @@ fn a_src_layout_project_installs_its_requirements_once_and_itself_in_each_job() 
     let built = environments(&sys);
     assert_eq!(built.len(), 1);
     assert!(preparations(&sys).is_empty(), "the preparation is removed");
+    // No installation takes an environment for a runner image of its Python.
+    let python = docker_lines(&[
+        "image",
+        "inspect",
+        "--format",
+        "python={{index .Config.Labels \"ci.python\"}}",
+        &built[0],
+    ]);
+    assert_eq!(python, ["python="]);
 
     // A hit: no preparation, one line saying which environment, and the
     // project still installed (from the upload) and tested.
