@@ -41,6 +41,28 @@ pub fn passing(root: &Path) -> Result<Project> {
     )
 }
 
+/// The requirements of the environments figure: real dependencies from PyPI.
+pub const ATTRS_HYPOTHESIS: &str = "attrs\nhypothesis\n";
+
+/// The environments figure's project: tests of `attrs` with `hypothesis`
+/// (`uses_them`) or a trivial test, with those requirements or none.
+pub fn attrs_hypothesis(root: &Path, uses_them: bool, requirements: bool) -> Result<Project> {
+    let test = if uses_them {
+        "import attrs\nfrom hypothesis import given, strategies as st\n\n\n\
+         @attrs.define\nclass Point:\n    x: int\n    y: int\n\n\n\
+         @given(st.integers(), st.integers())\n\
+         def test_points_compare_by_value(x, y):\n    assert Point(x, y) == Point(x, y)\n"
+    } else {
+        "def test_points_compare_by_value():\n    assert (1, 2) == (1, 2)\n"
+    };
+    let mut files = vec![("test_props.py", test.to_string())];
+    if requirements {
+        files.push(("requirements.txt", ATTRS_HYPOTHESIS.to_string()));
+    }
+    let name = format!("attrs-hypothesis-{uses_them}-{requirements}");
+    write_project(&root.join(name), &files)
+}
+
 /// One passing test that prints `lines` numbered lines past pytest's capture.
 pub fn big_output(root: &Path, lines: usize) -> Result<Project> {
     let test = format!(

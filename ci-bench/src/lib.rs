@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The eleven figures, by the name `--only` takes.
+/// The twelve figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -70,6 +70,9 @@ pub enum FigureKind {
     BigInputs,
     Page,
     TestResults,
+    /// Dependency environments (needs PyPI over the bridge network; not in
+    /// `--quick`).
+    Environments,
 }
 
 impl Options {
@@ -170,6 +173,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         add(
             figures,
             figures::test_results::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Environments) && !options.quick {
+        progress("figure 12: dependency environments, on a system whose jobs reach PyPI");
+        add(
+            figures,
+            figures::environments::measure(&system_options, &ctx).await?,
         );
     }
     if options.wants(FigureKind::Memory) {

@@ -1,9 +1,10 @@
-//! The eleven figures. Each takes its baseline in the same run, interleaved with
+//! The twelve figures. Each takes its baseline in the same run, interleaved with
 //! the measurement where the figure allows, so that a busy neighbour on the
 //! machine slows both sides alike.
 
 pub mod api;
 pub mod big_inputs;
+pub mod environments;
 pub mod fanout;
 pub mod latency;
 pub mod logs;
@@ -57,6 +58,9 @@ pub struct Plan {
     pub report_pairs: usize,
     /// Cases of the report the controller's memory is measured storing.
     pub report_memory_cases: usize,
+    /// Rounds of the environments figure's pairs (it needs PyPI: none in
+    /// `--quick`).
+    pub environment_pairs: usize,
 }
 
 impl Plan {
@@ -90,6 +94,7 @@ impl Plan {
             report_tests: 5000,
             report_pairs: 6,
             report_memory_cases: 200_000,
+            environment_pairs: 4,
         }
     }
 
@@ -125,6 +130,7 @@ impl Plan {
             report_tests: 500,
             report_pairs: 1,
             report_memory_cases: 20_000,
+            environment_pairs: 0,
         }
     }
 }
