@@ -248,7 +248,12 @@ fn a_src_layout_project_installs_its_requirements_once_and_itself_in_each_job() 
 
 #[test]
 fn two_jobs_with_one_new_key_build_it_once() {
-    let sys = bridge();
+    // Both run at once, whatever the machine's CPU count: the second waits
+    // for the first one's build.
+    let sys = TestSystem::options()
+        .job_network("bridge")
+        .controller_env("CI_MAX_CONCURRENT_JOBS", "2")
+        .start();
     let creations = Creations::follow(&sys);
     let project = attrs_project("attrs\nhypothesis\n");
     let jobs: Vec<JobId> = (0..2).map(|_| sys.submit_async(&project)).collect();
