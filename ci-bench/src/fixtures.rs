@@ -45,8 +45,13 @@ pub fn passing(root: &Path) -> Result<Project> {
 pub const ATTRS_HYPOTHESIS: &str = "attrs\nhypothesis\n";
 
 /// The environments figure's project: tests of `attrs` with `hypothesis`
-/// (`uses_them`) or a trivial test, with those requirements or none.
-pub fn attrs_hypothesis(root: &Path, uses_them: bool, requirements: bool) -> Result<Project> {
+/// (`uses_them`) or a trivial test, with `requirements` (a
+/// `requirements.txt`) or none.
+pub fn attrs_hypothesis(
+    root: &Path,
+    uses_them: bool,
+    requirements: Option<&str>,
+) -> Result<Project> {
     let test = if uses_them {
         "import attrs\nfrom hypothesis import given, strategies as st\n\n\n\
          @attrs.define\nclass Point:\n    x: int\n    y: int\n\n\n\
@@ -56,10 +61,13 @@ pub fn attrs_hypothesis(root: &Path, uses_them: bool, requirements: bool) -> Res
         "def test_points_compare_by_value():\n    assert (1, 2) == (1, 2)\n"
     };
     let mut files = vec![("test_props.py", test.to_string())];
-    if requirements {
-        files.push(("requirements.txt", ATTRS_HYPOTHESIS.to_string()));
+    if let Some(requirements) = requirements {
+        files.push(("requirements.txt", requirements.to_string()));
     }
-    let name = format!("attrs-hypothesis-{uses_them}-{requirements}");
+    let name = format!(
+        "attrs-hypothesis-{uses_them}-{}",
+        requirements.map_or(0, str::len)
+    );
     write_project(&root.join(name), &files)
 }
 

@@ -7,7 +7,8 @@
 //! - a first submit (`--fresh-env`: the environment is built) ÷ the same
 //!   install and pytest by hand in one container from the runner image;
 //! - what a hit adds to `ci submit test` over the same job without
-//!   requirements (a trivial test, so only the environment differs).
+//!   requirements (a trivial test with `attrs` only, which pytest does not
+//!   load: only the service's work differs).
 //!
 //! pip's download cache is warm on both sides (the preparation's volume and
 //! the by-hand one are filled by an untimed run first), so the figure weighs
@@ -39,10 +40,12 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
         .prefix("ci-bench-environments-")
         .tempdir()
         .map_err(BenchError::io("creating a scratch folder"))?;
-    let with = attrs_hypothesis(scratch.path(), true, true)?;
-    // The hit's cost alone: a trivial test, with the requirements and without.
-    let trivial = attrs_hypothesis(scratch.path(), false, true)?;
-    let without = attrs_hypothesis(scratch.path(), false, false)?;
+    let with = attrs_hypothesis(scratch.path(), true, Some(ATTRS_HYPOTHESIS))?;
+    // The hit's cost alone: a trivial test, with a requirement and without.
+    // Not hypothesis: pytest loads its plugin in every run of an environment
+    // that has it, which is the project's own cost, not the service's.
+    let trivial = attrs_hypothesis(scratch.path(), false, Some("attrs\n"))?;
+    let without = attrs_hypothesis(scratch.path(), false, None)?;
     let mut controller_env = options.controller_env.clone();
     controller_env.push(("CI_JOB_NETWORK".into(), "bridge".into()));
     let system = System::start(&SystemOptions {
