@@ -71,6 +71,35 @@ pub fn attrs_hypothesis(
     write_project(&root.join(name), &files)
 }
 
+/// The environments figure's project that installs itself: a src layout
+/// built with setuptools, `.` in its requirements, its dependencies (`attrs`,
+/// `hypothesis`) in its `pyproject.toml`.
+pub fn installs_itself(root: &Path) -> Result<Project> {
+    write_project(
+        &root.join("installs-itself"),
+        &[
+            ("requirements.txt", ".\n".to_string()),
+            (
+                "pyproject.toml",
+                "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+                 [project]\nname = \"benchpoints\"\nversion = \"0.1.0\"\ndependencies = [\"attrs\", \"hypothesis\"]\n"
+                    .to_string(),
+            ),
+            (
+                "src/benchpoints/__init__.py",
+                "import attrs\n\n\n@attrs.define\nclass Point:\n    x: int\n    y: int\n".to_string(),
+            ),
+            (
+                "tests/test_points.py",
+                "from hypothesis import given, strategies as st\n\nfrom benchpoints import Point\n\n\n\
+                 @given(st.integers(), st.integers())\n\
+                 def test_points_compare_by_value(x, y):\n    assert Point(x, y) == Point(x, y)\n"
+                    .to_string(),
+            ),
+        ],
+    )
+}
+
 /// One passing test that prints `lines` numbered lines past pytest's capture.
 pub fn big_output(root: &Path, lines: usize) -> Result<Project> {
     let test = format!(
@@ -202,6 +231,10 @@ fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<Project> {
     std::fs::create_dir_all(dir).map_err(BenchError::io(format!("creating {}", dir.display())))?;
     for (name, text) in files {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(BenchError::io(format!("creating {}", parent.display())))?;
+        }
         std::fs::write(&path, text)
             .map_err(BenchError::io(format!("writing {}", path.display())))?;
     }

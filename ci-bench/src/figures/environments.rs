@@ -6,6 +6,8 @@
 //!   `docker run … pip install` and `docker commit`);
 //! - a first submit (`--fresh-env`: the environment is built) ÷ the same
 //!   install and pytest by hand in one container from the runner image;
+//! - a later submit of a src-layout project that installs itself (`.`)
+//!   ÷ pytest alone by hand in that image, the project on `PYTHONPATH`;
 //! - what a hit adds to `ci submit test` over the same job without
 //!   requirements (a trivial test with `attrs` only, which pytest does not
 //!   load: only the service's work differs).
@@ -26,12 +28,13 @@ use super::overhead::{by_hand_as, ci_submit_with};
 use super::{ms, progress, Context};
 use crate::docker::{docker, project_tar, ManualJob, LABEL_BENCH};
 use crate::error::{BenchError, Result};
-use crate::fixtures::{attrs_hypothesis, Project, ATTRS_HYPOTHESIS};
+use crate::fixtures::{attrs_hypothesis, installs_itself, Project, ATTRS_HYPOTHESIS};
 use crate::report::{Figure, Target};
 use crate::stats::median;
 use crate::system::{System, SystemOptions};
 
 pub const TARGET_HIT_RATIO: f64 = 1.3;
+pub const TARGET_ITSELF_HIT_RATIO: f64 = 1.5;
 pub const TARGET_FIRST_RATIO: f64 = 1.1;
 pub const TARGET_HIT_ADDED_MS: f64 = 150.0;
 
@@ -46,6 +49,7 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     // that has it, which is the project's own cost, not the service's.
     let trivial = attrs_hypothesis(scratch.path(), false, Some("attrs\n"))?;
     let without = attrs_hypothesis(scratch.path(), false, None)?;
+    let itself = installs_itself(scratch.path())?;
     let mut controller_env = options.controller_env.clone();
     controller_env.push(("CI_JOB_NETWORK".into(), "bridge".into()));
     let system = System::start(&SystemOptions {
@@ -54,7 +58,13 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     })
     .await?;
     let deps_image = format!("ci-bench-deps:{}", system.prefix.trim_end_matches('-'));
-    let result = measure_on(&system, &with, &trivial, &without, &deps_image, ctx).await;
+    let projects = Projects {
+        with,
+        trivial,
+        without,
+        itself,
+    };
+    let result = measure_on(&system, &projects, &deps_image, ctx).await;
     let _ = docker(&["image", "rm", "-f", &deps_image]).await;
     let stopped = system.shutdown().await;
     let figures = result?;
@@ -62,14 +72,30 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     Ok(figures)
 }
 
+/// The figure's projects.
+struct Projects {
+    /// Tests of attrs with hypothesis, from its requirements.
+    with: Project,
+    /// A trivial test with a requirement (attrs).
+    trivial: Project,
+    /// The same trivial test without requirements.
+    without: Project,
+    /// A src layout that installs itself (`.`), with the same tests.
+    itself: Project,
+}
+
 async fn measure_on(
     system: &System,
-    with: &Project,
-    trivial: &Project,
-    without: &Project,
+    projects: &Projects,
     deps_image: &str,
     ctx: &Context<'_>,
 ) -> Result<Vec<Figure>> {
+    let Projects {
+        with,
+        trivial,
+        without,
+        itself,
+    } = projects;
     let key = system.user_with_key("bench-env").await?;
     let mut manual = system.manual_job();
     manual.config.network_mode = "bridge".into();
@@ -86,18 +112,28 @@ async fn measure_on(
         ..manual.clone()
     };
 
+    let itself_tar = project_tar(&itself.zip)?;
+    let mut itself_alone = from_deps.spec();
+    itself_alone
+        .env
+        .push(format!("PYTHONPATH={WORKSPACE_DIR}/src"));
+
     // Untimed: the environment built, both pip caches filled, images warm.
     submit(system, &key, &with.dir, false).await?;
     submit(system, &key, &without.dir, false).await?;
     submit(system, &key, &trivial.dir, false).await?;
     by_hand_as(&manual, &installing, &tar).await?;
     by_hand_as(&from_deps, &from_deps.spec(), &tar).await?;
+    submit(system, &key, &itself.dir, false).await?;
+    by_hand_as(&from_deps, &itself_alone, &itself_tar).await?;
 
     let pairs = ctx.plan.environment_pairs;
     let mut hit = Vec::new();
     let mut deps = Vec::new();
     let mut none = Vec::new();
     let mut trivial_hit = Vec::new();
+    let (mut itself_ratios, mut itself_hit, mut itself_by_hand) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut first = Vec::new();
     let mut install = Vec::new();
     let (mut hit_ratios, mut first_ratios) = (Vec::new(), Vec::new());
@@ -115,6 +151,15 @@ async fn measure_on(
             submit(system, &key, &trivial.dir, false),
         )
         .await?;
+        let (s, a) = ordered(
+            flip,
+            submit(system, &key, &itself.dir, false),
+            by_hand_as(&from_deps, &itself_alone, &itself_tar),
+        )
+        .await?;
+        itself_ratios.push(ms(s) / ms(a));
+        itself_hit.push(ms(s));
+        itself_by_hand.push(ms(a));
         let (f, b) = ordered(
             flip,
             submit(system, &key, &with.dir, true),
@@ -153,6 +198,16 @@ async fn measure_on(
         .baseline(med(&deps), "ms")
         .target(Target::AtMost(TARGET_HIT_RATIO))
         .extra("hit_ms", format!("{:.1}", med(&hit)))
+        .extra("pairs", pairs),
+        Figure::new(
+            "environment_itself_hit_ratio",
+            "12d later submit of a project that installs itself / pytest by hand in an image with the deps",
+            med(&itself_ratios),
+            "x",
+        )
+        .baseline(med(&itself_by_hand), "ms")
+        .target(Target::AtMost(TARGET_ITSELF_HIT_RATIO))
+        .extra("hit_ms", format!("{:.1}", med(&itself_hit)))
         .extra("pairs", pairs),
         Figure::new(
             "environment_first_ratio",
@@ -235,6 +290,8 @@ async fn image_with_dependencies(manual: &ManualJob, prefix: &str, image: &str) 
         "off".into(),
     ];
     args.extend(ATTRS_HYPOTHESIS.lines().map(str::to_string));
+    // What the self-installing project's environment holds besides.
+    args.extend(["setuptools>=61".to_string(), "wheel".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let installed = docker(&args).await;
     let committed = match installed {
