@@ -9,8 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ci_common::Job;
 use ci_controller::config::ControllerConfig;
-use ci_controller::container_spec::{job_container_spec, ContainerSpec, VolumeMount};
-use ci_controller::project_facts::ProjectFacts;
+use ci_controller::container_spec::{job_container_spec, ContainerSpec, JobInstall, VolumeMount};
 use ci_controller::runtime::LABEL_JOB;
 use ci_controller::workspace::zip_to_tar;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -54,6 +53,9 @@ pub struct ManualJob {
     pub bench_label: String,
     /// Whose job it is (names the pip cache volume, as for a real user).
     pub user: Uuid,
+    /// What the job installs itself (its project's local entries): the
+    /// controller's job runs from an environment with the rest installed.
+    pub install: JobInstall,
 }
 
 /// What one hand-made run saw, timed from just before `docker create`.
@@ -92,36 +94,13 @@ pub fn project_tar(zip: &[u8]) -> Result<Vec<u8>> {
         .map_err(|e| BenchError::Setup(format!("the project does not unpack: {e}")))
 }
 
-/// What the controller would know of the project whose workspace tar is
-/// `tar` (the controller reads it from the zip's directory; the by-hand job
-/// has only the tar): whether it has a `requirements.txt`.
-fn facts_of_tar(tar: &[u8]) -> ProjectFacts {
-    let mut archive = tar::Archive::new(tar);
-    let has_requirements = archive.entries().is_ok_and(|entries| {
-        entries.filter_map(std::result::Result::ok).any(|entry| {
-            entry.header().entry_type() == tar::EntryType::Regular
-                && entry
-                    .path()
-                    .is_ok_and(|p| p == Path::new(ci_controller::environment::REQUIREMENTS_FILE))
-        })
-    });
-    ProjectFacts {
-        has_requirements,
-        requires_python: None,
-    }
-}
-
 impl ManualJob {
     /// The controller's container for a fresh job with `project`, labelled for
     /// the benchmark instead of the installation, so that the controller never
     /// takes it for an orphan of its own and the cleanup finds it.
-    pub fn spec(&self, project: &[u8]) -> ContainerSpec {
-        let mut spec = job_container_spec(
-            &self.job(),
-            &self.config,
-            &facts_of_tar(project),
-            &self.config.image,
-        );
+    pub fn spec(&self) -> ContainerSpec {
+        let mut spec =
+            job_container_spec(&self.job(), &self.config, &self.install, &self.config.image);
         spec.labels = BTreeMap::from([(LABEL_BENCH.to_string(), self.bench_label.clone())]);
         spec
     }
@@ -135,7 +114,18 @@ impl ManualJob {
     /// -a -i` with `project` (a workspace tar) on its standard input and its
     /// output read (and copied to `sink` when given), `docker rm`.
     pub async fn run(&self, project: &[u8], sink: Option<&Path>) -> Result<ManualRun> {
-        let args = create_args(&self.spec(project));
+        self.run_spec(&self.spec(), project, sink).await
+    }
+
+    /// [`ManualJob::run`] of another container than the controller's
+    /// (a baseline that differs from it on purpose).
+    pub async fn run_spec(
+        &self,
+        spec: &ContainerSpec,
+        project: &[u8],
+        sink: Option<&Path>,
+    ) -> Result<ManualRun> {
+        let args = create_args(spec);
         let started_wall = SystemTime::now();
         let started = Instant::now();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -172,6 +162,7 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
         tmpfs,
         log_driver,
         stdin_once,
+        env,
     } = spec;
     let mut args: Vec<String> = vec!["create".into()];
     let mut flag = |name: &str, value: String| {
@@ -186,6 +177,9 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
     }
     flag("--user", user.clone());
     flag("--workdir", working_dir.clone());
+    for variable in env {
+        flag("--env", variable.clone());
+    }
     // `none` also disables networking, as the API's `NetworkDisabled` does.
     flag("--network", network_mode.clone());
     let limits = [
@@ -474,28 +468,32 @@ mod tests {
             config,
             bench_label: "p-".into(),
             user: Uuid::new_v4(),
+            install: JobInstall::default(),
         }
     }
 
-    fn tar_of(files: &[&str]) -> Vec<u8> {
-        use std::io::Write;
-        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        for name in files {
-            zip.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            zip.write_all(b"x = 1\n").unwrap();
+    /// A job that installs its own project (`.` in its requirements).
+    fn installs_itself() -> JobInstall {
+        use ci_controller::environment::LocalEntry;
+        JobInstall {
+            local: vec![LocalEntry {
+                path: ".".into(),
+                extras: vec![],
+                editable: false,
+                dependencies_known: true,
+            }],
+            pip_cache: true,
         }
-        project_tar(&zip.finish().unwrap().into_inner()).unwrap()
     }
 
     #[test]
     fn hand_made_containers_are_the_controllers_labelled_for_the_benchmark() {
-        let manual = manual_job();
-        for (files, has_requirements) in [
-            (&["test_a.py"][..], false),
-            (&["test_a.py", "requirements.txt"][..], true),
-        ] {
-            let spec = manual.spec(&tar_of(files));
+        for install in [JobInstall::default(), installs_itself()] {
+            let manual = ManualJob {
+                install: install.clone(),
+                ..manual_job()
+            };
+            let spec = manual.spec();
             assert_eq!(
                 spec.labels,
                 BTreeMap::from([("ci.bench".to_string(), "p-".to_string())]),
@@ -504,23 +502,20 @@ mod tests {
             let mut controllers = job_container_spec(
                 &manual.job(),
                 &manual.config,
-                &ProjectFacts {
-                    has_requirements,
-                    requires_python: None,
-                },
+                &install,
                 &manual.config.image,
             );
             // Only what names one job differs.
             controllers.name.clone_from(&spec.name);
             controllers.labels.clone_from(&spec.labels);
-            assert_eq!(spec, controllers, "{files:?}");
+            assert_eq!(spec, controllers, "{install:?}");
         }
     }
 
     #[test]
     fn a_spec_is_spelled_for_the_cli_flag_by_flag() {
         let manual = manual_job();
-        let spec = manual.spec(&tar_of(&["test_a.py"]));
+        let spec = manual.spec();
         let args = create_args(&spec);
         let mut expected: Vec<String> = [
             "create",
@@ -532,6 +527,10 @@ mod tests {
             "1000:1000",
             "--workdir",
             "/workspace",
+            "--env",
+            "PY_COLORS=1",
+            "--env",
+            "COLUMNS=120",
             "--network",
             "none",
             "--memory",
@@ -565,7 +564,11 @@ mod tests {
         expected.extend(spec.cmd.iter().cloned());
         assert_eq!(args, expected);
 
-        let installs = manual.spec(&tar_of(&["test_a.py", "requirements.txt"]));
+        let installs = ManualJob {
+            install: installs_itself(),
+            ..manual
+        }
+        .spec();
         let args = create_args(&installs).join(" ");
         assert!(!args.contains("--read-only") && !args.contains("--tmpfs"));
         assert!(args.contains(&format!(

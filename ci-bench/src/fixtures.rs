@@ -41,6 +41,65 @@ pub fn passing(root: &Path) -> Result<Project> {
     )
 }
 
+/// The requirements of the environments figure: real dependencies from PyPI.
+pub const ATTRS_HYPOTHESIS: &str = "attrs\nhypothesis\n";
+
+/// The environments figure's project: tests of `attrs` with `hypothesis`
+/// (`uses_them`) or a trivial test, with `requirements` (a
+/// `requirements.txt`) or none.
+pub fn attrs_hypothesis(
+    root: &Path,
+    uses_them: bool,
+    requirements: Option<&str>,
+) -> Result<Project> {
+    let test = if uses_them {
+        "import attrs\nfrom hypothesis import given, strategies as st\n\n\n\
+         @attrs.define\nclass Point:\n    x: int\n    y: int\n\n\n\
+         @given(st.integers(), st.integers())\n\
+         def test_points_compare_by_value(x, y):\n    assert Point(x, y) == Point(x, y)\n"
+    } else {
+        "def test_points_compare_by_value():\n    assert (1, 2) == (1, 2)\n"
+    };
+    let mut files = vec![("test_props.py", test.to_string())];
+    if let Some(requirements) = requirements {
+        files.push(("requirements.txt", requirements.to_string()));
+    }
+    let name = format!(
+        "attrs-hypothesis-{uses_them}-{}",
+        requirements.map_or(0, str::len)
+    );
+    write_project(&root.join(name), &files)
+}
+
+/// The environments figure's project that installs itself: a src layout
+/// built with setuptools, `.` in its requirements, its dependencies (`attrs`,
+/// `hypothesis`) in its `pyproject.toml`.
+pub fn installs_itself(root: &Path) -> Result<Project> {
+    write_project(
+        &root.join("installs-itself"),
+        &[
+            ("requirements.txt", ".\n".to_string()),
+            (
+                "pyproject.toml",
+                "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+                 [project]\nname = \"benchpoints\"\nversion = \"0.1.0\"\ndependencies = [\"attrs\", \"hypothesis\"]\n"
+                    .to_string(),
+            ),
+            (
+                "src/benchpoints/__init__.py",
+                "import attrs\n\n\n@attrs.define\nclass Point:\n    x: int\n    y: int\n".to_string(),
+            ),
+            (
+                "tests/test_points.py",
+                "from hypothesis import given, strategies as st\n\nfrom benchpoints import Point\n\n\n\
+                 @given(st.integers(), st.integers())\n\
+                 def test_points_compare_by_value(x, y):\n    assert Point(x, y) == Point(x, y)\n"
+                    .to_string(),
+            ),
+        ],
+    )
+}
+
 /// One passing test that prints `lines` numbered lines past pytest's capture.
 pub fn big_output(root: &Path, lines: usize) -> Result<Project> {
     let test = format!(
@@ -172,6 +231,10 @@ fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<Project> {
     std::fs::create_dir_all(dir).map_err(BenchError::io(format!("creating {}", dir.display())))?;
     for (name, text) in files {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(BenchError::io(format!("creating {}", parent.display())))?;
+        }
         std::fs::write(&path, text)
             .map_err(BenchError::io(format!("writing {}", path.display())))?;
     }

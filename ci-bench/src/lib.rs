@@ -2,7 +2,7 @@
 //!
 //! It starts its own system (the real `ci-server` and `ci-controller` on a
 //! scratch database, its own container prefix, network `none`, a user and key
-//! made with `ci-admin`) and measures thirteen figures, each against a baseline
+//! made with `ci-admin`) and measures fourteen figures, each against a baseline
 //! taken in the same run: the same work done by hand through the Docker CLI, or
 //! the cheapest request the same client can make. Missed targets are results,
 //! not errors; only a failure to measure is an error.
@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The thirteen figures, by the name `--only` takes.
+/// The fourteen figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -74,6 +74,9 @@ pub enum FigureKind {
     Retention,
     /// Metrics and access logs against none; the controller's scrape.
     Operations,
+    /// Dependency environments (needs PyPI over the bridge network; not in
+    /// `--quick`).
+    Environments,
 }
 
 impl Options {
@@ -181,6 +184,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
         add(
             figures,
             figures::retention::measure(&system_options, &ctx).await?,
+        );
+    }
+    if options.wants(FigureKind::Environments) && !options.quick {
+        progress("figure 14: dependency environments, on a system whose jobs reach PyPI");
+        add(
+            figures,
+            figures::environments::measure(&system_options, &ctx).await?,
         );
     }
     if options.wants(FigureKind::Memory) {

@@ -275,6 +275,7 @@ impl System {
             config: self.controller_config(),
             bench_label: self.prefix.clone(),
             user: self.manual_user,
+            install: ci_controller::container_spec::JobInstall::default(),
         }
     }
 

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use ci_bench::docker::{create_args, docker, project_tar, ManualJob, LABEL_BENCH};
+use ci_controller::container_spec::JobInstall;
+use ci_controller::environment::LocalEntry;
 use ci_controller::{ContainerRuntime, ControllerConfig, DockerRuntime};
 use serde_json::Value;
 use uuid::Uuid;
@@ -20,6 +22,7 @@ fn manual_job(prefix: &str) -> ManualJob {
         config,
         bench_label: prefix.to_string(),
         user: Uuid::new_v4(),
+        install: JobInstall::default(),
     }
 }
 
@@ -70,6 +73,7 @@ async fn as_created(id: &str) -> Value {
         "user": config["User"],
         "working_dir": config["WorkingDir"],
         "labels": config["Labels"],
+        "env": config["Env"],
         "open_stdin": config["OpenStdin"],
         "stdin_once": config["StdinOnce"],
         "tty": config["Tty"],
@@ -93,14 +97,26 @@ async fn the_cli_creates_the_container_the_controller_creates() {
     let runtime = DockerRuntime::connect()
         .await
         .expect("a Docker engine (scripts/docker-engine.sh)");
-    let manual = manual_job(&prefix);
-    // On a read-only root, and (installing) on a writable one with the pip cache.
-    let projects = [
-        passing_project(),
-        project(&[TEST_OK, ("requirements.txt", "")]),
+    // On a read-only root, and (installing its project) on a writable one
+    // with the pip cache.
+    let installs = [
+        JobInstall::default(),
+        JobInstall {
+            local: vec![LocalEntry {
+                path: ".".into(),
+                extras: vec![],
+                editable: true,
+                dependencies_known: true,
+            }],
+            pip_cache: true,
+        },
     ];
-    for (i, tar) in projects.iter().enumerate() {
-        let spec = manual.spec(tar);
+    for (i, install) in installs.into_iter().enumerate() {
+        let manual = ManualJob {
+            install,
+            ..manual_job(&prefix)
+        };
+        let spec = manual.spec();
         assert_eq!(spec.read_only_rootfs, i == 0);
 
         let by_runtime = runtime.create(&spec).await.unwrap();

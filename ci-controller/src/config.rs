@@ -17,9 +17,11 @@ pub const UNPACK_FROM_STDIN: &str = "tar -x -C /workspace -f - 2>&1 \
 || { echo '[ci] The project did not arrive whole in the container.'; exit 1; }\n\
 exec </dev/null\n";
 
-/// What a job does once its project is in `/workspace`: install the
-/// requirements when there are any, then run pytest with the job's pytest
-/// arguments (the script's own, `"$@"`). A project whose environment has no
+/// What a job does once its project is in `/workspace` (and its local
+/// entries are installed, see `container_spec::job_script`): run pytest with
+/// the job's pytest arguments (the script's own, `"$@"`). Its requirements
+/// are installed already, in the environment image it runs from (see
+/// `environment_cache`). A project whose environment has no
 /// pytest of its own runs the image's (`/opt/ci-pytest`, see
 /// `runner-image/Dockerfile`), put on the path only then and only for the
 /// tests, so pip never mistakes it for one the project installed. stderr
@@ -30,12 +32,35 @@ exec </dev/null\n";
 /// image) runs pytest without a report, as pytest would crash at its end
 /// writing one there.
 pub const JOB_SCRIPT: &str = "exec 2>&1\n\
-if [ -f requirements.txt ]; then\n\
-  pip install --no-input --progress-bar off -r requirements.txt || exit $?\n\
-fi\n\
 [ -d \"$(echo \"$VIRTUAL_ENV\"/lib/python3*/site-packages/pytest)\" ] \
 || export PYTHONPATH=/opt/ci-pytest${PYTHONPATH:+:$PYTHONPATH}\n\
 exec python -m pytest -v $([ -w /ci-report ] && echo --junitxml=/ci-report/junit.xml -o junit_family=xunit1) \"$@\"\n";
+
+/// The default total size of the cached environments (`CI_ENV_CACHE_BYTES`).
+pub const DEFAULT_ENV_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// The default age after which an environment is built again
+/// (`CI_ENV_MAX_AGE`), so unpinned requirements pick up new releases.
+pub const DEFAULT_ENV_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How the dependency environments are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvironmentLimits {
+    /// The most bytes the environment images may take together (their own
+    /// layers, not the runner image they share); the least recently used
+    /// go first.
+    pub max_bytes: u64,
+    /// An environment built longer ago is not used again, and removed.
+    pub max_age: Duration,
+}
+
+impl Default for EnvironmentLimits {
+    fn default() -> Self {
+        EnvironmentLimits {
+            max_bytes: DEFAULT_ENV_CACHE_BYTES,
+            max_age: DEFAULT_ENV_MAX_AGE,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -70,6 +95,8 @@ pub struct ControllerConfig {
     pub test_report: Option<ReportLimits>,
     /// What the reaper deletes and how it paces itself.
     pub reaper: ReaperConfig,
+    /// How the dependency environments are kept.
+    pub environments: EnvironmentLimits,
 }
 
 impl Default for ControllerConfig {
@@ -94,6 +121,7 @@ impl Default for ControllerConfig {
             read_only_rootfs: true,
             test_report: Some(ReportLimits::default()),
             reaper: ReaperConfig::default(),
+            environments: EnvironmentLimits::default(),
         }
     }
 }
@@ -106,6 +134,15 @@ impl ControllerConfig {
         self.pip_cache_volume
             .as_ref()
             .map(|stem| format!("{stem}-{user}"))
+    }
+
+    /// The pip cache of the preparation containers of environments shared
+    /// between users: no job mounts it, so no user's job can plant what
+    /// another user's environment installs.
+    pub fn shared_pip_cache_volume(&self) -> Option<String> {
+        self.pip_cache_volume
+            .as_ref()
+            .map(|stem| format!("{stem}-environments"))
     }
 
     /// Names this installation `prefix`: its containers, their label, and
@@ -184,6 +221,17 @@ mod tests {
             "only where the report can be written: {pytest}"
         );
         assert!(pytest.contains("-o junit_family=xunit1"), "{pytest}");
+    }
+
+    #[test]
+    fn the_environments_pip_cache_is_no_users() {
+        let config = ControllerConfig {
+            pip_cache_volume: Some("p-ci-pip-cache".into()),
+            ..ControllerConfig::default()
+        };
+        let shared = config.shared_pip_cache_volume();
+        assert_eq!(shared.as_deref(), Some("p-ci-pip-cache-environments"));
+        assert_ne!(shared, config.pip_cache_volume_for(uuid::Uuid::nil()));
     }
 
     #[test]

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use ci_common::Job;
 
 use crate::config::{ControllerConfig, JOB_SCRIPT, UNPACK_FROM_STDIN};
+use crate::environment::LocalEntry;
 use crate::junit_report::REPORT_DIR;
-use crate::project_facts::ProjectFacts;
-use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB};
+use crate::pythons::{LABEL_PYTHON, LABEL_PYTHON_VERSION};
+use crate::runtime::{LABEL_INSTALLATION, LABEL_JOB, LABEL_PREPARATION};
 
 /// The runner image's unprivileged user, who owns the workspace.
 pub const JOB_UID: u64 = crate::workspace::WORKSPACE_UID;
@@ -62,6 +63,60 @@ pub struct ContainerSpec {
     /// The container reads its input once, on standard input, which ends
     /// when the writer closes it (see `ContainerRuntime::start_with_input`).
     pub stdin_once: bool,
+    /// Environment variables beside the image's (`NAME=value`).
+    pub env: Vec<String>,
+}
+
+/// What a job's own container installs before its tests: the project's
+/// local entries (`.`, `-e .`, `./pkg`), from the upload, into the
+/// environment the preparation made (whose build requirements they use, so
+/// nothing is downloaded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobInstall {
+    pub local: Vec<LocalEntry>,
+    /// The project has requirements: the job gets its user's pip cache
+    /// (its own, so nothing in it reaches another user's job), as pip run
+    /// by the job or its tests expects one.
+    pub pip_cache: bool,
+}
+
+/// What every job's environment holds beside the image's: pytest's colours
+/// (it sees no terminal, so it would print none; `ci` and the page show
+/// them, and strip them where they are not wanted) and a width that fits a
+/// terminal and the page instead of pytest's 80 columns.
+pub const JOB_ENV: [&str; 2] = ["PY_COLORS=1", "COLUMNS=120"];
+
+/// Where the preparation container unpacks the requirements files it gets
+/// (and removes them before it is committed).
+pub const PREPARATION_DIR: &str = "/tmp/ci-environment";
+
+/// `value` as one word for `sh`, whatever it holds.
+fn shell_word(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// The job's script: its local entries installed (without dependencies
+/// when the plan knew them, without build isolation always), then pytest.
+pub fn job_script(install: &JobInstall) -> String {
+    let mut script = String::from(UNPACK_FROM_STDIN);
+    for entry in &install.local {
+        let mut target = entry.path.clone();
+        if !entry.extras.is_empty() {
+            target = format!("{target}[{}]", entry.extras.join(","));
+        }
+        script.push_str("pip install --no-input --progress-bar off --no-build-isolation");
+        if entry.dependencies_known {
+            script.push_str(" --no-deps");
+        }
+        if entry.editable {
+            script.push_str(" -e");
+        }
+        script.push(' ');
+        script.push_str(&shell_word(&target));
+        script.push_str(" 2>&1 || exit $?\n");
+    }
+    script.push_str(JOB_SCRIPT);
+    script
 }
 
 /// A volume mounted into the container.
@@ -81,12 +136,12 @@ pub struct VolumeMount {
 pub fn job_container_spec(
     job: &Job,
     config: &ControllerConfig,
-    project: &ProjectFacts,
+    install: &JobInstall,
     image: &str,
 ) -> ContainerSpec {
     // `pip install` writes into the image's venv; a job that installs nothing
-    // runs on a read-only root.
-    let read_only_rootfs = config.read_only_rootfs && !project.has_requirements;
+    // (its requirements are in its environment image) runs on a read-only root.
+    let read_only_rootfs = config.read_only_rootfs && install.local.is_empty();
     let installation = config.installation();
     let labels = BTreeMap::from([
         (LABEL_JOB.to_string(), job.id.to_string()),
@@ -95,7 +150,7 @@ pub fn job_container_spec(
     let mut volumes = Vec::new();
     if let Some(cache) = config
         .pip_cache_volume_for(job.user_id)
-        .filter(|_| !read_only_rootfs)
+        .filter(|_| install.pip_cache || !install.local.is_empty())
     {
         volumes.push(VolumeMount {
             name: Some(cache),
@@ -135,16 +190,11 @@ pub fn job_container_spec(
         image: image.to_string(),
         // The pytest arguments are the script's own (`"$@"`), never text for
         // a shell to read.
-        cmd: [
-            "sh",
-            "-c",
-            &format!("{UNPACK_FROM_STDIN}{JOB_SCRIPT}"),
-            "ci-job",
-        ]
-        .into_iter()
-        .map(str::to_string)
-        .chain(job.options.pytest_args.iter().cloned())
-        .collect(),
+        cmd: ["sh", "-c", &job_script(install), "ci-job"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(job.options.pytest_args.iter().cloned())
+            .collect(),
         labels,
         user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: WORKSPACE_DIR.into(),
@@ -160,6 +210,85 @@ pub fn job_container_spec(
         tmpfs,
         log_driver: Some(LOG_DRIVER.to_string()),
         stdin_once: true,
+        env: JOB_ENV.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// The preparation container of the environment `key`, from the runner
+/// image `image`: it gets the requirements files on standard input (never
+/// the project), installs them into the image's venv as the job's user,
+/// with the job's limits and network, removes the files again and exits
+/// with pip's status. Only its file system is committed; pip's download
+/// cache (`pip_cache`, a volume) is not part of the environment.
+pub fn preparation_container_spec(
+    config: &ControllerConfig,
+    key: &str,
+    pip_cache: Option<String>,
+    image: &str,
+) -> ContainerSpec {
+    let installation = config.installation();
+    let no_cache = if pip_cache.is_some() {
+        ""
+    } else {
+        " --no-cache-dir"
+    };
+    let script = format!(
+        "mkdir -p {PREPARATION_DIR} && tar -x -C {PREPARATION_DIR} -f - 2>&1 \
+|| {{ echo '[ci] The requirements did not arrive whole in the preparation container.'; exit 1; }}\n\
+exec </dev/null 2>&1\n\
+cd {PREPARATION_DIR} && pip install --no-input --progress-bar off{no_cache} -r requirements.txt\n\
+status=$?\n\
+cd / && rm -rf {PREPARATION_DIR}\n\
+exit $status\n"
+    );
+    let volumes = pip_cache
+        .map(|cache| VolumeMount {
+            name: Some(cache),
+            target: format!("{JOB_HOME}/.cache/pip"),
+            labels: BTreeMap::from([(LABEL_INSTALLATION.to_string(), installation.clone())]),
+        })
+        .into_iter()
+        .collect();
+    let short = uuid::Uuid::new_v4().simple().to_string();
+    ContainerSpec {
+        name: format!(
+            "{}ci-prepare-{}-{}",
+            config.container_prefix,
+            &key[..key.len().min(16)],
+            &short[..8]
+        ),
+        image: image.to_string(),
+        cmd: ["sh", "-c", &script, "ci-prepare"]
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        // The committed environment inherits these labels (the engine merges
+        // a container's labels, its image's among them, into the commit): an
+        // empty Python label keeps it out of every installation's catalog of
+        // runner images, which a controller without the environments (another
+        // branch, an older release) would otherwise take it for, as the newest
+        // build of its Python.
+        labels: BTreeMap::from([
+            (LABEL_PREPARATION.to_string(), key.to_string()),
+            (LABEL_INSTALLATION.to_string(), installation),
+            (LABEL_PYTHON.to_string(), String::new()),
+            (LABEL_PYTHON_VERSION.to_string(), String::new()),
+        ]),
+        user: format!("{JOB_UID}:{JOB_UID}"),
+        working_dir: "/".into(),
+        network_mode: config.network_mode.clone(),
+        memory_bytes: Some(config.memory_bytes),
+        memory_swap_bytes: Some(config.memory_bytes),
+        pids_limit: Some(config.pids_limit),
+        cpu_shares: Some(config.cpu_shares),
+        cap_drop: vec!["ALL".to_string()],
+        security_opt: vec!["no-new-privileges".to_string()],
+        volumes,
+        read_only_rootfs: false,
+        tmpfs: Vec::new(),
+        log_driver: Some(LOG_DRIVER.to_string()),
+        stdin_once: true,
+        env: Vec::new(),
     }
 }
 
@@ -187,14 +316,18 @@ mod tests {
         }
     }
 
-    const INSTALLS: &ProjectFacts = &ProjectFacts {
-        has_requirements: true,
-        requires_python: None,
-    };
-    const INSTALLS_NOTHING: &ProjectFacts = &ProjectFacts {
-        has_requirements: false,
-        requires_python: None,
-    };
+    /// A job that installs its project (`-e .` in its requirements).
+    fn installs() -> JobInstall {
+        JobInstall {
+            local: vec![LocalEntry {
+                path: ".".into(),
+                extras: vec![],
+                editable: true,
+                dependencies_known: true,
+            }],
+            pip_cache: true,
+        }
+    }
 
     /// The report's folder: anonymous, so it goes with the container, and
     /// not in memory, so it is still there after the job exited.
@@ -208,8 +341,8 @@ mod tests {
 
     #[test]
     fn the_test_report_is_written_outside_the_workspace_on_a_volume_of_the_container() {
-        for project in [INSTALLS, INSTALLS_NOTHING] {
-            let spec = job_container_spec(&job(), &config(), project, "runner:test");
+        for project in [installs(), JobInstall::default()] {
+            let spec = job_container_spec(&job(), &config(), &project, "runner:test");
             assert!(spec.volumes.contains(&report_volume()));
             assert!(!spec.tmpfs.iter().any(|(path, _)| path == "/ci-report"));
             assert!(spec.cmd[2].contains("--junitxml=/ci-report/junit.xml"));
@@ -219,7 +352,7 @@ mod tests {
     #[test]
     fn a_job_runs_confined_as_the_unprivileged_user() {
         let (job, config) = (job(), config());
-        let spec = job_container_spec(&job, &config, INSTALLS, "runner:test");
+        let spec = job_container_spec(&job, &config, &installs(), "runner:test");
         assert_eq!(spec.name, format!("p-ci-job-{}", job.id));
         assert_eq!(spec.image, "runner:test");
         assert_eq!(spec.user, "1000:1000");
@@ -244,7 +377,7 @@ mod tests {
 
     #[test]
     fn the_command_unpacks_the_project_from_stdin_then_runs_the_job() {
-        let spec = job_container_spec(&job(), &config(), INSTALLS, "runner:test");
+        let spec = job_container_spec(&job(), &config(), &installs(), "runner:test");
         assert_eq!(spec.cmd[..2], ["sh", "-c"]);
         assert!(spec.cmd[2].starts_with(UNPACK_FROM_STDIN));
         assert!(spec.cmd[2].ends_with(JOB_SCRIPT));
@@ -252,10 +385,38 @@ mod tests {
     }
 
     #[test]
+    fn pytest_gets_its_colours_and_a_width() {
+        let spec = job_container_spec(&job(), &config(), &JobInstall::default(), "runner:test");
+        assert_eq!(spec.env, ["PY_COLORS=1", "COLUMNS=120"]);
+    }
+
+    #[test]
+    fn local_entries_are_installed_as_one_word_each_without_isolation() {
+        let install = JobInstall {
+            local: vec![
+                LocalEntry {
+                    path: "./pkg's".into(),
+                    extras: vec!["test".into(), "docs".into()],
+                    editable: false,
+                    dependencies_known: false,
+                },
+                installs().local[0].clone(),
+            ],
+            pip_cache: true,
+        };
+        let script = job_script(&install);
+        assert!(script.contains(
+            "pip install --no-input --progress-bar off --no-build-isolation './pkg'\\''s[test,docs]' 2>&1 || exit $?\n"
+        ), "{script}");
+        assert!(script.contains("--no-build-isolation --no-deps -e '.' 2>&1 || exit $?\n"));
+        assert!(script.ends_with(JOB_SCRIPT));
+    }
+
+    #[test]
     fn pytest_arguments_are_argv_never_shell_text() {
         let mut job = job();
         job.options.pytest_args = vec!["-k".into(), "a and not b; rm -rf /".into(), "-x".into()];
-        let spec = job_container_spec(&job, &config(), INSTALLS, "runner:test");
+        let spec = job_container_spec(&job, &config(), &installs(), "runner:test");
         assert_eq!(
             spec.cmd[3..],
             ["ci-job", "-k", "a and not b; rm -rf /", "-x"]
@@ -266,7 +427,7 @@ mod tests {
     #[test]
     fn a_job_that_installs_gets_a_writable_root_and_its_users_pip_cache() {
         let (job, config) = (job(), config());
-        let spec = job_container_spec(&job, &config, INSTALLS, "runner:test");
+        let spec = job_container_spec(&job, &config, &installs(), "runner:test");
         assert!(!spec.read_only_rootfs);
         assert!(spec.tmpfs.is_empty());
         assert_eq!(
@@ -283,8 +444,23 @@ mod tests {
     }
 
     #[test]
+    fn a_job_whose_requirements_are_in_its_environment_runs_read_only_with_its_users_cache() {
+        let job = job();
+        let install = JobInstall {
+            local: vec![],
+            pip_cache: true,
+        };
+        let spec = job_container_spec(&job, &config(), &install, "env:test");
+        assert!(spec.read_only_rootfs);
+        assert_eq!(
+            spec.volumes[0].name,
+            Some(format!("p-ci-pip-cache-{}", job.user_id))
+        );
+    }
+
+    #[test]
     fn a_job_that_installs_nothing_runs_on_a_read_only_root() {
-        let spec = job_container_spec(&job(), &config(), INSTALLS_NOTHING, "runner:test");
+        let spec = job_container_spec(&job(), &config(), &JobInstall::default(), "runner:test");
         assert!(spec.read_only_rootfs);
         assert_eq!(
             spec.volumes,
@@ -316,13 +492,13 @@ mod tests {
             read_only_rootfs: false,
             ..config()
         };
-        let spec = job_container_spec(&job(), &config, INSTALLS_NOTHING, "runner:test");
+        let spec = job_container_spec(&job(), &config, &JobInstall::default(), "runner:test");
         assert!(!spec.read_only_rootfs);
         assert!(spec.tmpfs.is_empty());
         assert_eq!(
-            spec.volumes.len(),
-            2,
-            "the pip cache and the report, no workspace volume"
+            spec.volumes,
+            [report_volume()],
+            "the report, no workspace volume, no pip cache for a project without requirements"
         );
     }
 }

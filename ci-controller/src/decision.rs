@@ -262,6 +262,7 @@ mod tests {
         let info = |running| ContainerInfo {
             id: "c".into(),
             job_id: None,
+            preparation: None,
             running,
         };
         assert_eq!(ContainerSeen::of(None), Absent);

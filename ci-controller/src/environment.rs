@@ -226,7 +226,19 @@ impl EnvironmentPlan {
             .and_then(|t| t.get("build-system")?.get("requires")?.as_array().cloned())
             .map(|list| strings(&list))
             .unwrap_or_else(|| vec!["setuptools>=40.8.0".to_string(), "wheel".to_string()]);
+        // setuptools before 70.1 builds wheels only with `wheel` installed,
+        // which build isolation adds on its own (the backend asks for it);
+        // the job builds without isolation, so the environment has it.
+        let uses_setuptools = build_requires
+            .iter()
+            .any(|r| requirement_name(r) == "setuptools");
+        let has_wheel = build_requires
+            .iter()
+            .any(|r| requirement_name(r) == "wheel");
         self.requirements.extend(build_requires);
+        if uses_setuptools && !has_wheel {
+            self.requirements.push("wheel".to_string());
+        }
         let project = table.as_ref().and_then(|t| t.get("project"));
         let dynamic = project
             .and_then(|p| p.get("dynamic")?.as_array().cloned())
@@ -252,6 +264,17 @@ impl EnvironmentPlan {
         }
         entry
     }
+}
+
+/// The project a requirement names, normalised (PEP 503): `Setuptools>=61`
+/// → `setuptools`.
+fn requirement_name(requirement: &str) -> String {
+    requirement
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .replace(['_', '.'], "-")
 }
 
 fn strings(list: &[toml::Value]) -> Vec<String> {
@@ -453,6 +476,26 @@ mod tests {
         EnvironmentPlan::for_project(&project(files))
             .expect("plannable")
             .expect("has requirements")
+    }
+
+    #[test]
+    fn a_setuptools_project_gets_wheel_to_build_without_isolation() {
+        let p = plan(&[
+            ("requirements.txt", ".\n"),
+            (
+                "pyproject.toml",
+                "[build-system]\nrequires = ['Setuptools>=61']\n[project]\nname = 'app'\n",
+            ),
+        ]);
+        assert_eq!(p.requirements, ["Setuptools>=61", "wheel"]);
+        let p = plan(&[
+            ("requirements.txt", ".\n"),
+            (
+                "pyproject.toml",
+                "[build-system]\nrequires = ['setuptools', 'wheel>=0.40']\n",
+            ),
+        ]);
+        assert_eq!(p.requirements, ["setuptools", "wheel>=0.40"]);
     }
 
     #[test]

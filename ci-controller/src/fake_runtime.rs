@@ -22,7 +22,8 @@ use tokio::sync::watch;
 
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FileRead, ImageInfo,
-    InputStream, LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
+    ImageRemoval, InputStream, LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
+    LABEL_PREPARATION,
 };
 
 /// One container, as the fake engine keeps it.
@@ -50,6 +51,10 @@ struct Engine {
     max_running: usize,
     /// Containers created through the runtime, ever.
     created: usize,
+    /// Images committed from containers, ever.
+    commits: usize,
+    /// The size a committed image gets.
+    commit_size: u64,
 }
 
 impl Engine {
@@ -166,6 +171,36 @@ impl FakeRuntime {
 
     pub fn created(&self) -> usize {
         self.engine().created
+    }
+
+    /// Images committed from containers, ever.
+    pub fn commits(&self) -> usize {
+        self.engine().commits
+    }
+
+    /// The size the next committed images get.
+    pub fn set_commit_size(&self, bytes: u64) {
+        self.change(|e| e.commit_size = bytes);
+    }
+
+    /// The images `list_images` would show with `label`.
+    pub fn images_labelled(&self, label: &str) -> Vec<ImageInfo> {
+        self.engine()
+            .listed_images
+            .iter()
+            .filter(|i| i.labels.contains_key(label))
+            .cloned()
+            .collect()
+    }
+
+    /// The containers whose label `label` is set.
+    pub fn containers_labelled(&self, label: &str) -> Vec<FakeContainer> {
+        self.engine()
+            .containers
+            .values()
+            .filter(|c| c.spec.labels.contains_key(label))
+            .cloned()
+            .collect()
     }
 
     /// A container that is there without this controller having made it
@@ -393,6 +428,76 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        let engine = self.engine();
+        let listed = engine
+            .listed_images
+            .iter()
+            .find(|i| i.id == reference || i.tags.iter().any(|t| t == reference));
+        Ok(match listed {
+            Some(image) => Some(image.id.clone()),
+            None => engine
+                .images
+                .contains(reference)
+                .then(|| reference.to_string()),
+        })
+    }
+
+    async fn commit(
+        &self,
+        container_id: &str,
+        reference: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        self.change(|e| {
+            let container = e
+                .containers
+                .get(container_id)
+                .ok_or_else(|| RuntimeError::NotFound(container_id.to_string()))?;
+            // As the engine does: the container's labels (and through them
+            // its image's), then the ones asked for.
+            let mut all: std::collections::HashMap<String, String> = e
+                .listed_images
+                .iter()
+                .find(|i| i.id == container.spec.image || i.tags.contains(&container.spec.image))
+                .map(|i| i.labels.clone())
+                .unwrap_or_default();
+            all.extend(container.spec.labels.clone());
+            all.extend(labels.clone());
+            e.commits += 1;
+            let id = format!("sha256:fake-image-{}", e.commits);
+            // The tag moves to the new image.
+            for image in &mut e.listed_images {
+                image.tags.retain(|t| t != reference);
+            }
+            e.listed_images.push(ImageInfo {
+                id: id.clone(),
+                tags: vec![reference.to_string()],
+                labels: all,
+                created: Utc::now().timestamp(),
+                size: e.commit_size,
+            });
+            e.images.insert(id.clone());
+            Ok(id)
+        })
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<ImageRemoval> {
+        Ok(self.change(|e| {
+            if e.containers.values().any(|c| c.spec.image == id) {
+                return ImageRemoval::InUse;
+            }
+            let before = e.listed_images.len();
+            e.listed_images.retain(|i| i.id != id);
+            e.images.remove(id);
+            if e.listed_images.len() < before {
+                ImageRemoval::Removed
+            } else {
+                ImageRemoval::Missing
+            }
+        }))
+    }
+
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {
         Ok(self
             .engine()
@@ -401,10 +506,17 @@ impl ContainerRuntime for FakeRuntime {
             .filter(|c| {
                 c.spec.labels.get(LABEL_INSTALLATION).map(String::as_str) == Some(installation)
             })
-            .map(|c| ContainerInfo {
-                id: c.id.clone(),
-                job_id: c.spec.labels.get(LABEL_JOB).and_then(|j| j.parse().ok()),
-                running: c.running,
+            .map(|c| {
+                let job_id = c.spec.labels.get(LABEL_JOB).and_then(|j| j.parse().ok());
+                ContainerInfo {
+                    id: c.id.clone(),
+                    preparation: job_id
+                        .is_none()
+                        .then(|| c.spec.labels.get(LABEL_PREPARATION).cloned())
+                        .flatten(),
+                    job_id,
+                    running: c.running,
+                }
             })
             .collect())
     }

@@ -282,10 +282,40 @@ impl CaseBuilder {
             name: self.name,
             outcome: self.outcome,
             duration_seconds: self.duration_seconds,
-            message: self.message,
-            traceback: self.traceback,
+            message: self.message.map(without_terminal_colours),
+            traceback: self.traceback.map(without_terminal_colours),
         }
     }
+}
+
+/// `text` without the terminal colour sequences pytest writes into its
+/// report when colours are on (`PY_COLORS=1`, which jobs have): XML cannot
+/// hold the escape character, so pytest spells it `#x1B`. Stored results
+/// are text for any reader; the job's output keeps its colours.
+fn without_terminal_colours(text: String) -> String {
+    const ESCAPE: &str = "#x1B[";
+    if !text.contains(ESCAPE) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(ESCAPE) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + ESCAPE.len()..];
+        // Parameters, then one final letter (`m` for colours).
+        let parameters = after
+            .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+            .unwrap_or(after.len());
+        match after[parameters..].chars().next() {
+            Some(c) if c.is_ascii_alphabetic() => rest = &after[parameters + 1..],
+            _ => {
+                out.push_str(ESCAPE);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn is_result(name: &str) -> bool {
@@ -503,6 +533,18 @@ mod tests {
         let cases = parse_report(xml, &limits()).unwrap();
         assert_eq!(cases[0].id, "tests/test_broken.py");
         assert_eq!(cases[0].outcome, TestOutcome::Error);
+    }
+
+    #[test]
+    fn terminal_colours_are_no_part_of_a_stored_traceback() {
+        // What pytest writes with PY_COLORS=1.
+        let xml = br#"<testsuites><testsuite><testcase classname="test_a" name="test_a" file="test_a.py" time="0.0"><failure message="assert (1 + 1) == 3">&gt;       #x1B[94massert#x1B[39;49;00m #x1B[94m1#x1B[39;49;00m + 1 == 3
+#x1B[1m#x1B[31mE       assert (1 + 1) == 3#x1B[0m #x1B[ is text</failure></testcase></testsuite></testsuites>"#;
+        let cases = parse_report(xml, &limits()).expect("a good report");
+        assert_eq!(
+            cases[0].traceback.as_deref(),
+            Some(">       assert 1 + 1 == 3\nE       assert (1 + 1) == 3 #x1B[ is text")
+        );
     }
 
     #[test]

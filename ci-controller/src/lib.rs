@@ -13,6 +13,7 @@ pub mod config;
 pub mod container_spec;
 pub mod decision;
 pub mod environment;
+pub mod environment_cache;
 #[cfg(test)]
 mod fake_runtime;
 pub mod junit_report;

@@ -440,6 +440,23 @@ mod tests {
         async fn inspect(&self, _: &str) -> crate::runtime::Result<Option<ContainerState>> {
             Ok(None)
         }
+        async fn image_id(&self, _: &str) -> crate::runtime::Result<Option<String>> {
+            Ok(None)
+        }
+        async fn commit(
+            &self,
+            _: &str,
+            _: &str,
+            _: &std::collections::BTreeMap<String, String>,
+        ) -> crate::runtime::Result<String> {
+            Ok("image".into())
+        }
+        async fn remove_image(
+            &self,
+            _: &str,
+        ) -> crate::runtime::Result<crate::runtime::ImageRemoval> {
+            Ok(crate::runtime::ImageRemoval::Missing)
+        }
         fn logs(
             &self,
             _: &str,

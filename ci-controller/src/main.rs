@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ci_config::{parse_duration, DatabaseArgs, LogArgs};
-use ci_controller::config::{parse_interval, ControllerConfig, DEFAULT_IMAGE};
+use ci_controller::config::{
+    parse_interval, ControllerConfig, EnvironmentLimits, DEFAULT_ENV_CACHE_BYTES, DEFAULT_IMAGE,
+};
 use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
 use ci_controller::leadership::{self, Controller};
@@ -97,6 +99,16 @@ struct Args {
     /// Time between two rounds of the reaper (20s, 10m, 1h).
     #[arg(long, env = "CI_REAP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     reap_interval: Duration,
+
+    /// Total bytes the cached dependency environments may take; the least
+    /// recently used are removed first.
+    #[arg(long, env = "CI_ENV_CACHE_BYTES", default_value_t = DEFAULT_ENV_CACHE_BYTES)]
+    env_cache_bytes: u64,
+
+    /// A dependency environment older than this is built again (`20s`,
+    /// `12h`, `7d`), so unpinned requirements pick up new releases.
+    #[arg(long, env = "CI_ENV_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    env_max_age: Duration,
 }
 
 #[tokio::main]
@@ -115,6 +127,10 @@ async fn main() -> anyhow::Result<()> {
         reconcile_interval: parse_interval(args.interval.as_deref()),
         job_timeout: Duration::from_secs(args.job_timeout.max(1)),
         read_only_rootfs: args.read_only_rootfs,
+        environments: EnvironmentLimits {
+            max_bytes: args.env_cache_bytes,
+            max_age: args.env_max_age,
+        },
         ..ControllerConfig::default()
     };
     if let Some(n) = args.max_concurrent_jobs {

@@ -356,6 +356,7 @@ mod tests {
             tags: vec![tag.into()],
             labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
             created: 0,
+            size: 0,
         }
     }
 

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::ControllerConfig;
 use crate::decision::{decide, Action, EndReason, Observed, WorkerState};
+use crate::environment_cache;
 use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, LABEL_PYTHON};
 use crate::runtime::{ContainerInfo, ContainerRuntime, RuntimeError};
@@ -34,7 +35,13 @@ pub struct Reconciler {
     wake_rx: mpsc::UnboundedReceiver<JobId>,
     /// Who was served when, so that capacity is shared in turns.
     turns: Turns,
+    /// When the environments were last swept for eviction (besides after
+    /// every build): environments past their age go within this period.
+    last_eviction: Option<tokio::time::Instant>,
 }
+
+/// How often a pass sweeps the environments for eviction.
+const EVICTION_PERIOD: Duration = Duration::from_secs(60);
 
 /// Why a pass could not finish; the next pass tries again.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +62,12 @@ impl Reconciler {
                 config: Arc::new(config),
                 wake,
                 metrics: Arc::default(),
+                environments: Arc::default(),
             },
             workers: HashMap::new(),
             wake_rx,
             turns: Turns::default(),
+            last_eviction: None,
         }
     }
 
@@ -162,7 +171,10 @@ impl Reconciler {
         if !starts.is_empty() {
             // The runner images are looked up afresh whenever jobs start, so
             // an image built meanwhile is on offer without a restart.
-            let images = self.ctx.runtime.list_images(LABEL_PYTHON).await?;
+            let mut images = self.ctx.runtime.list_images(LABEL_PYTHON).await?;
+            // Environments inherit their runner image's labels; they are no
+            // Python of their own.
+            images.retain(|image| !environment_cache::is_environment(image));
             let pythons = Arc::new(PythonOffer::new(
                 &images,
                 &self.ctx.config.image,
@@ -180,6 +192,14 @@ impl Reconciler {
         self.ctx
             .metrics
             .pass_took(began.elapsed(), in_use, self.ctx.config.max_concurrent_jobs);
+        if self
+            .last_eviction
+            .is_none_or(|at| at.elapsed() >= EVICTION_PERIOD)
+        {
+            self.last_eviction = Some(tokio::time::Instant::now());
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move { environment_cache::evict(&ctx).await });
+        }
         Ok(())
     }
 
@@ -221,13 +241,17 @@ impl Reconciler {
         states
     }
 
-    /// Removes containers of this installation whose job is not unfinished here.
+    /// Removes containers of this installation whose job is not unfinished
+    /// here, and preparation containers no build of this controller owns
+    /// (left by a controller that died while preparing: never committed).
     async fn sweep_orphans(&self, jobs: &[Job], containers: &[ContainerInfo]) {
         let live: HashSet<JobId> = jobs.iter().map(|j| j.id).collect();
         for container in containers {
-            let owned = container
-                .job_id
-                .is_some_and(|j| live.contains(&j) || self.workers.contains_key(&j));
+            let owned = match (container.job_id, &container.preparation) {
+                (Some(j), _) => live.contains(&j) || self.workers.contains_key(&j),
+                (None, Some(key)) => self.ctx.environments.is_building(key),
+                (None, None) => false,
+            };
             if !owned {
                 tracing::info!(container = %container.id, job_id = ?container.job_id, "removing orphaned container");
                 if let Err(e) = self.ctx.runtime.remove(&container.id).await {
@@ -294,7 +318,7 @@ mod tests {
     use super::*;
     use crate::container_spec::ContainerSpec;
     use crate::fake_runtime::{FakeRuntime, PATIENCE};
-    use crate::runtime::{ImageInfo, LABEL_INSTALLATION, LABEL_JOB};
+    use crate::runtime::{ImageInfo, LABEL_INSTALLATION, LABEL_JOB, LABEL_PREPARATION};
     use crate::workspace::tests::tar_has_file;
 
     const IMAGE: &str = "runner:fake";
@@ -475,6 +499,51 @@ mod tests {
                 })
                 .await;
         }
+
+        /// The preparation container running with its input, once there is one.
+        async fn preparation(&self) -> crate::fake_runtime::FakeContainer {
+            self.engine
+                .until("a preparation container to run", |e| {
+                    e.containers_labelled(LABEL_PREPARATION)
+                        .into_iter()
+                        .find(|c| c.running && c.input.is_some())
+                })
+                .await
+        }
+
+        /// The environment images the engine lists.
+        fn environments(&self) -> Vec<ImageInfo> {
+            self.engine
+                .images_labelled(crate::environment_cache::LABEL_ENVIRONMENT_KEY)
+        }
+    }
+
+    const TEST_OK: (&str, &str) = ("test_ok.py", "def test_ok():\n    pass\n");
+    const NEEDS_ATTRS: (&str, &str) = ("requirements.txt", "attrs\n");
+
+    /// The files of a tar, by path.
+    fn tar_files(tar: &[u8]) -> Vec<String> {
+        let mut archive = tar::Archive::new(tar);
+        let mut paths: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    fn tar_text(tar: &[u8], path: &str) -> String {
+        let mut archive = tar::Archive::new(tar);
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().display().to_string() == path {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+                return text;
+            }
+        }
+        panic!("no {path} in the tar")
     }
 
     fn spec_of(installation: &str, job: JobId) -> ContainerSpec {
@@ -522,6 +591,7 @@ mod tests {
                 tags: vec![format!("runner:{python}")],
                 labels: HashMap::from([(LABEL_PYTHON.to_string(), python.to_string())]),
                 created: 0,
+                size: 0,
             });
         }
         let test = ("test_ok.py", "def test_ok():\n    pass\n");
@@ -848,5 +918,273 @@ mod tests {
             h.ended(job).await;
         }
         assert_eq!(h.engine.max_running(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_miss_prepares_the_environment_from_the_requirements_alone_then_jobs_start_from_it() {
+        let h = Harness::start(|_| {}).await;
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        let input = preparation.input.clone().unwrap();
+        assert_eq!(tar_files(&input), ["requirements.txt"], "never the project");
+        assert_eq!(tar_text(&input, "requirements.txt"), "attrs\n");
+        assert_eq!(preparation.spec.image, IMAGE);
+        // What the environment inherits: no Python of its own to offer.
+        assert_eq!(preparation.spec.labels[LABEL_PYTHON], "");
+        assert!(preparation.spec.cmd[2].contains("pip install"));
+        // A shared environment's downloads come from no user's cache.
+        assert_eq!(
+            preparation.spec.volumes[0].name.as_deref(),
+            h.config.shared_pip_cache_volume().as_deref()
+        );
+        // pip's output is the job's, live: while it is still queued.
+        h.engine.print(&preparation.id, "Collecting attrs\n");
+        h.output_until(first, "Collecting attrs").await;
+        assert_eq!(
+            h.store.get_job(first).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        assert!(
+            h.environments().is_empty(),
+            "nothing stored before pip ends"
+        );
+        h.engine.exit(&preparation.id, 0);
+
+        let container = h.running_container(first).await;
+        let spec = h.engine.container(&container).unwrap().spec;
+        let images = h.environments();
+        assert_eq!(images.len(), 1);
+        let image = &images[0];
+        assert_eq!(spec.image, image.id, "the job starts from its environment");
+        assert!(spec.read_only_rootfs, "nothing left to install");
+        assert!(!spec.cmd[2].contains("pip install"));
+        for label in [
+            crate::environment_cache::LABEL_ENVIRONMENT_KEY,
+            crate::environment_cache::LABEL_BUILT_AT,
+            LABEL_INSTALLATION,
+        ] {
+            assert!(image.labels.contains_key(label), "{label}: {image:?}");
+        }
+        h.container_gone(&preparation.id).await;
+        h.engine.exit(&container, 0);
+        assert_eq!(h.ended(first).await.success, Some(true));
+
+        let second = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let container = h.running_container(second).await;
+        assert_eq!(h.engine.container(&container).unwrap().spec.image, image.id);
+        let output = h.output(second).await;
+        assert_eq!(output.lines().count(), 1, "one line says so: {output}");
+        assert!(output.contains("built "), "{output}");
+        h.engine.exit(&container, 0);
+        assert_eq!(h.ended(second).await.success, Some(true));
+        assert_eq!(h.engine.commits(), 1, "built once");
+        assert_eq!(h.engine.created(), 3, "one preparation, two jobs");
+    }
+
+    #[tokio::test]
+    async fn two_jobs_with_one_new_key_build_it_once() {
+        let h = Harness::start(|_| {}).await;
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        let second = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        h.output_until(second, &first.to_string()).await;
+        assert_eq!(h.engine.containers_labelled(LABEL_PREPARATION).len(), 1);
+        h.engine.exit(&preparation.id, 0);
+        let image = h
+            .engine
+            .until("the environment", |e| {
+                e.images_labelled(crate::environment_cache::LABEL_ENVIRONMENT_KEY)
+                    .first()
+                    .map(|i| i.id.clone())
+            })
+            .await;
+        for job in [first, second] {
+            let container = h.running_container(job).await;
+            assert_eq!(h.engine.container(&container).unwrap().spec.image, image);
+            h.engine.exit(&container, 0);
+            assert_eq!(h.ended(job).await.success, Some(true));
+        }
+        assert_eq!(h.engine.commits(), 1);
+        assert_eq!(h.engine.created(), 3, "one preparation, two jobs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_install_ends_its_jobs_and_stores_nothing() {
+        let h = Harness::start(|_| {}).await;
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        let waiting = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        h.output_until(waiting, &first.to_string()).await;
+        h.engine
+            .print(&preparation.id, "ERROR: No matching distribution found\n");
+        h.engine.exit(&preparation.id, 1);
+        let ended = h.ended(first).await;
+        assert_eq!((ended.success, ended.exit_code), (Some(false), Some(1)));
+        assert!(h.output(first).await.contains("No matching distribution"));
+        let reason = ended.failure_reason.unwrap_or_default();
+        assert!(reason.contains("no environment was stored"), "{reason}");
+        let waited = h.ended(waiting).await;
+        assert_eq!(waited.success, Some(false));
+        assert!(
+            waited
+                .failure_reason
+                .unwrap_or_default()
+                .contains(&first.to_string()),
+            "names the job whose install failed"
+        );
+        h.container_gone(&preparation.id).await;
+        assert_eq!(h.engine.commits(), 0);
+        assert!(h.environments().is_empty());
+        assert_eq!(h.engine.created(), 1, "not built again for the waiting job");
+    }
+
+    #[tokio::test]
+    async fn fresh_env_builds_again_and_the_older_build_goes() {
+        let h = Harness::start(|_| {}).await;
+        for fresh_env in [false, true] {
+            let options = JobOptions {
+                fresh_env,
+                ..JobOptions::default()
+            };
+            let job = h
+                .submit_with(h.user, &[TEST_OK, NEEDS_ATTRS], options)
+                .await;
+            let preparation = h.preparation().await;
+            h.engine.exit(&preparation.id, 0);
+            let container = h.running_container(job).await;
+            h.engine.exit(&container, 0);
+            assert_eq!(h.ended(job).await.success, Some(true));
+            // Until its container is gone, the engine keeps the image.
+            h.container_gone(&container).await;
+            h.container_gone(&preparation.id).await;
+        }
+        assert_eq!(h.engine.commits(), 2);
+        h.engine
+            .until("the older build to be removed", |e| {
+                let images = e.images_labelled(crate::environment_cache::LABEL_ENVIRONMENT_KEY);
+                (images.len() == 1 && images[0].id.ends_with("-2")).then_some(())
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_preparation_left_by_a_stopped_controller_is_removed_and_built_again() {
+        let mut h = Harness::start(|_| {}).await;
+        let job = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let left = h.preparation().await;
+        h.stop_controller().await;
+        assert!(h.engine.container(&left.id).is_some_and(|c| c.running));
+        h.start_controller();
+        h.container_gone(&left.id).await;
+        let again = h.preparation().await;
+        assert_ne!(again.id, left.id);
+        h.engine.exit(&again.id, 0);
+        let container = h.running_container(job).await;
+        h.engine.exit(&container, 0);
+        assert_eq!(h.ended(job).await.success, Some(true));
+        assert_eq!(h.engine.commits(), 1, "the half one was never stored");
+    }
+
+    #[tokio::test]
+    async fn a_job_cancelled_while_its_environment_is_prepared_stops_the_preparation() {
+        let h = Harness::start(|_| {}).await;
+        let job = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        h.store.request_cancel(job).await.unwrap();
+        assert_eq!(h.ended(job).await.status, JobStatus::Cancelled);
+        h.container_gone(&preparation.id).await;
+        assert_eq!(h.engine.commits(), 0);
+    }
+
+    #[tokio::test]
+    async fn local_entries_are_installed_in_the_job_and_their_metadata_in_the_environment() {
+        let h = Harness::start(|_| {}).await;
+        let pyproject = "[build-system]\nrequires = ['hatchling']\n[project]\nname = 'app'\ndependencies = ['attrs']\n";
+        let job = h
+            .submit_as(
+                h.user,
+                &[
+                    TEST_OK,
+                    ("requirements.txt", "-e .\n"),
+                    ("pyproject.toml", pyproject),
+                ],
+            )
+            .await;
+        let preparation = h.preparation().await;
+        let input = preparation.input.clone().unwrap();
+        assert_eq!(tar_files(&input), ["requirements.txt"]);
+        assert_eq!(tar_text(&input, "requirements.txt"), "hatchling\nattrs\n");
+        // A local path makes the environment its user's.
+        assert_eq!(
+            preparation.spec.volumes[0].name,
+            h.config.pip_cache_volume_for(h.user)
+        );
+        h.engine.exit(&preparation.id, 0);
+        let container = h.running_container(job).await;
+        let spec = h.engine.container(&container).unwrap().spec;
+        assert!(!spec.read_only_rootfs, "the job installs its project");
+        assert!(
+            spec.cmd[2].contains("--no-build-isolation --no-deps -e '.'"),
+            "{}",
+            spec.cmd[2]
+        );
+        h.engine.exit(&container, 0);
+        h.ended(job).await;
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_environment_goes_when_the_cache_is_full() {
+        let h = Harness::start(|c| c.environments.max_bytes = 150).await;
+        h.engine.set_commit_size(100);
+        let mut built = Vec::new();
+        for requirements in ["attrs\n", "six\n"] {
+            let job = h
+                .submit_as(h.user, &[TEST_OK, ("requirements.txt", requirements)])
+                .await;
+            let preparation = h.preparation().await;
+            h.engine.exit(&preparation.id, 0);
+            let container = h.running_container(job).await;
+            built.push(h.engine.container(&container).unwrap().spec.image);
+            h.engine.exit(&container, 0);
+            h.ended(job).await;
+            h.container_gone(&container).await;
+            h.container_gone(&preparation.id).await;
+        }
+        h.engine
+            .until("the older environment to be evicted", |e| {
+                let ids: Vec<String> = e
+                    .images_labelled(crate::environment_cache::LABEL_ENVIRONMENT_KEY)
+                    .into_iter()
+                    .map(|i| i.id)
+                    .collect();
+                (ids == [built[1].clone()]).then_some(())
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn an_environment_past_its_age_is_built_again_and_never_removed_while_used() {
+        let h = Harness::start(|c| c.environments.max_age = Duration::ZERO).await;
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        h.engine.exit(&preparation.id, 0);
+        let running = h.running_container(first).await;
+        let old = h.engine.container(&running).unwrap().spec.image;
+        // Expired at once, but its job runs from it.
+        let second = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let rebuild = h.preparation().await;
+        h.engine.exit(&rebuild.id, 0);
+        let container = h.running_container(second).await;
+        let new = h.engine.container(&container).unwrap().spec.image;
+        assert_ne!(new, old);
+        assert_eq!(h.engine.commits(), 2);
+        assert!(
+            h.environments().iter().any(|i| i.id == old),
+            "kept while a job runs from it"
+        );
+        for (job, id) in [(first, running), (second, container)] {
+            h.engine.exit(&id, 0);
+            assert_eq!(h.ended(job).await.success, Some(true));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The container runtime the controller drives, behind a small trait, and its
 //! Docker implementation through bollard.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,7 +9,7 @@ use bollard::container::{
     AttachContainerOptions, Config, CreateContainerOptions, DownloadFromContainerOptions,
     ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
-use bollard::image::ListImagesOptions;
+use bollard::image::{CommitContainerOptions, ListImagesOptions, RemoveImageOptions};
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use bollard::Docker;
 use bytes::Bytes;
@@ -23,6 +23,9 @@ pub const LABEL_JOB: &str = "ci.job-id";
 /// Label carrying the installation (container prefix) a container belongs to,
 /// so installations sharing one engine never touch each other's containers.
 pub const LABEL_INSTALLATION: &str = "ci.installation";
+/// Label carrying the environment key a preparation container installs, so
+/// that the next leader finds (and removes) one a killed controller left.
+pub const LABEL_PREPARATION: &str = "ci.environment.preparation";
 
 pub use crate::container_spec::{ContainerSpec, VolumeMount};
 
@@ -31,6 +34,10 @@ pub use crate::container_spec::{ContainerSpec, VolumeMount};
 pub struct ContainerInfo {
     pub id: String,
     pub job_id: Option<JobId>,
+    /// The environment key a preparation container installs; `None` for a
+    /// job's container (which may inherit the label from its environment
+    /// image, so the job label decides).
+    pub preparation: Option<String>,
     pub running: bool,
 }
 
@@ -43,6 +50,17 @@ pub struct ImageInfo {
     pub labels: HashMap<String, String>,
     /// When it was built (Unix seconds), so the newest build of a Python wins.
     pub created: i64,
+    /// Bytes, with the layers it shares with its base image.
+    pub size: u64,
+}
+
+/// What became of an image asked to be removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRemoval {
+    Removed,
+    /// A container (running or not) uses it: the engine keeps it.
+    InUse,
+    Missing,
 }
 
 impl ImageInfo {
@@ -140,6 +158,19 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Reads the regular file at `path` in a container, running or exited
     /// (volumes included), if it holds at most `max_bytes`.
     async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileRead>;
+    /// The id of the image `reference` names, `None` when the engine has none.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
+    /// Makes an image of a stopped container's file system (its volumes
+    /// left out), tagged `reference` (`repo:tag`), with `labels` beside those it
+    /// inherits; returns the image's id.
+    async fn commit(
+        &self,
+        container_id: &str,
+        reference: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String>;
+    /// Removes an image unless a container uses it.
+    async fn remove_image(&self, id: &str) -> Result<ImageRemoval>;
 }
 
 /// The Docker engine, reached through `DOCKER_HOST` or the local socket.
@@ -217,6 +248,7 @@ impl ContainerRuntime for DockerRuntime {
             tmpfs,
             log_driver,
             stdin_once,
+            env,
         } = spec;
         let host_config = HostConfig {
             network_mode: Some(network_mode.clone()),
@@ -241,6 +273,7 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(labels.clone().into_iter().collect()),
             user: Some(user.clone()),
             working_dir: Some(working_dir.clone()),
+            env: (!env.is_empty()).then(|| env.clone()),
             tty: Some(false),
             // The job reads its workspace from standard input (see
             // `start_with_input`): one stream, no copy into the file system.
@@ -361,6 +394,7 @@ impl ContainerRuntime for DockerRuntime {
                     .collect(),
                 labels: image.labels,
                 created: image.created,
+                size: u64::try_from(image.size).unwrap_or(0),
             })
             .collect())
     }
@@ -385,9 +419,14 @@ impl ContainerRuntime for DockerRuntime {
                 if labels.get(LABEL_INSTALLATION).map(String::as_str) != Some(installation) {
                     return None;
                 }
+                let job_id = labels.get(LABEL_JOB).and_then(|j| j.parse().ok());
                 Some(ContainerInfo {
                     id: c.id?,
-                    job_id: labels.get(LABEL_JOB).and_then(|j| j.parse().ok()),
+                    preparation: job_id
+                        .is_none()
+                        .then(|| labels.get(LABEL_PREPARATION).cloned())
+                        .flatten(),
+                    job_id,
                     running: c.state.as_deref() == Some("running"),
                 })
             })
@@ -404,6 +443,66 @@ impl ContainerRuntime for DockerRuntime {
         match file_from_tar(chunks, max_bytes).await {
             Err(RuntimeError::Docker(e)) if is_status(&e, 404) => Ok(FileRead::Missing),
             other => other,
+        }
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit(
+        &self,
+        container_id: &str,
+        reference: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
+        let options = CommitContainerOptions {
+            container: container_id,
+            repo,
+            tag,
+            comment: "",
+            author: "ci-controller",
+            // The container has exited; nothing to pause.
+            pause: false,
+            changes: None,
+        };
+        let config = Config {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<HashMap<String, String>>(),
+            ),
+            ..Default::default()
+        };
+        match self.docker.commit_container(options, config).await {
+            // bollard reads the answer's `Id` as `ID` (and finds none): the
+            // image is looked up by the tag it was just given.
+            Ok(_) => self
+                .image_id(reference)
+                .await?
+                .ok_or_else(|| RuntimeError::ImageMissing(reference.to_string())),
+            Err(e) if is_status(&e, 404) => Err(RuntimeError::NotFound(container_id.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<ImageRemoval> {
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        match self.docker.remove_image(id, Some(options), None).await {
+            Ok(_) => Ok(ImageRemoval::Removed),
+            // 409: a container uses it (or it has other tags).
+            Err(e) if is_status(&e, 409) => Ok(ImageRemoval::InUse),
+            Err(e) if is_status(&e, 404) => Ok(ImageRemoval::Missing),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::ControllerConfig;
-use crate::container_spec::job_container_spec;
+use crate::container_spec::{job_container_spec, JobInstall};
+use crate::environment_cache::{self, EnvironmentCache, Prepared};
 use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::metrics::{ControllerMetrics, Finished};
@@ -46,6 +47,8 @@ pub(crate) struct Context {
     /// Wakes the reconciler for another pass.
     pub wake: mpsc::UnboundedSender<JobId>,
     pub metrics: Arc<ControllerMetrics>,
+    /// The dependency environments being built and about to be used.
+    pub environments: Arc<EnvironmentCache>,
 }
 
 /// How a worker's step ended, when it did not fail.
@@ -87,6 +90,10 @@ pub enum WorkerError {
     Finish(#[source] StoreError),
     #[error("cannot store the job's test report: {0}")]
     StoreReport(#[source] StoreError),
+    /// Installing the job's requirements failed (here or in the job that
+    /// prepared its environment): the job ends this way.
+    #[error("{}", .0.reason.as_deref().unwrap_or("installing the requirements failed"))]
+    InstallFailed(JobOutcome),
 }
 
 /// What is done about a failed step.
@@ -104,6 +111,7 @@ pub fn error_policy(error: &WorkerError) -> Policy {
     match error {
         // Nothing the job's owner can get from trying again.
         WorkerError::CannotRun(reason) => Policy::EndJob(JobOutcome::failed(reason.clone())),
+        WorkerError::InstallFailed(outcome) => Policy::EndJob(outcome.clone()),
         // Cancelled (and maybe ended) while it was starting: the job changed,
         // not the world broke; the next pass acts on the change at once.
         WorkerError::MarkRunning(StoreError::IllegalTransition(_)) => Policy::Retry {
@@ -189,7 +197,9 @@ pub(crate) async fn start_and_follow(
     if let Some(stale) = stale_container {
         remove_container(&ctx, &stale).await;
     }
-    let launched = launch(&ctx, &job, &pythons).await?;
+    let Some(launched) = launch(&ctx, &job, &pythons).await? else {
+        return Ok(Done::JobEnded);
+    };
     let running = ctx
         .store
         .mark_running(
@@ -202,12 +212,14 @@ pub(crate) async fn start_and_follow(
         .map_err(WorkerError::MarkRunning)?;
     ctx.metrics.job_started(&running);
     tracing::info!(container = %launched.container_id, image = %launched.image, "job running");
+    // After a preparation the stored output ends at the preparation
+    // container's last line, which came before any of this container's.
     Ok(pump_logs(
         ctx.store.clone(),
         ctx.runtime.clone(),
         job.id,
         launched.container_id,
-        None,
+        running.log_cursor.clone(),
         ctx.config.pump,
         &ctx.metrics,
     )
@@ -430,8 +442,14 @@ struct Launched {
 
 /// Everything up to a started container with the whole project in it: the
 /// Python the job asked for (by flag or its project's `requires-python`)
-/// decides the image.
-async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launched, WorkerError> {
+/// decides the runner image, and the job's requirements the environment
+/// built on it, which the job starts from. `None` when the job ended while
+/// its environment was prepared.
+async fn launch(
+    ctx: &Context,
+    job: &Job,
+    pythons: &PythonOffer,
+) -> Result<Option<Launched>, WorkerError> {
     let config = &ctx.config;
     let cannot_run =
         |what: &str, e: &dyn std::fmt::Display| WorkerError::CannotRun(format!("{what}: {e}"));
@@ -449,15 +467,17 @@ async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launc
         })?;
     let spool = spool.into_std().await;
     let unpack = config.unpack;
-    let (archive, facts) = tokio::task::spawn_blocking(move || {
+    let (archive, facts, plan) = tokio::task::spawn_blocking(move || {
         ProjectArchive::open(spool, unpack).map(|mut archive| {
             let facts = archive.facts();
-            (archive, facts)
+            let plan = archive.environment_plan();
+            (archive, facts, plan)
         })
     })
     .await
     .map_err(|e| cannot_run("Unpacking the project failed", &e))?
     .map_err(|e| cannot_run("Cannot run the job", &e))?;
+    let plan = plan.map_err(|e| cannot_run("Cannot read the project's requirements", &e))?;
 
     let wish = PythonWish {
         requested: job.options.python,
@@ -466,15 +486,40 @@ async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launc
     let (image, python) = pythons
         .resolve(&wish)
         .map_err(|e| cannot_run("Cannot run the job", &e))?;
-    let spec = job_container_spec(job, config, &facts, &image);
-    let id = ctx.runtime.create(&spec).await.map_err(|e| {
-        WorkerError::CannotRun(match e {
-            RuntimeError::ImageMissing(image) => format!(
-                "Cannot run the job: image {image} not found on the Docker engine (build it with scripts/runner-image.sh)"
-            ),
-            e => format!("Cannot create the job's container: {e}"),
-        })
+    let image_missing = |image: &str| {
+        WorkerError::CannotRun(format!(
+            "Cannot run the job: image {image} not found on the Docker engine (build it with scripts/runner-image.sh)"
+        ))
+    };
+    let install = JobInstall {
+        local: plan.as_ref().map(|p| p.local.clone()).unwrap_or_default(),
+        pip_cache: facts.has_requirements,
+    };
+    // Held until the job's container exists: from then on the engine keeps
+    // the environment image for it.
+    let mut _lease = None;
+    let mut from = image.clone();
+    if let Some(plan) = plan.filter(|p| !p.is_empty()) {
+        let runner_id = ctx
+            .runtime
+            .image_id(&image)
+            .await
+            .map_err(WorkerError::Inspect)?
+            .ok_or_else(|| image_missing(&image))?;
+        match environment_cache::prepare(ctx, job, &plan, &image, &runner_id).await? {
+            Prepared::JobEnded => return Ok(None),
+            Prepared::Ready { image, lease } => {
+                from = image.id;
+                _lease = Some(lease);
+            }
+        }
+    }
+    let spec = job_container_spec(job, config, &install, &from);
+    let id = ctx.runtime.create(&spec).await.map_err(|e| match e {
+        RuntimeError::ImageMissing(image) => image_missing(&image),
+        e => WorkerError::CannotRun(format!("Cannot create the job's container: {e}")),
     })?;
+    drop(_lease);
     // The job is marked running only once the whole project is in: a
     // controller that dies before leaves a queued job, which is started anew.
     // The one place the project is handed to the runtime.
@@ -497,11 +542,11 @@ async fn launch(ctx: &Context, job: &Job, pythons: &PythonOffer) -> Result<Launc
         remove_container(ctx, &id).await;
         return Err(e);
     }
-    Ok(Launched {
+    Ok(Some(Launched {
         container_id: id,
         image,
         python,
-    })
+    }))
 }
 
 #[cfg(test)]

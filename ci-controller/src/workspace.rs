@@ -206,6 +206,26 @@ impl<R: Read + Seek> ProjectArchive<R> {
         }
     }
 
+    /// The plan of the project's dependency environment, from its
+    /// requirements files (and its local entries' `pyproject.toml`), each
+    /// read only up to the metadata size limit; `None` without a
+    /// `requirements.txt`.
+    pub fn environment_plan(
+        &mut self,
+    ) -> Result<Option<crate::environment::EnvironmentPlan>, crate::environment::EnvironmentError>
+    {
+        let zip = std::cell::RefCell::new(&mut self.zip);
+        let entries = &self.entries;
+        let read = |path: &str| {
+            // Only regular files of the workspace, by their checked path.
+            let entry = entries
+                .iter()
+                .find(|e| !e.is_dir && e.path == Path::new(path))?;
+            crate::project_facts::read_small_entry(&mut zip.borrow_mut(), &entry.name)
+        };
+        crate::environment::EnvironmentPlan::for_project(&read)
+    }
+
     /// Writes the workspace as an uncompressed tar of the project's files,
     /// owned by the job's user, into `out`, a buffer at a time; returns `out`.
     pub fn write_tar<W: Write>(mut self, out: W) -> Result<W, WorkspaceError> {

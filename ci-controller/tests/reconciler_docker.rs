@@ -156,7 +156,11 @@ async fn a_job_runs_and_its_container_is_removed() {
         (JobStatus::Completed, Some(true), Some(0))
     );
     let out = h.output(id).await;
-    assert!(out.contains("test_calc.py::test_add PASSED"), "{out}");
+    // In pytest's colours (the job has PY_COLORS=1).
+    assert!(
+        out.contains("test_calc.py::test_add \u{1b}[32mPASSED"),
+        "{out}"
+    );
     assert!(out.contains("1 passed"), "{out}");
     h.no_containers_left().await;
 }
@@ -504,12 +508,18 @@ async fn a_job_without_requirements_runs_on_a_read_only_root() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_installs_requirements_gets_a_writable_root_unless_configured_off() {
-    // An empty requirements.txt: pip runs (and needs no network) and may write
-    // the venv, so the root stays writable.
+async fn a_job_whose_requirements_install_nothing_in_it_runs_read_only_unless_configured_off() {
+    // Requirements are installed in the job's environment, never by the job
+    // (only its own project is, which needs the network; see
+    // tests/tests/environments.rs): with nothing to install, a read-only root
+    // with the user's pip cache.
     let h = Harness::start(|_| {}).await;
-    let out = h.probe_writes(&[("requirements.txt", "\n")]).await;
-    assert!(out.lines().any(|l| l == "venv=ok"), "{out}");
+    let out = h
+        .probe_writes(&[("requirements.txt", "# nothing to install\n")])
+        .await;
+    for line in ["venv=ro Read-only file system", "workspace=ok", "home=ok"] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+    }
 
     // An installation that turns the read-only root off.
     let h = Harness::start(|c| c.read_only_rootfs = false).await;

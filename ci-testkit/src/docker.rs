@@ -118,10 +118,46 @@ pub fn remove_labelled_volumes(label: &str, value: &str) {
     }
 }
 
-/// Removes an installation's containers and its pip cache volumes.
+/// The images carrying `label=value` (an installation's dependency
+/// environments carry its label).
+pub fn images_labelled(label: &str, value: &str) -> Vec<String> {
+    let ids = Command::new("docker")
+        .args(["image", "ls", "-q", "--no-trunc", "--filter"])
+        .arg(format!("label={label}={value}"))
+        .output();
+    match ids {
+        Ok(ids) => {
+            let mut ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            ids.dedup();
+            ids
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes the images carrying `label=value`; best effort.
+pub fn remove_labelled_images(label: &str, value: &str) {
+    let ids = images_labelled(label, value);
+    if ids.is_empty() {
+        return;
+    }
+    let _ = Command::new("docker")
+        .args(["image", "rm", "-f"])
+        .args(&ids)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Removes an installation's containers, its pip cache volumes and its
+/// dependency environments.
 pub fn remove_installation(prefix: &str) {
     remove_labelled(LABEL_INSTALLATION, prefix);
     remove_labelled_volumes(LABEL_INSTALLATION, prefix);
+    remove_labelled_images(LABEL_INSTALLATION, prefix);
 }
 
 /// The id of the process that made an installation, from a prefix (or a
@@ -167,6 +203,27 @@ pub fn sweep_dead_installations(start: &str) {
             .map(|(id, _)| id.to_string())
             .collect();
         remove_containers(&stale);
+    }
+    // Environment images are tagged `<key>-<installation>`.
+    let images = Command::new("docker")
+        .args(["image", "ls", "--format", "{{.ID}}\t{{.Tag}}", "--filter"])
+        .arg(format!("label={LABEL_INSTALLATION}"))
+        .output();
+    if let Ok(images) = images {
+        let stale: Vec<String> = String::from_utf8_lossy(&images.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .filter(|(_, tag)| tag.split_once('-').is_some_and(|(_, i)| dead(i)))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        if !stale.is_empty() {
+            let _ = Command::new("docker")
+                .args(["image", "rm", "-f"])
+                .args(&stale)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     let volumes = Command::new("docker")
         .args(["volume", "ls", "--format", "{{.Name}}", "--filter"])

@@ -446,10 +446,20 @@ impl TestSystem {
             .is_some_and(|controller| controller.service.is_running())
     }
 
-    /// Stops the controller as a service manager would (SIGTERM: it hands
-    /// the lease over and leaves the containers running) and starts it
-    /// again; back once the new one leads. A new term of leadership starts
-    /// afresh: it adopts the running containers and runs a reaper round.
+    /// Kills the controller (SIGKILL: mid-work, nothing cleaned up, its
+    /// lease left to expire).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.service.kill();
+        }
+    }
+
+    /// Stops the controller, if one runs, as a service manager would
+    /// (SIGTERM: it hands the lease over and leaves the containers running),
+    /// and starts it again; back once the new one leads (after a
+    /// [`Self::kill_controller`], once the killed one's lease has expired).
+    /// A new term of leadership starts afresh: it adopts the running
+    /// containers and runs a reaper round.
     pub fn restart_controller(&mut self) {
         if let Some(mut controller) = self.controller.take() {
             controller.service.terminate(SETTLE_DEADLINE);
@@ -756,6 +766,14 @@ impl TestSystem {
                 }
             }
         })
+    }
+
+    /// The job's stored output as `ci` prints it to a pipe: without the
+    /// colour sequences (jobs have pytest's colours on), byte for byte else.
+    pub fn stored_output_piped(&self, id: JobId) -> anyhow::Result<String> {
+        let stored = self.stored_output(id)?;
+        let mut filter = ci_client::OutputFilter::new(ci_client::OutputMode::Plain);
+        Ok(filter.filter(&stored))
     }
 
     /// What the server, its replicas and the controller have logged so far.

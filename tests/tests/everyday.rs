@@ -158,8 +158,8 @@ fn a_finished_job_can_be_shown_read_and_rerun_by_a_prefix_of_its_id() {
     assert_eq!(shown["exit_code"], 1);
     assert!(shown["duration_seconds"].as_f64().is_some(), "{shown}");
 
-    // The stored output, whole and its tail.
-    let stored = sys.stored_output(id).unwrap();
+    // The stored output, whole and its tail (as `ci` prints it to a pipe).
+    let stored = sys.stored_output_piped(id).unwrap();
     let out = run(sys.ci().args(["logs", prefix]));
     out.assert_code(0);
     assert_eq!(out.stdout, stored);

@@ -18,7 +18,7 @@ use ci_testkit::{
 /// The slow job stored all its ticks once each, and `ci wait --all` printed
 /// exactly what is stored.
 fn assert_whole_output(sys: &TestSystem, id: ci_common::JobId, seconds: u32, waited: &CiOutput) {
-    let stored = sys.stored_output(id).unwrap();
+    let stored = sys.stored_output_piped(id).unwrap();
     assert_same_lines(
         "the ticks the job stored",
         &lines_with(&stored, "tick "),
@@ -66,7 +66,7 @@ fn submitted_through_one_replica_followed_through_another_that_is_killed_mid_str
 
     let waited = wait.finish(JOB_DEADLINE);
     waited.assert_code(0);
-    let stored = sys.stored_output(id).unwrap();
+    let stored = sys.stored_output_piped(id).unwrap();
     assert_same_lines(
         "the ticks `ci wait` printed",
         &lines_with(&waited.stdout, "tick "),
@@ -203,7 +203,7 @@ fn losing_every_database_connection_loses_no_job_and_no_line() {
 
     let submitted = submit.finish(JOB_DEADLINE);
     let waited = wait.finish(JOB_DEADLINE);
-    let stored = sys.stored_output(id).unwrap();
+    let stored = sys.stored_output_piped(id).unwrap();
     submitted.assert_code(0);
     waited.assert_code(0);
     assert_same_lines(

@@ -137,7 +137,7 @@ fn a_server_restart_in_the_middle_of_streams_loses_and_repeats_nothing() {
     let submitted = submit.finish(JOB_DEADLINE);
     let waited = wait.finish(JOB_DEADLINE);
     let waited_all = wait_all.finish(JOB_DEADLINE);
-    let stored = sys.stored_output(id).unwrap();
+    let stored = sys.stored_output_piped(id).unwrap();
 
     for out in [&submitted, &waited, &waited_all] {
         out.assert_code(0);
@@ -255,7 +255,7 @@ fn a_wait_from_now_that_has_seen_nothing_yet_resumes_where_it_began() {
             "line {i} once\n{waited}"
         );
     }
-    let stored = sys.stored_output(id).unwrap();
+    let stored = sys.stored_output_piped(id).unwrap();
     assert!(
         stored.ends_with(&waited.stdout),
         "`ci wait` printed something else than the end of the output\n{waited}"

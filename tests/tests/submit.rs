@@ -266,7 +266,7 @@ fn wait_all_replays_the_whole_output_of_an_ended_job() {
         replay.stdout, live.stdout,
         "`ci wait --all` must print exactly what the live submit printed"
     );
-    assert_eq!(replay.stdout, sys.stored_output(id).unwrap());
+    assert_eq!(replay.stdout, sys.stored_output_piped(id).unwrap());
     sys.assert_settled();
 }
 

@@ -131,22 +131,26 @@ fn a_job_that_never_reached_pytest_has_no_results_and_says_so() {
     let lines = stderr_summary(&out.stderr);
     assert_eq!(
         lines,
-        ["Tests: no results (pytest wrote no test report (the job ended before its tests ran, pytest was told not to write one, or the job image has no writable /ci-report))"],
+        // pip runs in the preparation of the job's environment, before any
+        // container of the job's own.
+        ["Tests: no results (No test results: Installing the requirements failed (pip exited with 1); no environment was stored)"],
         "{out}"
     );
     let shown = run(sys.ci().args(["tests", &id.to_string()]));
     shown.assert_code(0);
     assert!(
-        shown
-            .stdout
-            .starts_with("No test results: pytest wrote no test report"),
+        shown.stdout.starts_with("No test results: ")
+            && shown.stdout.contains("Installing the requirements failed"),
         "{shown}"
     );
     let json = run(sys.ci().args(["tests", &id.to_string(), "--json"]));
     let body: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(body["summary"], Value::Null);
     assert_eq!(body["cases"], json!([]));
-    assert!(body["reason"].as_str().unwrap().contains("no test report"));
+    assert!(body["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Installing the requirements failed"));
     assert_eq!(sys.job(id).unwrap().tests, None);
 }
 

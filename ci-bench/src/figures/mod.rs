@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod big_inputs;
+pub mod environments;
 pub mod fanout;
 pub mod latency;
 pub mod logs;
@@ -59,6 +60,9 @@ pub struct Plan {
     pub report_pairs: usize,
     /// Cases of the report the controller's memory is measured storing.
     pub report_memory_cases: usize,
+    /// Rounds of the environments figure's pairs (it needs PyPI: none in
+    /// `--quick`).
+    pub environment_pairs: usize,
 }
 
 impl Plan {
@@ -92,6 +96,7 @@ impl Plan {
             report_tests: 5000,
             report_pairs: 6,
             report_memory_cases: 200_000,
+            environment_pairs: 4,
         }
     }
 
@@ -127,6 +132,7 @@ impl Plan {
             report_tests: 500,
             report_pairs: 1,
             report_memory_cases: 20_000,
+            environment_pairs: 0,
         }
     }
 }

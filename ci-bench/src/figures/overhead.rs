@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{ms, progress, Context};
+use ci_controller::container_spec::ContainerSpec;
+
 use crate::docker::{project_tar, ManualJob};
 use crate::error::{BenchError, Result};
 use crate::report::{Figure, Target};
@@ -59,10 +61,21 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
 
 /// Wall time of `ci submit test` in the project, which must pass.
 pub async fn ci_submit(system: &System, key: &str, dir: &Path) -> Result<Duration> {
+    ci_submit_with(system, key, dir, &[]).await
+}
+
+/// Wall time of `ci submit test ARGS` in the project, which must pass.
+pub async fn ci_submit_with(
+    system: &System,
+    key: &str,
+    dir: &Path,
+    args: &[&str],
+) -> Result<Duration> {
     let started = Instant::now();
     let out = system
         .ci(key, dir)
         .args(["submit", "test"])
+        .args(args)
         .output()
         .await
         .map_err(BenchError::io("running ci submit test"))?;
@@ -85,7 +98,16 @@ pub async fn ci_submit(system: &System, key: &str, dir: &Path) -> Result<Duratio
 /// Wall time of the same job by hand (`project` is its workspace tar), which
 /// must pass too.
 pub async fn by_hand(manual: &ManualJob, project: &[u8]) -> Result<Duration> {
-    let run = manual.run(project, None).await?;
+    by_hand_as(manual, &manual.spec(), project).await
+}
+
+/// [`by_hand`] of another container than the controller's.
+pub async fn by_hand_as(
+    manual: &ManualJob,
+    spec: &ContainerSpec,
+    project: &[u8],
+) -> Result<Duration> {
+    let run = manual.run_spec(spec, project, None).await?;
     let output = String::from_utf8_lossy(&run.output);
     if run.exit_code != Some(0) || !output.contains(" passed") {
         return Err(BenchError::Command {

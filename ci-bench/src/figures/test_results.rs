@@ -209,7 +209,7 @@ async fn controller_step(
         .await
         .map_err(|e| BenchError::Setup(format!("cannot reach the Docker engine: {e}")))?;
     let tar = project_tar(&project.zip)?;
-    let spec = system.manual_job().spec(&tar);
+    let spec = system.manual_job().spec();
     let id = runtime
         .create(&spec)
         .await

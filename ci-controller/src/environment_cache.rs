@@ -1,0 +1,793 @@
+//! The dependency environments: images with a job's requirements installed,
+//! built once per key (see [`environment`](crate::environment)) and reused by
+//! every later job with the same key.
+//!
+//! On a miss, a preparation container that gets only the requirements files
+//! installs them (its pip output streamed into the job's output as it comes)
+//! and, only when pip succeeded, is committed as the environment image,
+//! labelled with the installation, the key and when it was built. A job
+//! that finds a build of its key in progress waits for it (or for its
+//! failure) instead of building again. A preparation that did not finish
+//! (the controller was killed, the job cancelled) is never committed: its
+//! container carries [`LABEL_PREPARATION`], and the reconciler's sweep
+//! removes every one that no build of this controller owns.
+//!
+//! Eviction keeps the images within `CI_ENV_CACHE_BYTES` (least recently
+//! used first) and `CI_ENV_MAX_AGE`, and never removes an image a job is
+//! about to start from (leased here) or runs from (the engine refuses).
+//! "Last used" lives in this controller's memory, seeded from each image's
+//! build time: image labels cannot be changed after the build, and a table
+//! in the database would be one more schema on both backends for a value
+//! that only orders evictions; after a restart or a takeover the order falls
+//! back to build time, which is never younger than the real last use, so an
+//! image is at worst evicted earlier than strictly needed, never kept past
+//! the limits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ci_common::{Job, JobId};
+use ci_persistence::{Channel, JobOutcome, StoreError};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::config::EnvironmentLimits;
+use crate::container_spec::preparation_container_spec;
+use crate::environment::{EnvironmentPlan, REQUIREMENTS_FILE};
+use crate::log_pump::{pump_logs, PumpEnd, PumpError};
+use crate::pythons::LABEL_PYTHON;
+pub use crate::runtime::LABEL_PREPARATION;
+use crate::runtime::{ImageInfo, ImageRemoval, RuntimeError, LABEL_INSTALLATION};
+use crate::worker::{remove_container, Context, WorkerError};
+
+/// Label carrying an environment image's key.
+pub const LABEL_ENVIRONMENT_KEY: &str = "ci.environment.key";
+/// Label carrying when an environment image was built (RFC 3339, UTC).
+pub const LABEL_BUILT_AT: &str = "ci.environment.built-at";
+/// Label carrying the id of the runner image an environment was built on,
+/// so its own size can be told from the layers it shares.
+pub const LABEL_BASE: &str = "ci.environment.base";
+/// The repository environment images are tagged in.
+pub const ENVIRONMENT_REPO: &str = "ci-environment";
+
+/// How long the preparation may take: the job's own time limit.
+fn preparation_timeout(ctx: &Context) -> Duration {
+    ctx.config.job_timeout
+}
+
+/// An environment image on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentImage {
+    pub id: String,
+    pub key: String,
+    pub built_at: DateTime<Utc>,
+    /// The runner image it was built on.
+    pub base: Option<String>,
+    /// Bytes with the base image's.
+    pub size: u64,
+}
+
+impl EnvironmentImage {
+    /// The environment `info` is, when it is one of `installation`'s.
+    pub fn of(info: &ImageInfo, installation: &str) -> Option<Self> {
+        if info.labels.get(LABEL_INSTALLATION).map(String::as_str) != Some(installation) {
+            return None;
+        }
+        let key = info.labels.get(LABEL_ENVIRONMENT_KEY)?.clone();
+        let built_at = info
+            .labels
+            .get(LABEL_BUILT_AT)
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&Utc))
+            .or_else(|| DateTime::from_timestamp(info.created, 0))?;
+        Some(EnvironmentImage {
+            id: info.id.clone(),
+            key,
+            built_at,
+            base: info.labels.get(LABEL_BASE).cloned(),
+            size: info.size,
+        })
+    }
+
+    /// The key as the job's output names it.
+    fn short_key(&self) -> &str {
+        short(&self.key)
+    }
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// Whether an image is a dependency environment (which inherits its runner
+/// image's labels, so it must not be taken for a runner image).
+pub fn is_environment(info: &ImageInfo) -> bool {
+    info.labels.contains_key(LABEL_ENVIRONMENT_KEY)
+}
+
+/// The tag of `key`'s environment in `installation`: a tag is at most 128
+/// of `[A-Za-z0-9_.-]`, starting with none of `.-`.
+pub fn environment_tag(installation: &str, key: &str) -> String {
+    let installation: String = installation
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut tag = format!("{}-{installation}", &key[..key.len().min(32)]);
+    tag.truncate(128);
+    format!("{ENVIRONMENT_REPO}:{tag}")
+}
+
+/// How a build ended, as the jobs waiting for it learn.
+#[derive(Debug, Clone)]
+enum BuildEnd {
+    Built(EnvironmentImage),
+    /// pip failed: the job that built it ended with `reason`.
+    Failed {
+        job: JobId,
+        reason: String,
+    },
+    /// The build stopped before pip did (its job was cancelled, the engine
+    /// or the database failed): a waiting job builds it instead.
+    Abandoned,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// Builds in progress, by key: who builds, and where the end is told.
+    building: HashMap<String, (JobId, watch::Receiver<Option<BuildEnd>>)>,
+    /// Images jobs are about to start from, by id, with how many.
+    in_use: HashMap<String, usize>,
+    /// When each image was last chosen for a job.
+    last_used: HashMap<String, DateTime<Utc>>,
+}
+
+/// This controller's builds in progress, leases and use times. One per
+/// reconciler: a new leader starts without any, so whatever preparation
+/// it finds on the engine is left from before, and removed.
+#[derive(Default)]
+pub struct EnvironmentCache {
+    state: Mutex<CacheState>,
+    evicting: AtomicBool,
+}
+
+/// A claim on building `key`: whoever holds it builds, everybody else with
+/// the same key waits for its end. Dropped without an end (the worker was
+/// aborted, say), it tells the waiters the build was abandoned.
+struct BuildTicket {
+    cache: Arc<EnvironmentCache>,
+    key: String,
+    end: watch::Sender<Option<BuildEnd>>,
+}
+
+impl BuildTicket {
+    fn finish(self, end: BuildEnd) {
+        self.end.send_replace(Some(end));
+    }
+}
+
+impl Drop for BuildTicket {
+    fn drop(&mut self) {
+        if self.end.borrow().is_none() {
+            self.end.send_replace(Some(BuildEnd::Abandoned));
+        }
+        self.cache.lock().building.remove(&self.key);
+    }
+}
+
+/// A job is about to start from an image: eviction leaves it alone until
+/// the job's container exists (from then on the engine refuses to remove it).
+pub struct EnvironmentLease {
+    cache: Arc<EnvironmentCache>,
+    image: String,
+}
+
+impl Drop for EnvironmentLease {
+    fn drop(&mut self) {
+        let mut state = self.cache.lock();
+        if let Some(count) = state.in_use.get_mut(&self.image) {
+            *count -= 1;
+            if *count == 0 {
+                state.in_use.remove(&self.image);
+            }
+        }
+    }
+}
+
+enum Claim {
+    Build(BuildTicket),
+    Wait(JobId, watch::Receiver<Option<BuildEnd>>),
+}
+
+impl EnvironmentCache {
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims the build of `key` for `job`, or says who builds it already.
+    fn claim(self: &Arc<Self>, key: &str, job: JobId) -> Claim {
+        let mut state = self.lock();
+        if let Some((builder, end)) = state.building.get(key) {
+            return Claim::Wait(*builder, end.clone());
+        }
+        let (end, seen) = watch::channel(None);
+        state.building.insert(key.to_string(), (job, seen));
+        Claim::Build(BuildTicket {
+            cache: self.clone(),
+            key: key.to_string(),
+            end,
+        })
+    }
+
+    /// Whether this controller is building `key`'s environment.
+    pub fn is_building(&self, key: &str) -> bool {
+        self.lock().building.contains_key(key)
+    }
+
+    /// Leases `image` for a job that starts from it, and records the use.
+    fn lease(self: &Arc<Self>, image: &str, now: DateTime<Utc>) -> EnvironmentLease {
+        let mut state = self.lock();
+        *state.in_use.entry(image.to_string()).or_default() += 1;
+        state.last_used.insert(image.to_string(), now);
+        EnvironmentLease {
+            cache: self.clone(),
+            image: image.to_string(),
+        }
+    }
+}
+
+/// Where a job's environment stands once [`prepare`] returns.
+pub(crate) enum Prepared {
+    /// The job starts from `image`, leased until its container exists.
+    Ready {
+        image: EnvironmentImage,
+        lease: EnvironmentLease,
+    },
+    /// The job ended (or was cancelled) meanwhile: nothing to start.
+    JobEnded,
+}
+
+/// Appends one line of the controller's own to the job's output; `false`
+/// when the job has ended.
+async fn say(ctx: &Context, job: JobId, line: String) -> Result<bool, WorkerError> {
+    match ctx.store.append_log(job, &[line], None).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::IllegalTransition(_)) => Ok(false),
+        Err(e) => Err(WorkerError::Follow(PumpError::Store(e))),
+    }
+}
+
+/// The environment `job` runs from, for its `plan` on the runner image
+/// `runner` (whose id is `runner_id`): found, waited for, or built.
+pub(crate) async fn prepare(
+    ctx: &Context,
+    job: &Job,
+    plan: &EnvironmentPlan,
+    runner: &str,
+    runner_id: &str,
+) -> Result<Prepared, WorkerError> {
+    let key = plan.key(runner_id, job.user_id);
+    let mut told_waiting = false;
+    loop {
+        match ctx.environments.claim(&key, job.id) {
+            Claim::Wait(builder, mut end) => {
+                if !told_waiting {
+                    told_waiting = true;
+                    let line = format!(
+                        "[ci] Waiting for environment {}, which job {builder} is preparing\n",
+                        short(&key)
+                    );
+                    if !say(ctx, job.id, line).await? {
+                        return Ok(Prepared::JobEnded);
+                    }
+                }
+                let end = loop {
+                    if let Some(end) = end.borrow_and_update().clone() {
+                        break end;
+                    }
+                    if end.changed().await.is_err() {
+                        break end.borrow().clone().unwrap_or(BuildEnd::Abandoned);
+                    }
+                };
+                match end {
+                    BuildEnd::Built(image) => {
+                        let lease = ctx.environments.lease(&image.id, Utc::now());
+                        let line = format!(
+                            "[ci] Using environment {} (built {} by job {builder}); the requirements are installed already\n",
+                            image.short_key(),
+                            image.built_at.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                        if !say(ctx, job.id, line).await? {
+                            return Ok(Prepared::JobEnded);
+                        }
+                        return Ok(Prepared::Ready { image, lease });
+                    }
+                    BuildEnd::Failed {
+                        job: builder,
+                        reason,
+                    } => {
+                        return Err(WorkerError::InstallFailed(JobOutcome::failed(format!(
+                            "Installing the requirements failed in job {builder}, which prepared this environment: {reason}"
+                        ))));
+                    }
+                    // Built by nobody: this job builds it.
+                    BuildEnd::Abandoned => continue,
+                }
+            }
+            Claim::Build(ticket) => {
+                if !job.options.fresh_env {
+                    if let Some(image) = find_fresh(ctx, &key).await? {
+                        let lease = ctx.environments.lease(&image.id, Utc::now());
+                        ticket.finish(BuildEnd::Built(image.clone()));
+                        let line = format!(
+                            "[ci] Using environment {} (built {}); the requirements are installed already\n",
+                            image.short_key(),
+                            image.built_at.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                        if !say(ctx, job.id, line).await? {
+                            return Ok(Prepared::JobEnded);
+                        }
+                        return Ok(Prepared::Ready { image, lease });
+                    }
+                }
+                return build(ctx, job, plan, &key, runner, runner_id, ticket).await;
+            }
+        }
+    }
+}
+
+/// The newest environment of `key` in this installation that is not older
+/// than the age limit.
+async fn find_fresh(ctx: &Context, key: &str) -> Result<Option<EnvironmentImage>, WorkerError> {
+    let installation = ctx.config.installation();
+    let images = ctx
+        .runtime
+        .list_images(LABEL_ENVIRONMENT_KEY)
+        .await
+        .map_err(WorkerError::Inspect)?;
+    let now = Utc::now();
+    let max_age = ctx.config.environments.max_age;
+    Ok(images
+        .iter()
+        .filter_map(|info| EnvironmentImage::of(info, &installation))
+        .filter(|image| image.key == key)
+        .filter(|image| age(image.built_at, now) <= max_age)
+        .max_by_key(|image| image.built_at))
+}
+
+fn age(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    now.signed_duration_since(at).to_std().unwrap_or_default()
+}
+
+/// The requirements files the preparation container gets, as a tar: the
+/// planned requirements as `requirements.txt` and the constraint files at
+/// their paths, which the planned lines name.
+fn requirements_tar(plan: &EnvironmentPlan) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut requirements = plan.requirements.join("\n");
+    requirements.push('\n');
+    let files = std::iter::once((REQUIREMENTS_FILE, requirements.as_str()))
+        .chain(plan.files.iter().map(|(p, t)| (p.as_str(), t.as_str())));
+    for (path, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(text.len() as u64);
+        header.set_mtime(crate::workspace::ZIP_EPOCH);
+        tar.append_data(&mut header, path, text.as_bytes())?;
+    }
+    tar.into_inner()
+}
+
+/// Waits until `job`'s cancellation is asked for. A cancel changes the
+/// jobs (the reconciler's wake-up), not the job's own watch, which follows
+/// its output and status.
+async fn cancel_requested(ctx: &Context, job: JobId) {
+    let mut jobs_changed = ctx.store.changes().subscribe(Channel::Jobs);
+    loop {
+        jobs_changed.borrow_and_update();
+        match ctx.store.get_job(job).await {
+            Ok(Some(j)) if !j.cancel_requested => {}
+            Ok(_) => return,
+            // The pump meets the same database; it reports.
+            Err(_) => {}
+        }
+        if jobs_changed.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Builds `key`'s environment in a preparation container, streaming pip's
+/// output into `job`'s, and commits it when pip succeeded.
+async fn build(
+    ctx: &Context,
+    job: &Job,
+    plan: &EnvironmentPlan,
+    key: &str,
+    runner: &str,
+    runner_id: &str,
+    ticket: BuildTicket,
+) -> Result<Prepared, WorkerError> {
+    let config = &ctx.config;
+    let line = format!(
+        "[ci] Preparing environment {}: installing the requirements once, for this job and later ones\n",
+        short(key)
+    );
+    if !say(ctx, job.id, line).await? {
+        return Ok(Prepared::JobEnded);
+    }
+    // A private environment's downloads stay the user's; a shared one's
+    // come from a cache no job can write.
+    let pip_cache = if plan.private {
+        config.pip_cache_volume_for(job.user_id)
+    } else {
+        config.shared_pip_cache_volume()
+    };
+    let spec = preparation_container_spec(config, key, pip_cache, runner);
+    let input = requirements_tar(plan).map_err(|e| {
+        WorkerError::CannotRun(format!(
+            "Cannot write the requirements for the preparation: {e}"
+        ))
+    })?;
+    let id = ctx.runtime.create(&spec).await.map_err(|e| {
+        WorkerError::CannotRun(format!("Cannot create the preparation container: {e}"))
+    })?;
+    tracing::info!(container = %id, key, "preparing environment");
+    let input = futures::stream::once(async move { Ok(Bytes::from(input)) }).boxed();
+    if let Err(e) = ctx.runtime.start_with_input(&id, input).await {
+        remove_container(ctx, &id).await;
+        return Err(WorkerError::CannotRun(format!(
+            "Cannot start the preparation container: {e}"
+        )));
+    }
+    // The job's stored output may end in an earlier preparation's container
+    // (one that a killed controller left): this one's lines all come later.
+    let pump = pump_logs(
+        ctx.store.clone(),
+        ctx.runtime.clone(),
+        job.id,
+        id.clone(),
+        job.log_cursor.clone(),
+        config.pump,
+        &ctx.metrics,
+    );
+    let pumped = tokio::select! {
+        pumped = tokio::time::timeout(preparation_timeout(ctx), pump) => pumped,
+        () = cancel_requested(ctx, job.id) => {
+            tracing::info!(container = %id, "job cancelled during its preparation");
+            stop_and_remove(ctx, &id).await;
+            return Ok(Prepared::JobEnded);
+        }
+    };
+    let exit_code = match pumped {
+        Err(_) => {
+            stop_and_remove(ctx, &id).await;
+            let reason = format!(
+                "Installing the requirements took longer than the job time limit of {} seconds; no environment was stored",
+                preparation_timeout(ctx).as_secs()
+            );
+            ticket.finish(BuildEnd::Failed {
+                job: job.id,
+                reason: reason.clone(),
+            });
+            return Err(WorkerError::InstallFailed(JobOutcome::failed(reason)));
+        }
+        Ok(Err(e)) => {
+            stop_and_remove(ctx, &id).await;
+            return Err(WorkerError::Follow(e));
+        }
+        Ok(Ok(PumpEnd::JobEnded)) => {
+            stop_and_remove(ctx, &id).await;
+            return Ok(Prepared::JobEnded);
+        }
+        Ok(Ok(PumpEnd::Drained)) => match ctx.runtime.inspect(&id).await {
+            Ok(Some(state)) if !state.running => state.exit_code.unwrap_or(-1),
+            Ok(_) => {
+                stop_and_remove(ctx, &id).await;
+                return Err(WorkerError::CannotRun(
+                    "The preparation container disappeared before pip finished".into(),
+                ));
+            }
+            Err(e) => {
+                stop_and_remove(ctx, &id).await;
+                return Err(WorkerError::Inspect(e));
+            }
+        },
+    };
+    if exit_code != 0 {
+        remove_container(ctx, &id).await;
+        let reason = format!(
+            "Installing the requirements failed (pip exited with {exit_code}); no environment was stored"
+        );
+        ticket.finish(BuildEnd::Failed {
+            job: job.id,
+            reason: reason.clone(),
+        });
+        let mut outcome = JobOutcome::failed(reason);
+        outcome.exit_code = Some(exit_code);
+        return Err(WorkerError::InstallFailed(outcome));
+    }
+    let built_at = Utc::now();
+    let labels = BTreeMap::from([
+        (LABEL_INSTALLATION.to_string(), config.installation()),
+        (LABEL_ENVIRONMENT_KEY.to_string(), key.to_string()),
+        (
+            LABEL_BUILT_AT.to_string(),
+            built_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        ),
+        (LABEL_BASE.to_string(), runner_id.to_string()),
+    ]);
+    let reference = environment_tag(&config.installation(), key);
+    let committed = ctx.runtime.commit(&id, &reference, &labels).await;
+    remove_container(ctx, &id).await;
+    let image_id = committed.map_err(|e| {
+        WorkerError::CannotRun(format!("Cannot store the prepared environment: {e}"))
+    })?;
+    tracing::info!(image = %image_id, key, "environment built");
+    let image = EnvironmentImage {
+        id: image_id,
+        key: key.to_string(),
+        built_at: DateTime::parse_from_rfc3339(&labels[LABEL_BUILT_AT])
+            .map(|at| at.with_timezone(&Utc))
+            .unwrap_or(built_at),
+        base: Some(runner_id.to_string()),
+        size: 0,
+    };
+    let lease = ctx.environments.lease(&image.id, built_at);
+    ticket.finish(BuildEnd::Built(image.clone()));
+    // The new image may take the cache past its limits, and older builds
+    // of the same key are superseded.
+    let evicting = ctx.clone();
+    tokio::spawn(async move { evict(&evicting).await });
+    Ok(Prepared::Ready { image, lease })
+}
+
+async fn stop_and_remove(ctx: &Context, id: &str) {
+    if let Err(e) = ctx.runtime.stop(id, ctx.config.stop_grace).await {
+        tracing::warn!(container = id, error = %e, "cannot stop the preparation container");
+    }
+    remove_container(ctx, id).await;
+}
+
+/// One cached environment, as eviction weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    pub id: String,
+    pub key: String,
+    pub built_at: DateTime<Utc>,
+    pub last_used: DateTime<Utc>,
+    /// Its own bytes, without the runner image's.
+    pub bytes: u64,
+    /// A job is about to start from it.
+    pub leased: bool,
+}
+
+/// Which environments to remove: older builds of a key that has a newer
+/// one, those past the age limit, then the least recently used until the
+/// rest fits the size limit. Leased ones are never chosen (they still
+/// count towards the size).
+pub fn evictions(images: &[Cached], limits: EnvironmentLimits, now: DateTime<Utc>) -> Vec<String> {
+    let newest: HashMap<&str, DateTime<Utc>> =
+        images.iter().fold(HashMap::new(), |mut newest, image| {
+            let at = newest.entry(image.key.as_str()).or_insert(image.built_at);
+            *at = (*at).max(image.built_at);
+            newest
+        });
+    let mut evicted = Vec::new();
+    let mut kept: Vec<&Cached> = Vec::new();
+    for image in images {
+        let superseded = image.built_at < newest[image.key.as_str()];
+        let expired = age(image.built_at, now) > limits.max_age;
+        if (superseded || expired) && !image.leased {
+            evicted.push(image.id.clone());
+        } else {
+            kept.push(image);
+        }
+    }
+    kept.sort_by_key(|image| (image.last_used, image.built_at));
+    let mut total: u64 = kept.iter().map(|image| image.bytes).sum();
+    for image in kept {
+        if total <= limits.max_bytes {
+            break;
+        }
+        if !image.leased {
+            total -= image.bytes;
+            evicted.push(image.id.clone());
+        }
+    }
+    evicted
+}
+
+/// Removes the environments [`evictions`] chooses; one eviction at a time.
+pub(crate) async fn evict(ctx: &Context) {
+    if ctx.environments.evicting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if let Err(e) = evict_once(ctx).await {
+        tracing::warn!(error = %e, "cannot evict environments; the next sweep tries again");
+    }
+    ctx.environments.evicting.store(false, Ordering::Release);
+}
+
+async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
+    let installation = ctx.config.installation();
+    let images = ctx.runtime.list_images(LABEL_ENVIRONMENT_KEY).await?;
+    let runners = ctx.runtime.list_images(LABEL_PYTHON).await?;
+    let sizes: HashMap<&str, u64> = runners
+        .iter()
+        .chain(&images)
+        .map(|i| (i.id.as_str(), i.size))
+        .collect();
+    let cached: Vec<Cached> = {
+        let state = ctx.environments.lock();
+        images
+            .iter()
+            .filter_map(|info| EnvironmentImage::of(info, &installation))
+            .map(|image| {
+                let base = image
+                    .base
+                    .as_deref()
+                    .and_then(|b| sizes.get(b))
+                    .copied()
+                    .unwrap_or(0);
+                Cached {
+                    last_used: state
+                        .last_used
+                        .get(&image.id)
+                        .copied()
+                        .unwrap_or(image.built_at),
+                    leased: state.in_use.contains_key(&image.id),
+                    bytes: image.size.saturating_sub(base),
+                    id: image.id,
+                    key: image.key,
+                    built_at: image.built_at,
+                }
+            })
+            .collect()
+    };
+    for id in evictions(&cached, ctx.config.environments, Utc::now()) {
+        // Looked at again: a job may have leased it since the listing.
+        if ctx.environments.lock().in_use.contains_key(&id) {
+            continue;
+        }
+        match ctx.runtime.remove_image(&id).await? {
+            ImageRemoval::Removed | ImageRemoval::Missing => {
+                tracing::info!(image = %id, "environment evicted");
+                ctx.environments.lock().last_used.remove(&id);
+            }
+            ImageRemoval::InUse => {
+                tracing::debug!(image = %id, "environment in use; kept");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1024 * 1024 * 1024;
+
+    fn at(minutes_ago: i64) -> DateTime<Utc> {
+        now() - chrono::Duration::minutes(minutes_ago)
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    fn image(id: &str, key: &str, built: i64, used: i64, bytes: u64, leased: bool) -> Cached {
+        Cached {
+            id: id.into(),
+            key: key.into(),
+            built_at: at(built),
+            last_used: at(used),
+            bytes,
+            leased,
+        }
+    }
+
+    fn limits(max_bytes: u64, max_age_minutes: u64) -> EnvironmentLimits {
+        EnvironmentLimits {
+            max_bytes,
+            max_age: Duration::from_secs(max_age_minutes * 60),
+        }
+    }
+
+    #[test]
+    fn the_least_recently_used_go_first_until_the_rest_fits() {
+        let images = [
+            image("a", "ka", 50, 5, 4 * GIB, false),
+            image("b", "kb", 40, 30, 4 * GIB, false),
+            image("c", "kc", 30, 20, 4 * GIB, false),
+        ];
+        // 12 GiB in 10: the one used longest ago goes, however new it is.
+        assert_eq!(evictions(&images, limits(10 * GIB, 600), now()), ["b"]);
+        assert_eq!(evictions(&images, limits(4 * GIB, 600), now()), ["b", "c"]);
+        assert!(evictions(&images, limits(12 * GIB, 600), now()).is_empty());
+    }
+
+    #[test]
+    fn leased_images_are_never_chosen_but_count() {
+        let images = [
+            image("a", "ka", 50, 5, 4 * GIB, false),
+            image("b", "kb", 40, 30, 4 * GIB, true),
+            image("old", "kc", 900, 900, GIB, true),
+        ];
+        assert_eq!(evictions(&images, limits(6 * GIB, 600), now()), ["a"]);
+    }
+
+    #[test]
+    fn environments_past_the_age_limit_and_older_builds_of_a_key_go() {
+        let images = [
+            image("old", "k", 120, 1, GIB, false),
+            image("new", "k", 10, 10, GIB, false),
+            image("expired", "other", 61, 0, GIB, false),
+            image("fresh", "third", 59, 59, GIB, false),
+        ];
+        let mut chosen = evictions(&images, limits(100 * GIB, 60), now());
+        chosen.sort();
+        assert_eq!(chosen, ["expired", "old"]);
+    }
+
+    #[test]
+    fn tags_are_valid_whatever_the_installation() {
+        let key = "ab".repeat(32);
+        let tag = environment_tag("citest-12 3/x:", &key);
+        let (repo, tag) = tag.split_once(':').unwrap_or_default();
+        assert_eq!(repo, ENVIRONMENT_REPO);
+        assert!(tag.len() <= 128);
+        assert!(tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+        assert!(tag.starts_with(&key[..32]));
+    }
+
+    #[test]
+    fn the_preparation_gets_the_requirements_and_their_constraints_only() {
+        let plan = EnvironmentPlan {
+            requirements: vec!["attrs".into(), "-c c/constraints.txt".into()],
+            files: BTreeMap::from([("c/constraints.txt".to_string(), "attrs<30\n".to_string())]),
+            local: vec![],
+            private: false,
+        };
+        let tar = requirements_tar(&plan).unwrap_or_default();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut files = BTreeMap::new();
+        for entry in archive.entries().into_iter().flatten().flatten() {
+            let mut entry = entry;
+            let path = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap_or_default();
+            files.insert(path, text);
+        }
+        assert_eq!(
+            files,
+            BTreeMap::from([
+                (
+                    "requirements.txt".to_string(),
+                    "attrs\n-c c/constraints.txt\n".to_string()
+                ),
+                ("c/constraints.txt".to_string(), "attrs<30\n".to_string()),
+            ])
+        );
+    }
+}
