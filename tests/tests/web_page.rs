@@ -184,34 +184,19 @@ impl Drop for Browser {
     }
 }
 
-/// The lines the page holds for the job it shows.
+/// The lines the page holds for the job it shows, as plain text (without
+/// the colours pytest prints in jobs), as `ci` prints them to a pipe.
 fn page_lines(browser: &Browser) -> Vec<String> {
     let lines = browser.js("return window.ciJobPage.lines();", Value::Null);
     lines
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l.as_str().unwrap().to_string())
+        .map(|l| {
+            let mut plain = ci_client::OutputFilter::new(ci_client::OutputMode::Plain);
+            plain.filter(l.as_str().unwrap()) + &plain.finish()
+        })
         .collect()
-}
-
-/// A line without its colour sequences (`ESC [ … m`).
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(at) = rest.find("\x1b[") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
-        match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
-            Some(end) if after[end..].starts_with('m') => rest = &after[end + 1..],
-            _ => {
-                out.push_str(&rest[at..at + 2]);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 fn ticks_of(lines: &[String]) -> Vec<String> {
@@ -440,10 +425,8 @@ fn the_first_failure_is_one_click_away() {
         "the failure's line is not in the address"
     );
     let lines = page_lines(&browser);
-    // The job's lines carry pytest's colours (PY_COLORS=1): look at their text.
     let first_failure = lines
         .iter()
-        .map(|l| without_colours(l))
         .position(|l| l.starts_with("FAILED ") || l.starts_with("___") || l.starts_with("E   "))
         .unwrap();
     assert_eq!(number, first_failure + 1, "highlighted {text:?}");
