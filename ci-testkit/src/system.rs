@@ -394,12 +394,6 @@ impl TestSystem {
         )
     }
 
-    /// What the controller's `/ready` says: `leader` or `standby`.
-    pub fn controller_status(&self) -> anyhow::Result<String> {
-        let controller = self.controller.as_ref().context("no controller runs")?;
-        Ok(status::ready_status(&controller.status_url)?)
-    }
-
     /// Waits until the controller's `/ready` says `wanted` (`leader` or
     /// `standby`); fails the test, with the controller's log, when it exits
     /// or `within` passes first.
