@@ -65,7 +65,10 @@ async fn as_created(id: &str) -> Value {
             })
         })
         .collect();
-    // The engine lists mounts in no fixed order.
+    // The engine lists the environment (the image's and the container's,
+    // merged) and the mounts in no fixed order.
+    let mut env: Vec<Value> = config["Env"].as_array().cloned().unwrap_or_default();
+    env.sort_by_key(|v| v.as_str().unwrap_or_default().to_string());
     mounts.sort_by_key(|m| m["destination"].as_str().unwrap_or_default().to_string());
     serde_json::json!({
         "image": config["Image"],
@@ -73,7 +76,7 @@ async fn as_created(id: &str) -> Value {
         "user": config["User"],
         "working_dir": config["WorkingDir"],
         "labels": config["Labels"],
-        "env": config["Env"],
+        "env": env,
         "open_stdin": config["OpenStdin"],
         "stdin_once": config["StdinOnce"],
         "tty": config["Tty"],
