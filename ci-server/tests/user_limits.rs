@@ -110,6 +110,9 @@ async fn queued_jobs_past_the_cap_get_429_before_the_upload_is_read() {
 async fn uploads_in_flight_past_the_cap_get_429_until_one_ends() {
     let app = app_with(UserLimits {
         max_uploads: 1,
+        // Uploads that finish before the slow one is counted queue jobs:
+        // on a loaded machine that must not reach the queued-jobs cap first.
+        max_queued_jobs: u64::MAX,
         ..UserLimits::default()
     })
     .await;
