@@ -15,6 +15,13 @@
 //! Eviction keeps the images within `CI_ENV_CACHE_BYTES` (least recently
 //! used first) and `CI_ENV_MAX_AGE`, and never removes an image a job is
 //! about to start from (leased here) or runs from (the engine refuses).
+//! Looking an environment up and evicting one cannot interleave badly: an
+//! eviction decides on an image and marks it as being removed under the same
+//! lock that leases take, skipping leased images and every image of a key
+//! whose lookup or build is in progress (the build ticket is held while the
+//! engine is asked); a lease refuses an image being removed, and a job that
+//! leased an image checks that the engine still has it, so one removed before
+//! the lease is a miss, built again, never a job failing "image not found".
 //! "Last used" lives in this controller's memory, seeded from each image's
 //! build time: image labels cannot be changed after the build, and a table
 //! in the database would be one more schema on both backends for a value
@@ -23,7 +30,7 @@
 //! image is at worst evicted earlier than strictly needed, never kept past
 //! the limits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -147,6 +154,8 @@ struct CacheState {
     building: HashMap<String, (JobId, watch::Receiver<Option<BuildEnd>>)>,
     /// Images jobs are about to start from, by id, with how many.
     in_use: HashMap<String, usize>,
+    /// Images an eviction has chosen and is removing: no longer leased.
+    removing: HashSet<String>,
     /// When each image was last chosen for a job.
     last_used: HashMap<String, DateTime<Utc>>,
 }
@@ -171,6 +180,11 @@ struct BuildTicket {
 
 impl BuildTicket {
     fn finish(self, end: BuildEnd) {
+        self.tell(end);
+    }
+
+    /// Tells the waiters how the build ended, keeping the claim.
+    fn tell(&self, end: BuildEnd) {
         self.end.send_replace(Some(end));
     }
 }
@@ -185,19 +199,55 @@ impl Drop for BuildTicket {
 }
 
 /// A job is about to start from an image: eviction leaves it alone until
-/// the job's container exists (from then on the engine refuses to remove it).
+/// the job's container has started (from its creation on the engine refuses
+/// to remove it).
 pub struct EnvironmentLease {
     cache: Arc<EnvironmentCache>,
     image: String,
+    /// What a build leaves to do once its job has started.
+    after: Option<Box<Housekeeping>>,
+}
+
+/// What a build leaves until its job's container has started, so that the
+/// engine's work on it (removing a container's layer, deleting images) does
+/// not compete with the job's start, which the user waits for.
+struct Housekeeping {
+    ctx: Context,
+    /// The committed preparation container.
+    preparation: String,
+    /// Held (finished) until the preparation container is gone: the orphan
+    /// sweep leaves the container alone meanwhile, and jobs with the key
+    /// take the new image from it.
+    ticket: BuildTicket,
 }
 
 impl Drop for EnvironmentLease {
     fn drop(&mut self) {
-        let mut state = self.cache.lock();
-        if let Some(count) = state.in_use.get_mut(&self.image) {
-            *count -= 1;
-            if *count == 0 {
-                state.in_use.remove(&self.image);
+        {
+            let mut state = self.cache.lock();
+            if let Some(count) = state.in_use.get_mut(&self.image) {
+                *count -= 1;
+                if *count == 0 {
+                    state.in_use.remove(&self.image);
+                }
+            }
+        }
+        if let Some(after) = self.after.take() {
+            let Housekeeping {
+                ctx,
+                preparation,
+                ticket,
+            } = *after;
+            // Without a runtime (a test's last drop) the orphan sweep and the
+            // next eviction do the same.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    remove_container(&ctx, &preparation).await;
+                    drop(ticket);
+                    // The new image may take the cache past its limits, and
+                    // older builds of the same key are superseded.
+                    evict(&ctx).await;
+                });
             }
         }
     }
@@ -230,26 +280,60 @@ impl EnvironmentCache {
         })
     }
 
-    /// Whether this controller is building `key`'s environment.
+    /// Whether this controller is building `key`'s environment, or looking
+    /// it up, or tidying up after its build (until the preparation container
+    /// is removed).
     pub fn is_building(&self, key: &str) -> bool {
         self.lock().building.contains_key(key)
     }
 
-    /// Leases `image` for a job that starts from it, and records the use.
-    fn lease(self: &Arc<Self>, image: &str, now: DateTime<Utc>) -> EnvironmentLease {
+    /// Leases `image` for a job that starts from it, and records the use;
+    /// `None` when an eviction is removing it.
+    fn lease(self: &Arc<Self>, image: &str, now: DateTime<Utc>) -> Option<EnvironmentLease> {
         let mut state = self.lock();
+        if state.removing.contains(image) {
+            return None;
+        }
         *state.in_use.entry(image.to_string()).or_default() += 1;
         state.last_used.insert(image.to_string(), now);
-        EnvironmentLease {
+        Some(EnvironmentLease {
             cache: self.clone(),
             image: image.to_string(),
+            after: None,
+        })
+    }
+
+    /// Whether eviction must leave `image` (of `key`) alone: a job is about
+    /// to start from it, or `key` is being looked up or built.
+    fn is_protected(state: &CacheState, image: &str, key: &str) -> bool {
+        state.in_use.contains_key(image) || state.building.contains_key(key)
+    }
+}
+
+/// Leases `image` for `job`, and checks that the engine still has it: an
+/// eviction may have removed it after it was listed and before the lease,
+/// which from then on keeps it. `None` when it is gone or going: a miss.
+async fn lease_existing(
+    ctx: &Context,
+    image: &EnvironmentImage,
+) -> Result<Option<EnvironmentLease>, WorkerError> {
+    let Some(lease) = ctx.environments.lease(&image.id, Utc::now()) else {
+        tracing::info!(image = %image.id, "environment being evicted; taken as a miss");
+        return Ok(None);
+    };
+    match ctx.runtime.image_id(&image.id).await {
+        Ok(Some(_)) => Ok(Some(lease)),
+        Ok(None) => {
+            tracing::info!(image = %image.id, "environment evicted since it was listed; taken as a miss");
+            Ok(None)
         }
+        Err(e) => Err(WorkerError::Inspect(e)),
     }
 }
 
 /// Where a job's environment stands once [`prepare`] returns.
 pub(crate) enum Prepared {
-    /// The job starts from `image`, leased until its container exists.
+    /// The job starts from `image`, leased until its container has started.
     Ready {
         image: EnvironmentImage,
         lease: EnvironmentLease,
@@ -282,7 +366,9 @@ pub(crate) async fn prepare(
     loop {
         match ctx.environments.claim(&key, job.id) {
             Claim::Wait(builder, mut end) => {
-                if !told_waiting {
+                // A build that ended and is only tidying up has nothing to
+                // wait for.
+                if !told_waiting && end.borrow().is_none() {
                     told_waiting = true;
                     let line = format!(
                         "[ci] Waiting for environment {}, which job {builder} is preparing\n",
@@ -302,7 +388,10 @@ pub(crate) async fn prepare(
                 };
                 match end {
                     BuildEnd::Built(image) => {
-                        let lease = ctx.environments.lease(&image.id, Utc::now());
+                        // Evicted before this job leased it: built again.
+                        let Some(lease) = lease_existing(ctx, &image).await? else {
+                            continue;
+                        };
                         let line = format!(
                             "[ci] Using environment {} (built {} by job {builder}); the requirements are installed already\n",
                             image.short_key(),
@@ -326,9 +415,15 @@ pub(crate) async fn prepare(
                 }
             }
             Claim::Build(ticket) => {
-                if !job.options.fresh_env {
-                    if let Some(image) = find_fresh(ctx, &key).await? {
-                        let lease = ctx.environments.lease(&image.id, Utc::now());
+                // The ticket is held while the engine is asked: eviction
+                // leaves this key's images alone meanwhile.
+                let found = if job.options.fresh_env {
+                    None
+                } else {
+                    find_fresh(ctx, &key).await?
+                };
+                if let Some(image) = found {
+                    if let Some(lease) = lease_existing(ctx, &image).await? {
                         ticket.finish(BuildEnd::Built(image.clone()));
                         let line = format!(
                             "[ci] Using environment {} (built {}); the requirements are installed already\n",
@@ -348,7 +443,7 @@ pub(crate) async fn prepare(
 }
 
 /// The newest environment of `key` in this installation that is not older
-/// than the age limit.
+/// than the age limit and not being evicted.
 async fn find_fresh(ctx: &Context, key: &str) -> Result<Option<EnvironmentImage>, WorkerError> {
     let installation = ctx.config.installation();
     let images = ctx
@@ -358,11 +453,13 @@ async fn find_fresh(ctx: &Context, key: &str) -> Result<Option<EnvironmentImage>
         .map_err(WorkerError::Inspect)?;
     let now = Utc::now();
     let max_age = ctx.config.environments.max_age;
+    let state = ctx.environments.lock();
     Ok(images
         .iter()
         .filter_map(|info| EnvironmentImage::of(info, &installation))
         .filter(|image| image.key == key)
         .filter(|image| age(image.built_at, now) <= max_age)
+        .filter(|image| !state.removing.contains(&image.id))
         .max_by_key(|image| image.built_at))
 }
 
@@ -530,11 +627,15 @@ async fn build(
         (LABEL_BASE.to_string(), runner_id.to_string()),
     ]);
     let reference = environment_tag(&config.installation(), key);
-    let committed = ctx.runtime.commit(&id, &reference, &labels).await;
-    remove_container(ctx, &id).await;
-    let image_id = committed.map_err(|e| {
-        WorkerError::CannotRun(format!("Cannot store the prepared environment: {e}"))
-    })?;
+    let image_id = match ctx.runtime.commit(&id, &reference, &labels).await {
+        Ok(image_id) => image_id,
+        Err(e) => {
+            remove_container(ctx, &id).await;
+            return Err(WorkerError::CannotRun(format!(
+                "Cannot store the prepared environment: {e}"
+            )));
+        }
+    };
     tracing::info!(image = %image_id, key, "environment built");
     let image = EnvironmentImage {
         id: image_id,
@@ -545,12 +646,22 @@ async fn build(
         base: Some(runner_id.to_string()),
         size: 0,
     };
-    let lease = ctx.environments.lease(&image.id, built_at);
-    ticket.finish(BuildEnd::Built(image.clone()));
-    // The new image may take the cache past its limits, and older builds
-    // of the same key are superseded.
-    let evicting = ctx.clone();
-    tokio::spawn(async move { evict(&evicting).await });
+    // Eviction leaves the images of a key being built alone, and the ticket
+    // is still held: nothing can be removing the new image.
+    let Some(mut lease) = ctx.environments.lease(&image.id, built_at) else {
+        remove_container(ctx, &id).await;
+        return Err(WorkerError::CannotRun(
+            "The new environment was evicted before its job started".into(),
+        ));
+    };
+    ticket.tell(BuildEnd::Built(image.clone()));
+    // The preparation container's removal and the eviction wait until the
+    // job has started (the lease is released then).
+    lease.after = Some(Box::new(Housekeeping {
+        ctx: ctx.clone(),
+        preparation: id,
+        ticket,
+    }));
     Ok(Prepared::Ready { image, lease })
 }
 
@@ -648,7 +759,7 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
                         .get(&image.id)
                         .copied()
                         .unwrap_or(image.built_at),
-                    leased: state.in_use.contains_key(&image.id),
+                    leased: EnvironmentCache::is_protected(&state, &image.id, &image.key),
                     bytes: image.size.saturating_sub(base),
                     id: image.id,
                     key: image.key,
@@ -657,15 +768,28 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
             })
             .collect()
     };
+    let keys: HashMap<&str, &str> = cached
+        .iter()
+        .map(|image| (image.id.as_str(), image.key.as_str()))
+        .collect();
     for id in evictions(&cached, ctx.config.environments, Utc::now()) {
-        // Looked at again: a job may have leased it since the listing.
-        if ctx.environments.lock().in_use.contains_key(&id) {
-            continue;
+        // Looked at again, and marked in the same step: a job may have
+        // leased it since the listing, and none may lease it from now on.
+        {
+            let mut state = ctx.environments.lock();
+            let key = keys.get(id.as_str()).copied().unwrap_or_default();
+            if EnvironmentCache::is_protected(&state, &id, key) {
+                continue;
+            }
+            state.removing.insert(id.clone());
         }
-        match ctx.runtime.remove_image(&id).await? {
+        let removed = ctx.runtime.remove_image(&id).await;
+        let mut state = ctx.environments.lock();
+        state.removing.remove(&id);
+        match removed? {
             ImageRemoval::Removed | ImageRemoval::Missing => {
                 tracing::info!(image = %id, "environment evicted");
-                ctx.environments.lock().last_used.remove(&id);
+                state.last_used.remove(&id);
             }
             ImageRemoval::InUse => {
                 tracing::debug!(image = %id, "environment in use; kept");
@@ -680,6 +804,209 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1024 * 1024 * 1024;
+
+    /// A hit racing an eviction, against the in-memory engine: gates on the
+    /// engine's calls put the eviction exactly between the hit's steps.
+    mod races {
+        use std::collections::HashMap;
+
+        use ci_common::JobOptions;
+        use ci_persistence::{DatabaseLocation, NewJob, Store};
+        use tokio::task::JoinHandle;
+        use uuid::Uuid;
+
+        use super::super::*;
+        use crate::config::ControllerConfig;
+        use crate::container_spec::ContainerSpec;
+        use crate::fake_runtime::FakeRuntime;
+        use crate::runtime::ContainerRuntime;
+
+        const RUNNER: &str = "runner:fake";
+
+        struct Fixture {
+            ctx: Context,
+            engine: FakeRuntime,
+            job: Job,
+            plan: EnvironmentPlan,
+            _dir: tempfile::TempDir,
+        }
+
+        impl Fixture {
+            /// A queued job whose requirements (`attrs`) make a shared
+            /// environment, on an engine whose cache holds 50 bytes.
+            async fn new() -> Fixture {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(&DatabaseLocation::SqliteFile(dir.path().join("jobs.db")))
+                    .await
+                    .unwrap();
+                let user = store.create_user("T", "t@example.com").await.unwrap().id;
+                let digest = store.put_archive(b"the project").await.unwrap();
+                let id = Uuid::new_v4();
+                store
+                    .create_job(&NewJob {
+                        id,
+                        user_id: user,
+                        archive_digest: digest,
+                        options: JobOptions::default(),
+                        request_id: None,
+                    })
+                    .await
+                    .unwrap();
+                let job = store.get_job(id).await.unwrap().unwrap();
+                let engine = FakeRuntime::with_image(RUNNER);
+                let config = ControllerConfig {
+                    image: RUNNER.into(),
+                    container_prefix: "fake-".into(),
+                    network_mode: "none".into(),
+                    environments: EnvironmentLimits {
+                        max_bytes: 50,
+                        max_age: Duration::from_secs(3600),
+                    },
+                    ..ControllerConfig::default()
+                };
+                let (wake, _) = tokio::sync::mpsc::unbounded_channel();
+                let ctx = Context {
+                    store,
+                    runtime: Arc::new(engine.clone()),
+                    config: Arc::new(config),
+                    wake,
+                    metrics: Arc::default(),
+                    environments: Arc::default(),
+                };
+                let plan = EnvironmentPlan {
+                    requirements: vec!["attrs".into()],
+                    ..EnvironmentPlan::default()
+                };
+                Fixture {
+                    ctx,
+                    engine,
+                    job,
+                    plan,
+                    _dir: dir,
+                }
+            }
+
+            /// The job's environment, built earlier and idle: 100 bytes, so
+            /// an eviction removes it unless something keeps it.
+            fn plant_environment(&self) -> String {
+                let installation = self.ctx.config.installation();
+                let key = self.plan.key(RUNNER, self.job.user_id);
+                let id = "sha256:planted".to_string();
+                self.engine.add_image(ImageInfo {
+                    id: id.clone(),
+                    tags: vec![environment_tag(&installation, &key)],
+                    labels: HashMap::from([
+                        (LABEL_INSTALLATION.to_string(), installation),
+                        (LABEL_ENVIRONMENT_KEY.to_string(), key),
+                        (
+                            LABEL_BUILT_AT.to_string(),
+                            Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                        ),
+                    ]),
+                    created: Utc::now().timestamp(),
+                    size: 100,
+                });
+                id
+            }
+
+            /// The job's environment being prepared; what it is handed.
+            fn prepare(&self) -> JoinHandle<(String, EnvironmentLease)> {
+                let (ctx, job, plan) = (self.ctx.clone(), self.job.clone(), self.plan.clone());
+                tokio::spawn(async move {
+                    match prepare(&ctx, &job, &plan, RUNNER, RUNNER).await {
+                        Ok(Prepared::Ready { image, lease }) => (image.id, lease),
+                        Ok(Prepared::JobEnded) => panic!("the job has not ended"),
+                        Err(e) => panic!("preparing failed: {e}"),
+                    }
+                })
+            }
+
+            fn evict(&self) -> JoinHandle<()> {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move { evict(&ctx).await })
+            }
+
+            /// The preparation container, once it runs with its input.
+            async fn preparation(&self) -> String {
+                self.engine
+                    .until("a preparation container to run", |e| {
+                        e.containers_labelled(LABEL_PREPARATION)
+                            .into_iter()
+                            .find(|c| c.running && c.input.is_some())
+                            .map(|c| c.id)
+                    })
+                    .await
+            }
+
+            /// Whether the job's container can be made from `image`, as the
+            /// worker makes it while it holds the lease.
+            async fn job_can_start_from(&self, image: &str) -> bool {
+                let spec = ContainerSpec {
+                    image: image.to_string(),
+                    ..ContainerSpec::default()
+                };
+                self.engine.create(&spec).await.is_ok()
+            }
+        }
+
+        #[tokio::test]
+        async fn an_eviction_while_a_hit_is_looked_up_leaves_its_environment() {
+            let t = Fixture::new().await;
+            let planted = t.plant_environment();
+            let mut listing = t.engine.hold_next_image_listing(LABEL_ENVIRONMENT_KEY);
+            let preparing = t.prepare();
+            // The hit has listed its environment and not yet leased it.
+            listing.reached().await;
+            // Over the cache's limit and unleased: only the lookup in
+            // progress keeps it.
+            t.evict().await.unwrap();
+            listing.release();
+            let (image, _lease) = preparing.await.unwrap();
+            assert_eq!(image, planted, "a hit");
+            assert!(t.job_can_start_from(&image).await, "image not found");
+            assert_eq!(t.engine.commits(), 0, "nothing built");
+        }
+
+        #[tokio::test]
+        async fn an_environment_being_evicted_is_a_miss_and_built_again() {
+            let t = Fixture::new().await;
+            let planted = t.plant_environment();
+            let mut removal = t.engine.hold_next_image_removal();
+            let evicting = t.evict();
+            // Chosen for eviction, not yet removed: still listed.
+            removal.reached().await;
+            let preparing = t.prepare();
+            let preparation = t.preparation().await;
+            removal.release();
+            evicting.await.unwrap();
+            t.engine.exit(&preparation, 0);
+            let (image, _lease) = preparing.await.unwrap();
+            assert_ne!(image, planted);
+            assert!(t.job_can_start_from(&image).await, "image not found");
+            assert!(!t.job_can_start_from(&planted).await, "evicted");
+        }
+
+        #[tokio::test]
+        async fn an_environment_evicted_after_it_was_listed_is_a_miss_and_built_again() {
+            let t = Fixture::new().await;
+            let planted = t.plant_environment();
+            let mut removal = t.engine.hold_next_image_removal();
+            let evicting = t.evict();
+            removal.reached().await;
+            let mut listing = t.engine.hold_next_image_listing(LABEL_ENVIRONMENT_KEY);
+            let preparing = t.prepare();
+            // The hit has listed it; then the removal ends before its lease.
+            listing.reached().await;
+            removal.release();
+            evicting.await.unwrap();
+            listing.release();
+            let preparation = t.preparation().await;
+            t.engine.exit(&preparation, 0);
+            let (image, _lease) = preparing.await.unwrap();
+            assert_ne!(image, planted);
+            assert!(t.job_can_start_from(&image).await, "image not found");
+        }
+    }
 
     fn at(minutes_ago: i64) -> DateTime<Utc> {
         now() - chrono::Duration::minutes(minutes_ago)

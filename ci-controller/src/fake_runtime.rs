@@ -18,7 +18,7 @@ use chrono::{SecondsFormat, Utc};
 use ci_common::JobId;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FileRead, ImageInfo,
@@ -55,6 +55,66 @@ struct Engine {
     commits: usize,
     /// The size a committed image gets.
     commit_size: u64,
+    /// The next image listing with this label is held, once it has read
+    /// the engine.
+    listing_gate: Option<(String, HeldCall)>,
+    /// The next image removal is held, before it changes the engine.
+    removal_gate: Option<HeldCall>,
+}
+
+/// The engine's side of a [`Gate`].
+struct HeldCall {
+    reached: watch::Sender<bool>,
+    release: oneshot::Receiver<()>,
+}
+
+impl HeldCall {
+    async fn hold(self) {
+        self.reached.send_replace(true);
+        // A gate dropped without a release lets the call go too.
+        let _ = self.release.await;
+    }
+}
+
+/// A runtime call a test holds at a point of its choosing, so that another
+/// step runs exactly in between (a race made deterministic). Dropping the
+/// gate releases the call.
+pub struct Gate {
+    reached: watch::Receiver<bool>,
+    release: Option<oneshot::Sender<()>>,
+}
+
+impl Gate {
+    fn new() -> (Gate, HeldCall) {
+        let (reached_tx, reached) = watch::channel(false);
+        let (release, release_rx) = oneshot::channel();
+        let gate = Gate {
+            reached,
+            release: Some(release),
+        };
+        let held = HeldCall {
+            reached: reached_tx,
+            release: release_rx,
+        };
+        (gate, held)
+    }
+
+    /// Waits until the held call is at the gate, failing the test after
+    /// [`PATIENCE`].
+    pub async fn reached(&mut self) {
+        let reached = tokio::time::timeout(PATIENCE, self.reached.wait_for(|at| *at)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "timed out waiting for the held call"
+        );
+    }
+
+    /// Lets the held call go on.
+    pub fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
 }
 
 impl Engine {
@@ -181,6 +241,21 @@ impl FakeRuntime {
     /// The size the next committed images get.
     pub fn set_commit_size(&self, bytes: u64) {
         self.change(|e| e.commit_size = bytes);
+    }
+
+    /// Holds the next `list_images(label)` after it has read the engine:
+    /// its caller gets what was listed before the gate, only once released.
+    pub fn hold_next_image_listing(&self, label: &str) -> Gate {
+        let (gate, held) = Gate::new();
+        self.engine().listing_gate = Some((label.to_string(), held));
+        gate
+    }
+
+    /// Holds the next `remove_image` before it removes anything.
+    pub fn hold_next_image_removal(&self) -> Gate {
+        let (gate, held) = Gate::new();
+        self.engine().removal_gate = Some(held);
+        gate
     }
 
     /// The images `list_images` would show with `label`.
@@ -407,13 +482,27 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>> {
-        Ok(self
-            .engine()
-            .listed_images
-            .iter()
-            .filter(|i| i.labels.contains_key(label))
-            .cloned()
-            .collect())
+        let (listed, held) = {
+            let mut engine = self.engine();
+            let listed: Vec<ImageInfo> = engine
+                .listed_images
+                .iter()
+                .filter(|i| i.labels.contains_key(label))
+                .cloned()
+                .collect();
+            let held = match engine.listing_gate.take() {
+                Some((gated, held)) if gated == label => Some(held),
+                other => {
+                    engine.listing_gate = other;
+                    None
+                }
+            };
+            (listed, held)
+        };
+        if let Some(held) = held {
+            held.hold().await;
+        }
+        Ok(listed)
     }
 
     async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileRead> {
@@ -483,6 +572,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn remove_image(&self, id: &str) -> Result<ImageRemoval> {
+        let held = self.engine().removal_gate.take();
+        if let Some(held) = held {
+            held.hold().await;
+        }
         Ok(self.change(|e| {
             if e.containers.values().any(|c| c.spec.image == id) {
                 return ImageRemoval::InUse;

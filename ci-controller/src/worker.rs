@@ -495,8 +495,9 @@ async fn launch(
         local: plan.as_ref().map(|p| p.local.clone()).unwrap_or_default(),
         pip_cache: facts.has_requirements,
     };
-    // Held until the job's container exists: from then on the engine keeps
-    // the environment image for it.
+    // Held until the job's container has started: from its creation on the
+    // engine keeps the environment image for it, and what a build leaves to
+    // tidy (see `EnvironmentLease`) waits until the start is done.
     let mut _lease = None;
     let mut from = image.clone();
     if let Some(plan) = plan.filter(|p| !p.is_empty()) {
@@ -519,7 +520,6 @@ async fn launch(
         RuntimeError::ImageMissing(image) => image_missing(&image),
         e => WorkerError::CannotRun(format!("Cannot create the job's container: {e}")),
     })?;
-    drop(_lease);
     // The job is marked running only once the whole project is in: a
     // controller that dies before leaves a queued job, which is started anew.
     // The one place the project is handed to the runtime.
@@ -538,6 +538,7 @@ async fn launch(
         Err(e) => Err(cannot_run("Unpacking the project failed", &e)),
         Ok(_) => started,
     };
+    drop(_lease);
     if let Err(e) = started {
         remove_container(ctx, &id).await;
         return Err(e);
