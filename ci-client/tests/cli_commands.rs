@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_common::api::JobSummary;
+use ci_common::JobId;
 use ci_common::JobStatus;
 use support::{api_error, passing_project, CiUser, ScriptedServer};
-use uuid::Uuid;
 
 const TWIN_A: &str = "4a4c2011-0000-4000-8000-000000000001";
 const TWIN_B: &str = "4a4c2099-0000-4000-8000-000000000002";
@@ -34,7 +34,7 @@ async fn twins() -> Json<Vec<JobSummary>> {
 }
 
 /// One of the twins, or the 404 of an unknown job.
-async fn twin(Path(id): Path<Uuid>) -> Response {
+async fn twin(Path(id): Path<JobId>) -> Response {
     if [TWIN_A, TWIN_B].contains(&id.to_string().as_str()) {
         return Json(JobSummary::new(id, JobStatus::Completed)).into_response();
     }

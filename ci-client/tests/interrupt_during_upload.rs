@@ -18,20 +18,20 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_common::api::{JobSummary, StreamEvent};
+use ci_common::JobId;
 use ci_common::JobStatus;
 use futures::StreamExt as _;
 use support::{api_error, event_stream, frame, passing_project, CiUser, ScriptedServer};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 /// A submit the server holds: it takes the upload, says so, and names the
 /// job only once released; then it records what `ci` cancels.
 #[derive(Clone)]
 struct HeldSubmit {
-    job_id: Uuid,
+    job_id: JobId,
     upload_received: mpsc::Sender<()>,
     release: Arc<Notify>,
-    cancelled: Arc<Mutex<Vec<Uuid>>>,
+    cancelled: Arc<Mutex<Vec<JobId>>>,
 }
 
 async fn submit_stream(State(held): State<HeldSubmit>, mut form: Multipart) -> Response {
@@ -52,7 +52,7 @@ async fn submit_stream(State(held): State<HeldSubmit>, mut form: Multipart) -> R
     event_stream(Body::from_stream(body))
 }
 
-async fn cancel(State(held): State<HeldSubmit>, Path(id): Path<Uuid>) -> Json<JobSummary> {
+async fn cancel(State(held): State<HeldSubmit>, Path(id): Path<JobId>) -> Json<JobSummary> {
     held.cancelled.lock().unwrap().push(id);
     Json(JobSummary::new(id, JobStatus::Cancelled))
 }
@@ -61,7 +61,7 @@ async fn cancel(State(held): State<HeldSubmit>, Path(id): Path<Uuid>) -> Json<Jo
 fn ctrl_c_during_the_upload_cancels_the_job_the_server_then_names() {
     let (upload_received, upload_rx) = mpsc::channel();
     let held = HeldSubmit {
-        job_id: Uuid::new_v4(),
+        job_id: JobId::random(),
         upload_received,
         release: Arc::new(Notify::new()),
         cancelled: Arc::new(Mutex::new(Vec::new())),

@@ -15,9 +15,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_common::api::{JobSummary, StreamEvent};
+use ci_common::JobId;
 use ci_common::JobStatus;
 use support::{event_stream, frame, passing_project, run_on_terminal, CiUser, ScriptedServer};
-use uuid::Uuid;
 
 /// A job's output that tries to set the clipboard, the window title, plant
 /// a link and clear the screen, between coloured words.
@@ -25,7 +25,7 @@ const HOSTILE: &str = "\x1b[31mRED\x1b[0m\tok\n\x1b]52;c;ZXZpbA==\x07\x1b]0;pwne
 \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\\x1b[2J\x1b[Hend\n";
 
 /// Every job passed.
-async fn passed_job(Path(id): Path<Uuid>) -> Json<JobSummary> {
+async fn passed_job(Path(id): Path<JobId>) -> Json<JobSummary> {
     let mut job = JobSummary::new(id, JobStatus::Completed);
     job.success = Some(true);
     job.exit_code = Some(0);
@@ -33,7 +33,7 @@ async fn passed_job(Path(id): Path<Uuid>) -> Json<JobSummary> {
 }
 
 /// Every job printed [`HOSTILE`], then passed.
-async fn hostile_output(Path(_id): Path<Uuid>) -> Response {
+async fn hostile_output(Path(_id): Path<JobId>) -> Response {
     let log = StreamEvent::Log {
         data: HOSTILE.to_string(),
     };
@@ -62,7 +62,7 @@ fn no_jobs_script() -> Router {
 fn a_terminal_gets_colours_and_escaped_control_sequences() {
     let server = ScriptedServer::start(hostile_job_script());
     let ci = CiUser::of(&server);
-    let id = Uuid::new_v4().to_string();
+    let id = JobId::random().to_string();
 
     let out = ci.run_on_terminal(&["wait", "--all", &id]);
     let text = &out.stdout;
@@ -94,7 +94,7 @@ fn a_terminal_gets_colours_and_escaped_control_sequences() {
 fn piped_output_keeps_its_bytes_without_colours() {
     let server = ScriptedServer::start(hostile_job_script());
     let ci = CiUser::of(&server);
-    let id = Uuid::new_v4().to_string();
+    let id = JobId::random().to_string();
 
     let out = ci.run(&["wait", "--all", &id]);
     out.assert_code(0);
