@@ -813,7 +813,6 @@ mod tests {
         use ci_common::JobOptions;
         use ci_persistence::{DatabaseLocation, NewJob, Store};
         use tokio::task::JoinHandle;
-        use uuid::Uuid;
 
         use super::super::*;
         use crate::config::ControllerConfig;
@@ -841,7 +840,7 @@ mod tests {
                     .unwrap();
                 let user = store.create_user("T", "t@example.com").await.unwrap().id;
                 let digest = store.put_archive(b"the project").await.unwrap();
-                let id = Uuid::new_v4();
+                let id = JobId::random();
                 store
                     .create_job(&NewJob {
                         id,
