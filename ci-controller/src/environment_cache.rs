@@ -156,6 +156,8 @@ struct CacheState {
     in_use: HashMap<String, usize>,
     /// Images an eviction has chosen and is removing: no longer leased.
     removing: HashSet<String>,
+    /// Committed preparation containers left for their job's end to remove.
+    tidying: HashSet<String>,
     /// When each image was last chosen for a job.
     last_used: HashMap<String, DateTime<Utc>>,
 }
@@ -180,11 +182,6 @@ struct BuildTicket {
 
 impl BuildTicket {
     fn finish(self, end: BuildEnd) {
-        self.tell(end);
-    }
-
-    /// Tells the waiters how the build ended, keeping the claim.
-    fn tell(&self, end: BuildEnd) {
         self.end.send_replace(Some(end));
     }
 }
@@ -208,17 +205,34 @@ pub struct EnvironmentLease {
     after: Option<Box<Housekeeping>>,
 }
 
-/// What a build leaves until its job's container has started, so that the
-/// engine's work on it (removing a container's layer, deleting images) does
-/// not compete with the job's start, which the user waits for.
+/// What a build leaves until its job has ended, so that the engine's work
+/// on it (removing a container's layer, deleting images) competes with
+/// neither the job's start nor its tests, which the user waits for.
 struct Housekeeping {
     ctx: Context,
-    /// The committed preparation container.
+    /// The committed preparation container, which the orphan sweep leaves
+    /// alone until then (see [`EnvironmentCache::owns_preparation`]).
     preparation: String,
-    /// Held (finished) until the preparation container is gone: the orphan
-    /// sweep leaves the container alone meanwhile, and jobs with the key
-    /// take the new image from it.
-    ticket: BuildTicket,
+    job: JobId,
+}
+
+impl Housekeeping {
+    async fn run(self) {
+        let Housekeeping {
+            ctx,
+            preparation,
+            job,
+        } = self;
+        // A job ends within its time limit; past it, the reconciler is about
+        // to end it, and tidying need not wait any longer.
+        let limit = ctx.config.job_timeout + Duration::from_secs(60);
+        let _ = tokio::time::timeout(limit, job_ended(&ctx, job)).await;
+        remove_container(&ctx, &preparation).await;
+        ctx.environments.lock().tidying.remove(&preparation);
+        // The new image may take the cache past its limits, and older builds
+        // of the same key are superseded.
+        evict(&ctx).await;
+    }
 }
 
 impl Drop for EnvironmentLease {
@@ -233,21 +247,10 @@ impl Drop for EnvironmentLease {
             }
         }
         if let Some(after) = self.after.take() {
-            let Housekeeping {
-                ctx,
-                preparation,
-                ticket,
-            } = *after;
             // Without a runtime (a test's last drop) the orphan sweep and the
             // next eviction do the same.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    remove_container(&ctx, &preparation).await;
-                    drop(ticket);
-                    // The new image may take the cache past its limits, and
-                    // older builds of the same key are superseded.
-                    evict(&ctx).await;
-                });
+                runtime.spawn(after.run());
             }
         }
     }
@@ -280,11 +283,12 @@ impl EnvironmentCache {
         })
     }
 
-    /// Whether this controller is building `key`'s environment, or looking
-    /// it up, or tidying up after its build (until the preparation container
-    /// is removed).
-    pub fn is_building(&self, key: &str) -> bool {
-        self.lock().building.contains_key(key)
+    /// Whether the preparation container `container` (of `key`) is this
+    /// controller's: its build (or a lookup of the key) is in progress, or it
+    /// was committed and waits for its job's end to be removed.
+    pub fn owns_preparation(&self, key: &str, container: &str) -> bool {
+        let state = self.lock();
+        state.building.contains_key(key) || state.tidying.contains(container)
     }
 
     /// Leases `image` for a job that starts from it, and records the use;
@@ -366,9 +370,7 @@ pub(crate) async fn prepare(
     loop {
         match ctx.environments.claim(&key, job.id) {
             Claim::Wait(builder, mut end) => {
-                // A build that ended and is only tidying up has nothing to
-                // wait for.
-                if !told_waiting && end.borrow().is_none() {
+                if !told_waiting {
                     told_waiting = true;
                     let line = format!(
                         "[ci] Waiting for environment {}, which job {builder} is preparing\n",
@@ -485,6 +487,23 @@ fn requirements_tar(plan: &EnvironmentPlan) -> std::io::Result<Vec<u8>> {
         tar.append_data(&mut header, path, text.as_bytes())?;
     }
     tar.into_inner()
+}
+
+/// Waits until `job` has ended (or is gone).
+async fn job_ended(ctx: &Context, job: JobId) {
+    let mut jobs_changed = ctx.store.changes().subscribe(Channel::Jobs);
+    loop {
+        jobs_changed.borrow_and_update();
+        match ctx.store.get_job(job).await {
+            Ok(Some(j)) if !j.status.is_terminal() => {}
+            Ok(_) => return,
+            // Tidying is best-effort; the next change asks again.
+            Err(_) => {}
+        }
+        if jobs_changed.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Waits until `job`'s cancellation is asked for. A cancel changes the
@@ -654,14 +673,16 @@ async fn build(
             "The new environment was evicted before its job started".into(),
         ));
     };
-    ticket.tell(BuildEnd::Built(image.clone()));
     // The preparation container's removal and the eviction wait until the
-    // job has started (the lease is released then).
+    // job has ended; they are set off when the lease is released, once its
+    // container has started.
+    ctx.environments.lock().tidying.insert(id.clone());
     lease.after = Some(Box::new(Housekeeping {
         ctx: ctx.clone(),
         preparation: id,
-        ticket,
+        job: job.id,
     }));
+    ticket.finish(BuildEnd::Built(image.clone()));
     Ok(Prepared::Ready { image, lease })
 }
 

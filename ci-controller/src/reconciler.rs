@@ -248,7 +248,7 @@ impl Reconciler {
         for container in containers {
             let owned = match (container.job_id, &container.preparation) {
                 (Some(j), _) => live.contains(&j) || self.workers.contains_key(&j),
-                (None, Some(key)) => self.ctx.environments.is_building(key),
+                (None, Some(key)) => self.ctx.environments.owns_preparation(key, &container.id),
                 (None, None) => false,
             };
             if !owned {
@@ -964,9 +964,13 @@ mod tests {
         ] {
             assert!(image.labels.contains_key(label), "{label}: {image:?}");
         }
-        h.container_gone(&preparation.id).await;
+        assert!(
+            h.engine.container(&preparation.id).is_some(),
+            "removed once the job has ended, not while it runs"
+        );
         h.engine.exit(&container, 0);
         assert_eq!(h.ended(first).await.success, Some(true));
+        h.container_gone(&preparation.id).await;
 
         let second = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
         let container = h.running_container(second).await;

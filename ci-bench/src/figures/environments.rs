@@ -14,14 +14,19 @@
 //!
 //! pip's download cache is warm on both sides (the preparation's volume and
 //! the by-hand one are filled by an untimed run first), so the figure weighs
-//! the service's work, not PyPI's day. Not in `--quick`: it needs PyPI.
+//! the service's work, not PyPI's day. After each `ci submit test` the
+//! figure waits, untimed, until the controller has tidied up (the job's and
+//! the preparation's containers removed, a superseded build evicted), so
+//! that work never lands in the next timed step of either side. Not in
+//! `--quick`: it needs PyPI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ci_controller::config::{JOB_SCRIPT, UNPACK_FROM_STDIN};
 use ci_controller::container_spec::{ContainerSpec, VolumeMount, JOB_HOME, WORKSPACE_DIR};
+use ci_controller::environment_cache::LABEL_ENVIRONMENT_KEY;
 use ci_controller::runtime::LABEL_INSTALLATION;
 
 use super::overhead::{by_hand_as, ci_submit_with};
@@ -313,8 +318,59 @@ async fn image_with_dependencies(manual: &ManualJob, prefix: &str, image: &str) 
 }
 
 /// Wall time of `ci submit test` in `dir` (with `--fresh-env` when `fresh`),
-/// which must pass.
+/// which must pass; returns once the controller has tidied up after it.
 async fn submit(system: &System, key: &str, dir: &Path, fresh: bool) -> Result<Duration> {
     let args: &[&str] = if fresh { &["--fresh-env"] } else { &[] };
-    ci_submit_with(system, key, dir, args).await
+    let took = ci_submit_with(system, key, dir, args).await?;
+    tidied(system).await?;
+    Ok(took)
+}
+
+/// How long the controller may take to tidy up after a job.
+const TIDY_LIMIT: Duration = Duration::from_secs(60);
+/// How often the engine is asked whether it has.
+const TIDY_POLL: Duration = Duration::from_millis(100);
+
+/// Waits until the system's installation has no container left and no key
+/// with more than one build: what the controller does after a job ended
+/// (removing its container and a build's preparation container, evicting
+/// the build a `--fresh-env` superseded) is done.
+async fn tidied(system: &System) -> Result<()> {
+    let installation = format!("label={LABEL_INSTALLATION}={}", system.prefix);
+    let environments = format!("label={LABEL_ENVIRONMENT_KEY}");
+    let template = format!("{{{{index .Config.Labels \"{LABEL_ENVIRONMENT_KEY}\"}}}}");
+    let deadline = Instant::now() + TIDY_LIMIT;
+    loop {
+        let containers = docker(&["ps", "-a", "-q", "--filter", &installation]).await?;
+        let images = docker(&[
+            "image",
+            "ls",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &installation,
+            "--filter",
+            &environments,
+        ])
+        .await?;
+        let ids: Vec<&str> = images.split_whitespace().collect();
+        let mut builds: HashMap<String, usize> = HashMap::new();
+        if !ids.is_empty() {
+            let mut args = vec!["image", "inspect", "--format", template.as_str()];
+            args.extend(&ids);
+            for key in docker(&args).await?.lines() {
+                *builds.entry(key.to_string()).or_default() += 1;
+            }
+        }
+        if containers.trim().is_empty() && builds.values().all(|n| *n == 1) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::timeout(
+                "the controller to remove a job's containers and superseded builds",
+                TIDY_LIMIT,
+            ));
+        }
+        tokio::time::sleep(TIDY_POLL).await;
+    }
 }
