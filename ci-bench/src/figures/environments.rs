@@ -354,15 +354,23 @@ async fn tidied(system: &System) -> Result<()> {
         ])
         .await?;
         let ids: Vec<&str> = images.split_whitespace().collect();
-        let mut builds: HashMap<String, usize> = HashMap::new();
-        if !ids.is_empty() {
-            let mut args = vec!["image", "inspect", "--format", template.as_str()];
-            args.extend(&ids);
-            for key in docker(&args).await?.lines() {
-                *builds.entry(key.to_string()).or_default() += 1;
+        let mut args = vec!["image", "inspect", "--format", template.as_str()];
+        args.extend(&ids);
+        // An image evicted since the listing fails the inspection: not
+        // tidy yet, asked again.
+        let keys = if ids.is_empty() {
+            Some(String::new())
+        } else {
+            docker(&args).await.ok()
+        };
+        let one_build_per_key = keys.is_some_and(|keys| {
+            let mut builds: HashMap<&str, usize> = HashMap::new();
+            for key in keys.lines() {
+                *builds.entry(key).or_default() += 1;
             }
-        }
-        if containers.trim().is_empty() && builds.values().all(|n| *n == 1) {
+            builds.values().all(|n| *n == 1)
+        });
+        if containers.trim().is_empty() && one_build_per_key {
             return Ok(());
         }
         if Instant::now() >= deadline {
