@@ -16,13 +16,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_client::{ApiClient, ClientError, ReceivedEvent, ReconnectPolicy, StreamStart};
 use ci_common::api::StreamEvent;
+use ci_common::JobId;
 use futures::StreamExt;
-use uuid::Uuid;
 
 const JOB: &str = "6f1c2d3e-4b5a-4c6d-8e7f-001122334455";
 
-fn job_id() -> Uuid {
-    Uuid::parse_str(JOB).expect("test uuid")
+fn job_id() -> JobId {
+    JOB.parse().expect("test uuid")
 }
 
 /// How one streamed response ends.
@@ -676,7 +676,7 @@ async fn opening_errors_are_typed() {
     let api = client(&url);
 
     let unknown = api
-        .follow_job(Uuid::nil(), StreamStart::Now)
+        .follow_job(JobId::nil(), StreamStart::Now)
         .await
         .expect_err("unknown job");
     assert!(matches!(&unknown, ClientError::NotFound(d) if d == "Job not found"));

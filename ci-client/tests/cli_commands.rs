@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_common::api::JobSummary;
 use ci_common::JobStatus;
-use uuid::Uuid;
 
 const TWIN_A: &str = "4a4c2011-0000-4000-8000-000000000001";
 const TWIN_B: &str = "4a4c2099-0000-4000-8000-000000000002";
@@ -35,7 +34,7 @@ async fn jobs() -> Json<Vec<JobSummary>> {
     )
 }
 
-async fn job(Path(id): Path<Uuid>) -> Response {
+async fn job(Path(id): Path<ci_common::JobId>) -> Response {
     if [TWIN_A, TWIN_B].contains(&id.to_string().as_str()) {
         return Json(JobSummary::new(id, JobStatus::Completed)).into_response();
     }

@@ -17,17 +17,17 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use ci_common::api::JobSummary;
+use ci_common::JobId;
 use ci_common::JobStatus;
 use futures::StreamExt as _;
 use tokio::sync::{oneshot, Notify};
-use uuid::Uuid;
 
 #[derive(Clone)]
 struct Server {
-    job_id: Uuid,
+    job_id: JobId,
     upload_received: Arc<Mutex<Option<oneshot::Sender<()>>>>,
     release: Arc<Notify>,
-    cancelled: Arc<Mutex<Vec<Uuid>>>,
+    cancelled: Arc<Mutex<Vec<JobId>>>,
 }
 
 async fn submit_stream(State(server): State<Server>, mut form: Multipart) -> Response {
@@ -51,7 +51,7 @@ async fn submit_stream(State(server): State<Server>, mut form: Multipart) -> Res
         .unwrap()
 }
 
-async fn cancel(State(server): State<Server>, Path(id): Path<Uuid>) -> Json<JobSummary> {
+async fn cancel(State(server): State<Server>, Path(id): Path<JobId>) -> Json<JobSummary> {
     server.cancelled.lock().unwrap().push(id);
     Json(JobSummary::new(id, JobStatus::Cancelled))
 }
@@ -67,7 +67,7 @@ async fn unknown_job() -> (axum::http::StatusCode, Json<serde_json::Value>) {
 async fn ctrl_c_during_the_upload_cancels_the_job_the_server_then_names() {
     let (upload_tx, upload_rx) = oneshot::channel();
     let server = Server {
-        job_id: Uuid::new_v4(),
+        job_id: JobId::random(),
         upload_received: Arc::new(Mutex::new(Some(upload_tx))),
         release: Arc::new(Notify::new()),
         cancelled: Arc::new(Mutex::new(Vec::new())),

@@ -48,7 +48,7 @@ async fn stream(Path(_id): Path<Uuid>) -> Response {
         .unwrap()
 }
 
-async fn job(Path(id): Path<Uuid>) -> Json<JobSummary> {
+async fn job(Path(id): Path<ci_common::JobId>) -> Json<JobSummary> {
     let mut job = JobSummary::new(id, JobStatus::Completed);
     job.success = Some(true);
     job.exit_code = Some(0);

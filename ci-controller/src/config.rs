@@ -165,7 +165,7 @@ impl ControllerConfig {
     /// The pip cache volume of `user`'s jobs. Per user, because the cache is
     /// writable: a volume shared by every user would let one user's job plant
     /// a wheel or an index answer that the next user's `pip install` trusts.
-    pub fn pip_cache_volume_for(&self, user: uuid::Uuid) -> Option<String> {
+    pub fn pip_cache_volume_for(&self, user: ci_common::UserId) -> Option<String> {
         self.pip_cache_volume
             .as_ref()
             .map(|stem| format!("{stem}-{user}"))
@@ -227,7 +227,7 @@ mod tests {
             pip_cache_volume: Some("p-ci-pip-cache".into()),
             ..ControllerConfig::default()
         };
-        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let (a, b) = (ci_common::UserId::random(), ci_common::UserId::random());
         assert_eq!(
             config.pip_cache_volume_for(a),
             Some(format!("p-ci-pip-cache-{a}"))
@@ -266,7 +266,10 @@ mod tests {
         };
         let shared = config.shared_pip_cache_volume();
         assert_eq!(shared.as_deref(), Some("p-ci-pip-cache-environments"));
-        assert_ne!(shared, config.pip_cache_volume_for(uuid::Uuid::nil()));
+        assert_ne!(
+            shared,
+            config.pip_cache_volume_for(ci_common::UserId::nil())
+        );
     }
 
     #[test]

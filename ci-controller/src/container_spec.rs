@@ -303,12 +303,12 @@ exit $status\n"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use ci_common::{JobId, UserId};
 
     fn job() -> Job {
         Job::queued(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
+            JobId::random(),
+            UserId::random(),
             "d".into(),
             chrono::Utc::now(),
         )

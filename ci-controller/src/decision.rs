@@ -191,7 +191,7 @@ pub fn decide(o: &Observed) -> Action {
 mod tests {
     use super::*;
     use ci_common::JobStatus::{Cancelled as Over, Completed, Queued, Running as Run};
-    use uuid::Uuid;
+    use ci_common::{JobId, UserId};
     use Action::*;
     use ContainerSeen::*;
     use EndReason::*;
@@ -276,7 +276,7 @@ mod tests {
 
     fn job(status: JobStatus, running_for: chrono::Duration) -> Job {
         let since = Utc::now() - running_for;
-        let mut job = Job::queued(Uuid::new_v4(), Uuid::new_v4(), "d".into(), since);
+        let mut job = Job::queued(JobId::random(), UserId::random(), "d".into(), since);
         job.status = status;
         job.started_at = (status == JobStatus::Running).then_some(since);
         job

@@ -504,7 +504,7 @@ mod tests {
             .unwrap();
         let user = store.create_user("Pump", "pump@example.com").await.unwrap();
         let digest = store.put_archive(b"zip").await.unwrap();
-        let id = uuid::Uuid::new_v4();
+        let id = JobId::random();
         store
             .create_job(&NewJob {
                 id,

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ci_common::{Job, JobId, JobStatus};
+use ci_common::{Job, JobId, JobStatus, UserId};
 use ci_persistence::{Channel, JobOutcome, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::config::ControllerConfig;
 use crate::decision::{decide, Action, EndReason, Observed, WorkerState};
@@ -156,7 +155,7 @@ impl Reconciler {
 
         let mut eligible = Vec::new();
         let mut busy = 0usize;
-        let mut running_per_user: HashMap<Uuid, usize> = HashMap::new();
+        let mut running_per_user: HashMap<UserId, usize> = HashMap::new();
         for job in &jobs {
             let worker = states.get(&job.id).copied().unwrap_or(WorkerState::Idle);
             if job.status == JobStatus::Running || worker == WorkerState::Following {
@@ -358,7 +357,7 @@ mod tests {
         store: Store,
         engine: FakeRuntime,
         config: ControllerConfig,
-        user: Uuid,
+        user: UserId,
         controller: Option<(CancellationToken, JoinHandle<()>)>,
         metrics: Arc<ControllerMetrics>,
         _dir: tempfile::TempDir,
@@ -414,13 +413,13 @@ mod tests {
             }
         }
 
-        async fn submit_as(&self, user: Uuid, files: &[(&str, &str)]) -> JobId {
+        async fn submit_as(&self, user: UserId, files: &[(&str, &str)]) -> JobId {
             self.submit_with(user, files, JobOptions::default()).await
         }
 
         async fn submit_with(
             &self,
-            user: Uuid,
+            user: UserId,
             files: &[(&str, &str)],
             options: JobOptions,
         ) -> JobId {
@@ -432,7 +431,7 @@ mod tests {
             }
             let zip = zip.finish().unwrap().into_inner();
             let digest = self.store.put_archive(&zip).await.unwrap();
-            let id = Uuid::new_v4();
+            let id = JobId::random();
             self.store
                 .create_job(&NewJob {
                     id,
@@ -804,8 +803,8 @@ mod tests {
     #[tokio::test]
     async fn orphans_are_removed_and_other_installations_left_alone() {
         let h = Harness::start(|_| {}).await;
-        let theirs = h.engine.plant(spec_of("other-", Uuid::new_v4()), true);
-        let orphan = h.engine.plant(spec_of("fake-", Uuid::new_v4()), false);
+        let theirs = h.engine.plant(spec_of("other-", JobId::random()), true);
+        let orphan = h.engine.plant(spec_of("fake-", JobId::random()), false);
         h.container_gone(&orphan).await;
         // The pass that removed the orphan saw the other one too.
         assert!(h.engine.container(&theirs).is_some_and(|c| c.running));

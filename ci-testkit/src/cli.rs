@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn ids_are_found_after_their_prefix() {
-        let id = uuid::Uuid::new_v4();
+        let id = JobId::random();
         let text = format!("noise\nJob ID: {id}\nYou can reconnect ...\n");
         assert_eq!(id_after(&text, "Job ID: "), Some(id));
         assert_eq!(id_after("Job ID: nope", "Job ID: "), None);

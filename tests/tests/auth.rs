@@ -6,7 +6,6 @@
 use std::process::Command;
 
 use ci_testkit::{copy_fixture, run, CiOutput, Project, TestSystem};
-use uuid::Uuid;
 
 const HELP: [&str; 4] = [
     "Authentication required. Please provide an API key using one of:",
@@ -30,7 +29,7 @@ fn assert_refused(out: &CiOutput, reason: &str) {
 
 /// Every command that talks to the server.
 fn every_command() -> Vec<Vec<String>> {
-    let some_job = Uuid::new_v4().to_string();
+    let some_job = ci_common::JobId::random().to_string();
     [
         vec!["list"],
         vec!["list", "--json"],

@@ -203,13 +203,13 @@ fn scripts_get_ids_and_lists_get_every_field() {
         .current_dir(project.path()));
     out.assert_code(0);
     let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let first: uuid::Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    let first: ci_common::JobId = body["job_id"].as_str().unwrap().parse().unwrap();
     let out = run(sys
         .ci()
         .args(["submit", "test", "--async", "-q"])
         .current_dir(project.path()));
     out.assert_code(0);
-    let second: uuid::Uuid = out.stdout.trim().parse().unwrap();
+    let second: ci_common::JobId = out.stdout.trim().parse().unwrap();
     sys.wait_for_job_end(first);
     sys.wait_for_job_end(second);
 
