@@ -164,6 +164,7 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
         volumes,
         read_only_rootfs,
         tmpfs,
+        storage_size_bytes,
         log_driver,
         stdin_once,
         env,
@@ -221,6 +222,9 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
     }
     for (path, options) in tmpfs {
         flag("--tmpfs", format!("{path}:{options}"));
+    }
+    if let Some(bytes) = storage_size_bytes {
+        flag("--storage-opt", format!("size={bytes}"));
     }
     if let Some(driver) = log_driver {
         flag("--log-driver", driver.clone());

@@ -398,7 +398,7 @@ mod tests {
     use bytes::Bytes;
     use ci_persistence::{NewJob, StoreOptions};
     use futures::stream::BoxStream;
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
     use std::sync::Mutex;
 
     /// A runtime whose log reads are scripted, one script per call; it
@@ -465,6 +465,12 @@ mod tests {
             self.since.lock().unwrap().push(since);
             let read = self.reads.lock().unwrap().pop_front().unwrap_or_default();
             futures::stream::iter(read).boxed()
+        }
+        async fn disk_use(
+            &self,
+            _: &[String],
+        ) -> crate::runtime::Result<HashMap<String, crate::runtime::DiskUse>> {
+            Ok(HashMap::new())
         }
         async fn stop(&self, _: &str, _: Duration) -> crate::runtime::Result<()> {
             Ok(())
