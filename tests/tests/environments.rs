@@ -74,7 +74,8 @@ fn environments(sys: &TestSystem) -> Vec<String> {
 /// formats below print them) are a preparation's: a job's container
 /// inherits the label from the environment image it runs from, and has a job.
 fn is_preparation(labels: &str) -> bool {
-    matches!(labels.split_once('|'), Some(("", key)) if !key.is_empty())
+    let mut fields = labels.split('|');
+    matches!((fields.next(), fields.next()), (Some(""), Some(key)) if !key.is_empty())
 }
 
 /// The installation's preparation containers, by id.
@@ -124,7 +125,7 @@ impl Creations {
             .arg(format!("label={LABEL_INSTALLATION}={}", sys.prefix))
             .arg("--format")
             .arg(format!(
-                "{{{{index .Actor.Attributes \"{LABEL_JOB}\"}}}}|{{{{index .Actor.Attributes \"{LABEL_PREPARATION}\"}}}}"
+                "{{{{index .Actor.Attributes \"{LABEL_JOB}\"}}}}|{{{{index .Actor.Attributes \"{LABEL_PREPARATION}\"}}}}|{{{{.Actor.Attributes.image}}}}"
             ))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -155,6 +156,18 @@ impl Creations {
             || self.seen().iter().filter(|l| !l.starts_with('|')).count() >= jobs,
         );
         self.seen().iter().filter(|l| is_preparation(l)).count()
+    }
+
+    /// The images the job containers were created from, in order, once the
+    /// engine has told of `jobs` of them.
+    fn job_images(&self, jobs: usize) -> Vec<String> {
+        self.preparations_before_jobs(jobs);
+        self.seen()
+            .iter()
+            .filter(|l| !l.starts_with('|'))
+            .filter_map(|l| l.rsplit('|').next())
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -204,7 +217,10 @@ fn a_src_layout_project_installs_its_requirements_once_and_itself_in_each_job() 
     first.assert_code(0);
     let built = environments(&sys);
     assert_eq!(built.len(), 1);
-    assert!(preparations(&sys).is_empty(), "the preparation is removed");
+    // Removed once its job has ended, off the job's path.
+    engine_until("the preparation to be removed", || {
+        preparations(&sys).is_empty()
+    });
     // No installation takes an environment for a runner image of its Python.
     let python = docker_lines(&[
         "image",
@@ -321,13 +337,16 @@ fn the_least_recently_used_environment_is_evicted_when_the_cache_is_full() {
         .job_network("bridge")
         .controller_env("CI_ENV_CACHE_BYTES", "1")
         .start();
+    let creations = Creations::follow(&sys);
     submit(&sys, &attrs_project("attrs\n"), &[]).assert_code(0);
-    let first = environments(&sys);
-    assert_eq!(first.len(), 1);
+    // Taken from the job's container: with no room, the environment may be
+    // evicted as soon as its job has ended.
+    let first = creations.job_images(1)[0].clone();
+    assert!(first.starts_with("sha256:"), "{first}");
 
     submit(&sys, &attrs_project("attrs\niniconfig\n"), &[]).assert_code(0);
     engine_until("the first environment to be evicted", || {
-        !environments(&sys).contains(&first[0])
+        !environments(&sys).contains(&first)
     });
     sys.assert_settled();
 }
@@ -341,16 +360,19 @@ fn an_environment_older_than_the_age_limit_is_built_again() {
     let project = attrs_project("attrs\n");
     let creations = Creations::follow(&sys);
     submit(&sys, &project, &[]).assert_code(0);
-    let first = environments(&sys);
-    assert_eq!(first.len(), 1);
+    // Taken from the job's container: the environment may be evicted as
+    // soon as its job has ended, being past its age already.
+    let first = creations.job_images(1)[0].clone();
+    assert!(first.starts_with("sha256:"), "{first}");
     // The age limit is the condition: let the clock pass it.
     std::thread::sleep(Duration::from_millis(1500));
 
     let again = submit(&sys, &project, &[]);
     again.assert_code(0);
     assert_eq!(creations.preparations_before_jobs(2), 2);
+    assert_ne!(creations.job_images(2)[1], first, "built again");
     engine_until("the expired environment to be evicted", || {
-        !environments(&sys).contains(&first[0])
+        !environments(&sys).contains(&first)
     });
     sys.assert_settled();
 }
