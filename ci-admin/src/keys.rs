@@ -7,9 +7,9 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use ci_common::time::to_api_string;
 use ci_common::{generate_api_key, ApiKeyRecord, User};
+use ci_common::{ApiKeyId, UserId};
 use ci_persistence::{Store, StoreError};
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::{find_user, write_json, UserRef};
 
@@ -94,7 +94,7 @@ pub(crate) async fn list(
 
 fn write_table(
     keys: &[ApiKeyRecord],
-    owners: &HashMap<Uuid, User>,
+    owners: &HashMap<UserId, User>,
     out: &mut impl Write,
 ) -> Result<()> {
     writeln!(
@@ -123,7 +123,7 @@ fn write_table(
 }
 
 pub(crate) async fn revoke(store: &Store, raw_id: &str, out: &mut impl Write) -> Result<()> {
-    let Ok(id) = Uuid::parse_str(raw_id) else {
+    let Ok(id) = raw_id.parse::<ApiKeyId>() else {
         bail!("API key not found: {raw_id}");
     };
     match store.get_api_key(id).await {

@@ -16,7 +16,6 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use ci_common::User;
 use ci_persistence::Store;
-use uuid::Uuid;
 
 pub use cli::{Cli, Command, KeyCommand, UserCommand};
 
@@ -173,7 +172,7 @@ async fn find_user(store: &Store, who: &UserRef) -> Result<User> {
 /// Something that is not a UUID names no user, rather than being a syntax error:
 /// the operator sees the same "not found" either way.
 async fn find_user_by_id(store: &Store, raw: &str) -> Result<Option<User>> {
-    match Uuid::parse_str(raw) {
+    match raw.parse::<ci_common::UserId>() {
         Ok(id) => Ok(store.get_user(id).await?),
         Err(_) => Ok(None),
     }

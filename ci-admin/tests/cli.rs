@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 
 use ci_common::time::{parse_api_string, to_api_string};
 use ci_common::{hash_api_key, looks_like_api_key, User};
+use ci_common::{JobId, UserId};
 use ci_persistence::DatabaseLocation;
 use ci_persistence::Store;
 use ci_testkit::postgres::ScratchDatabase;
@@ -111,16 +112,16 @@ impl Admin {
         }
     }
 
-    fn create_user(&self, name: &str, email: &str) -> Uuid {
+    fn create_user(&self, name: &str, email: &str) -> UserId {
         let out = self.ok(&["user", "create", "--name", name, "--email", email]);
         let id = out
             .lines()
             .find_map(|l| l.strip_prefix("  ID:    "))
             .unwrap_or_else(|| panic!("no ID line in {out:?}"));
-        Uuid::parse_str(id).unwrap()
+        id.parse().unwrap()
     }
 
-    fn create_key(&self, user: Uuid, name: &str) -> String {
+    fn create_key(&self, user: UserId, name: &str) -> String {
         let out = self.ok(&[
             "key",
             "create",
@@ -139,7 +140,7 @@ impl Admin {
             .collect()
     }
 
-    fn user(&self, id: Uuid) -> User {
+    fn user(&self, id: UserId) -> User {
         with_store(&self.location(), |store| async move {
             store.get_user(id).await.unwrap()
         })
@@ -147,7 +148,7 @@ impl Admin {
     }
 
     /// Whom the server would take this key for: `None` when it must be refused.
-    fn authenticate(&self, secret: &str) -> Option<Uuid> {
+    fn authenticate(&self, secret: &str) -> Option<UserId> {
         let hash = hash_api_key(secret);
         with_store(&self.location(), |store| async move {
             store.authenticate(&hash).await.unwrap().map(|u| u.id)
@@ -230,7 +231,7 @@ fn user_create_prints_the_reference_block_and_works_on_a_fresh_file() {
         "alice@example.com",
     ]);
     let id = out.lines().nth(1).unwrap().trim_start_matches("  ID:    ");
-    let id = Uuid::parse_str(id).unwrap();
+    let id: UserId = id.parse().unwrap();
     assert_eq!(
         out,
         format!(
@@ -426,7 +427,7 @@ macro_rules! backend_suite {
             let (queued, running, ended, bobs) = with_store(&admin.location(), |store| async move {
                 let digest = store.put_archive(b"not a zip; never unpacked").await.unwrap();
                 let job = |user| ci_persistence::NewJob {
-                    id: Uuid::new_v4(),
+                    id: JobId::random(),
                     user_id: user,
                     archive_digest: digest.clone(),
                     options: Default::default(),
@@ -919,13 +920,13 @@ fn users_are_deactivated_and_activated_by_email() {
 /// The jobs of [`installation_to_prune`], by what prune must do with them.
 struct PruneFixture {
     /// Ended 40 days ago.
-    ended_long_ago: Vec<Uuid>,
+    ended_long_ago: Vec<JobId>,
     /// Ended 10 days ago: gone with `--older-than 7d`, kept by the default 30d.
-    ended_days_ago: Uuid,
+    ended_days_ago: JobId,
     /// Ended a moment ago.
-    ended_now: Uuid,
+    ended_now: JobId,
     /// Queued and running, submitted 400 days ago: never touched.
-    unfinished: Vec<Uuid>,
+    unfinished: Vec<JobId>,
 }
 
 /// Jobs of every kind with output and test results, a session of a revoked
@@ -940,7 +941,7 @@ fn installation_to_prune(admin: &Admin) -> PruneFixture {
             let store = store.clone();
             async move {
                 let digest = store.put_archive(bytes).await.unwrap();
-                let id = Uuid::new_v4();
+                let id = JobId::random();
                 store
                     .create_job(&NewJob {
                         id,
@@ -971,7 +972,7 @@ fn installation_to_prune(admin: &Admin) -> PruneFixture {
                 id
             }
         };
-        let ended = |id: Uuid| {
+        let ended = |id: JobId| {
             let store = store.clone();
             async move {
                 store.mark_running(id, "c", "img", None).await.unwrap();

@@ -15,7 +15,6 @@ use ci_controller::workspace::zip_to_tar;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::error::{BenchError, Result};
 
@@ -52,7 +51,7 @@ pub struct ManualJob {
     /// Value of [`LABEL_BENCH`] (the system's container prefix).
     pub bench_label: String,
     /// Whose job it is (names the pip cache volume, as for a real user).
-    pub user: Uuid,
+    pub user: ci_common::UserId,
     /// What the job installs itself (its project's local entries): the
     /// controller's job runs from an environment with the rest installed.
     pub install: JobInstall,
@@ -107,7 +106,12 @@ impl ManualJob {
 
     /// A fresh queued job of this user's.
     fn job(&self) -> Job {
-        Job::queued(Uuid::new_v4(), self.user, String::new(), chrono::Utc::now())
+        Job::queued(
+            ci_common::JobId::random(),
+            self.user,
+            String::new(),
+            chrono::Utc::now(),
+        )
     }
 
     /// `docker create` (the container of [`ManualJob::spec`]), `docker start
@@ -160,6 +164,7 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
         volumes,
         read_only_rootfs,
         tmpfs,
+        storage_size_bytes,
         log_driver,
         stdin_once,
         env,
@@ -217,6 +222,9 @@ pub fn create_args(spec: &ContainerSpec) -> Vec<String> {
     }
     for (path, options) in tmpfs {
         flag("--tmpfs", format!("{path}:{options}"));
+    }
+    if let Some(bytes) = storage_size_bytes {
+        flag("--storage-opt", format!("size={bytes}"));
     }
     if let Some(driver) = log_driver {
         flag("--log-driver", driver.clone());
@@ -467,7 +475,7 @@ mod tests {
         ManualJob {
             config,
             bench_label: "p-".into(),
-            user: Uuid::new_v4(),
+            user: ci_common::UserId::random(),
             install: JobInstall::default(),
         }
     }

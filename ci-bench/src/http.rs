@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ci_client::ApiClient;
 use ci_common::api::{JobSummary, StreamEvent};
+use ci_common::JobId;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -15,7 +16,6 @@ use hyper::header::{ACCEPT, AUTHORIZATION, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use uuid::Uuid;
 
 use ci_testkit::sse::{SseBlock, SseBuffer};
 
@@ -36,7 +36,7 @@ impl Api {
     }
 
     /// `POST /submit-async`; returns when the API has committed the queued job.
-    pub async fn submit_async(&self, zip: &[u8]) -> Result<Uuid> {
+    pub async fn submit_async(&self, zip: &[u8]) -> Result<JobId> {
         self.client
             .submit_async(zip.to_vec(), &ci_common::JobOptions::default())
             .await
@@ -50,14 +50,14 @@ impl Api {
             .map_err(BenchError::api("GET /jobs"))
     }
 
-    pub async fn get_job(&self, id: Uuid) -> Result<JobSummary> {
+    pub async fn get_job(&self, id: JobId) -> Result<JobSummary> {
         self.client
             .get_job(id)
             .await
             .map_err(BenchError::api(format!("GET /jobs/{id}")))
     }
 
-    pub async fn cancel(&self, id: Uuid) -> Result<()> {
+    pub async fn cancel(&self, id: JobId) -> Result<()> {
         self.client
             .cancel_job(id)
             .await
@@ -68,7 +68,7 @@ impl Api {
     /// Polls `GET /jobs` every `every` until all of `ids` have ended; their summaries.
     pub async fn wait_ended(
         &self,
-        ids: &[Uuid],
+        ids: &[JobId],
         every: Duration,
         limit: Duration,
     ) -> Result<Vec<JobSummary>> {
@@ -162,7 +162,7 @@ pub struct EventStream {
 
 impl EventStream {
     /// Opens `GET /jobs/{id}/stream?from_beginning=true`.
-    pub async fn open(addr: SocketAddr, key: &str, job: Uuid) -> Result<EventStream> {
+    pub async fn open(addr: SocketAddr, key: &str, job: JobId) -> Result<EventStream> {
         let path = format!("/jobs/{job}/stream?from_beginning=true");
         let mut conn = Connection::open(addr).await?;
         let response = conn

@@ -55,7 +55,7 @@ pub struct Options {
     pub image: String,
 }
 
-/// The fourteen figures, by the name `--only` takes.
+/// The fifteen figures, by the name `--only` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FigureKind {
     Overhead,
@@ -77,6 +77,8 @@ pub enum FigureKind {
     /// Dependency environments (needs PyPI over the bridge network; not in
     /// `--quick`).
     Environments,
+    /// What one measurement of the running jobs' disk use costs the engine.
+    DiskWatch,
 }
 
 impl Options {
@@ -217,6 +219,13 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
     if options.wants(FigureKind::Watcher) {
         progress("figure 8: SQLite change watcher");
         add(figures, figures::watcher::measure(&ctx).await?);
+    }
+    if options.wants(FigureKind::DiskWatch) {
+        progress("figure 15: the disk watch's measurement, with and without a 1 GiB pip cache");
+        add(
+            figures,
+            figures::disk_watch::measure(&options.image, options.quick).await?,
+        );
     }
     if options.wants(FigureKind::BigInputs) {
         progress("figure 9: memory under big inputs");

@@ -58,7 +58,7 @@ pub struct System {
     bin_dir: PathBuf,
     image: String,
     /// The user the by-hand jobs run as (their pip cache volume's owner).
-    manual_user: uuid::Uuid,
+    manual_user: ci_common::UserId,
     done: bool,
 }
 
@@ -140,7 +140,7 @@ impl System {
             database,
             bin_dir: options.bin_dir.clone(),
             image: options.image.clone(),
-            manual_user: uuid::Uuid::new_v4(),
+            manual_user: ci_common::UserId::random(),
             done: false,
         };
         system.wait_ready(START_LIMIT).await?;

@@ -21,7 +21,7 @@ fn manual_job(prefix: &str) -> ManualJob {
     ManualJob {
         config,
         bench_label: prefix.to_string(),
-        user: Uuid::new_v4(),
+        user: ci_common::UserId::random(),
         install: JobInstall::default(),
     }
 }

@@ -763,7 +763,7 @@ fn project_root(start: &std::path::Path) -> std::path::PathBuf {
 /// name a job, so it is "not found" without asking the server.
 pub(crate) async fn resolve_job_id(api: &ApiClient, raw: &str) -> anyhow::Result<JobId> {
     let raw = raw.trim();
-    if let Ok(id) = JobId::parse_str(raw) {
+    if let Ok(id) = raw.parse::<JobId>() {
         return Ok(id);
     }
     let prefix = raw.to_ascii_lowercase();

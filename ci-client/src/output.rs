@@ -239,7 +239,7 @@ mod tests {
             success,
             start_time: start.map(at),
             end_time: end.map(at),
-            ..JobSummary::new(Uuid::parse_str(id).expect("uuid"), status)
+            ..JobSummary::new(id.parse().expect("uuid"), status)
         }
     }
 
@@ -410,7 +410,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let mut summary = JobSummary::new(Uuid::from_u128(i as u128), status);
+            let mut summary = JobSummary::new(Uuid::from_u128(i as u128).into(), status);
             summary.project = project.map(str::to_string);
             jobs.push(summary);
         }
@@ -418,7 +418,7 @@ mod tests {
             filter
                 .apply(jobs.clone())
                 .iter()
-                .map(|j| j.job_id.as_u128())
+                .map(|j| j.job_id.as_uuid().as_u128())
                 .collect()
         };
         assert_eq!(ids(JobFilter::default()), [0, 1, 2, 3, 4]);

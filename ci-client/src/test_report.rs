@@ -200,13 +200,14 @@ pub fn format_end_of_job_summary(tests: &JobTests) -> String {
 mod tests {
     use super::*;
     use ci_common::test_results::{TestCase, TestTotals};
+    use ci_common::JobId;
     use uuid::Uuid;
 
     fn view(
         id: &str,
         outcome: TestOutcome,
         message: Option<&str>,
-        flaky_jobs: Vec<Uuid>,
+        flaky_jobs: Vec<JobId>,
     ) -> TestCaseView {
         TestCaseView {
             case: TestCase {
@@ -226,7 +227,7 @@ mod tests {
 
     fn tests(cases: Vec<TestCaseView>) -> JobTests {
         JobTests {
-            job_id: Uuid::nil(),
+            job_id: JobId::nil(),
             summary: Some(TestTotals {
                 passed: 1,
                 failed: 1,
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn the_summary_names_each_failure_with_its_message_and_flakiness() {
-        let other = Uuid::from_u128(7);
+        let other = JobId::from_uuid(Uuid::from_u128(7));
         let text = format_end_of_job_summary(&tests(vec![
             view("t.py::test_ok", TestOutcome::Passed, None, vec![]),
             view(
@@ -269,7 +270,7 @@ mod tests {
             summary: None,
             cases: vec![],
             reason: Some("pytest wrote no test report".into()),
-            job_id: Uuid::nil(),
+            job_id: JobId::nil(),
         };
         assert_eq!(
             format_end_of_job_summary(&none),
@@ -316,7 +317,7 @@ mod tests {
                 history("t.py::test_b", vec![TestOutcome::Passed], 2.0, false),
                 history("t.py::test_c", vec![TestOutcome::Skipped], 1.0, false),
             ],
-            jobs: vec![uuid::Uuid::nil()],
+            jobs: vec![JobId::nil()],
         }
     }
 
@@ -373,7 +374,7 @@ mod tests {
                 "t.py::test_flips",
                 TestOutcome::Failed,
                 None,
-                vec![Uuid::nil()],
+                vec![JobId::nil()],
             ),
         ]));
         assert_eq!(

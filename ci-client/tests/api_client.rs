@@ -3,6 +3,8 @@
 //! so reconnecting can be checked for lost or repeated events without the
 //! real server, and without timing guesses.
 
+mod support;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,13 +18,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_client::{ApiClient, ClientError, ReceivedEvent, ReconnectPolicy, StreamStart};
 use ci_common::api::StreamEvent;
+use ci_common::JobId;
 use futures::StreamExt;
-use uuid::Uuid;
+use support::{api_error, event_stream, frame, ScriptedServer};
 
 const JOB: &str = "6f1c2d3e-4b5a-4c6d-8e7f-001122334455";
 
-fn job_id() -> Uuid {
-    Uuid::parse_str(JOB).expect("test uuid")
+fn job_id() -> JobId {
+    JOB.parse().expect("test uuid")
 }
 
 /// How one streamed response ends.
@@ -75,6 +78,13 @@ struct Seen {
     authorization: Option<String>,
 }
 
+impl Seen {
+    /// The `after` the request asked to resume from.
+    fn after(&self) -> Option<&str> {
+        self.query.get("after").map(String::as_str)
+    }
+}
+
 #[derive(Clone)]
 struct Script {
     steps: Arc<Mutex<VecDeque<Step>>>,
@@ -90,6 +100,12 @@ impl Script {
             fallback,
             seen: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// `steps`, then a 410 for every request after them, which no test
+    /// expects to make.
+    fn of(steps: Vec<Step>) -> Self {
+        Script::new(steps, Step::Fail(StatusCode::GONE, "script exhausted"))
     }
 
     fn next_step(&self) -> Step {
@@ -120,20 +136,8 @@ impl Script {
     }
 }
 
-fn frame(seq: Option<i64>, event: &StreamEvent) -> String {
-    let data = serde_json::to_string(event).expect("event json");
-    match seq {
-        Some(seq) => format!("id: {seq}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
-    }
-}
-
 fn log_line(seq: i64) -> String {
     format!("line {seq}\n")
-}
-
-fn error_response(status: StatusCode, detail: &str) -> Response {
-    (status, Json(serde_json::json!({ "detail": detail }))).into_response()
 }
 
 /// The output chunks after `after` up to `upto`, as SSE frames.
@@ -153,8 +157,11 @@ fn log_frames(after: i64, upto: i64) -> String {
 /// The SSE response for one step, starting after `after`.
 fn respond(step: Step, after: i64, prefix: Option<String>) -> Response {
     let (upto, end, start) = match step {
-        Step::Fail(status, detail) => return error_response(status, detail),
-        Step::Nothing => return sse_body(futures::stream::empty().boxed()),
+        Step::Fail(status, detail) => return api_error(status, detail),
+        Step::Nothing => {
+            let nothing = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+            return event_stream(Body::from_stream(nothing));
+        }
         Step::Stream {
             upto,
             end,
@@ -191,14 +198,7 @@ fn respond(step: Step, after: i64, prefix: Option<String>) -> Response {
                 .boxed()
         }
     };
-    sse_body(body)
-}
-
-fn sse_body(body: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>) -> Response {
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(body))
-        .expect("response")
+    event_stream(Body::from_stream(body))
 }
 
 async fn job_stream(
@@ -209,7 +209,7 @@ async fn job_stream(
 ) -> Response {
     script.record(&format!("/jobs/{id}/stream"), &query, &headers);
     if id != JOB {
-        return error_response(StatusCode::NOT_FOUND, "Job not found");
+        return api_error(StatusCode::NOT_FOUND, "Job not found");
     }
     let after = query.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
     respond(script.next_step(), after, None)
@@ -229,16 +229,16 @@ async fn submit_async(
 ) -> Response {
     script.record("/submit-async", &HashMap::new(), &headers);
     let Ok(Some(field)) = multipart.next_field().await else {
-        return error_response(StatusCode::BAD_REQUEST, "no file");
+        return api_error(StatusCode::BAD_REQUEST, "no file");
     };
     let shape_ok = field.name() == Some("file")
         && field.file_name() == Some("project.zip")
         && field.content_type() == Some("application/zip");
     let Ok(bytes) = field.bytes().await else {
-        return error_response(StatusCode::BAD_REQUEST, "unreadable file");
+        return api_error(StatusCode::BAD_REQUEST, "unreadable file");
     };
     if !shape_ok || &bytes[..] != b"PK-test" {
-        return error_response(StatusCode::BAD_REQUEST, "unexpected upload");
+        return api_error(StatusCode::BAD_REQUEST, "unexpected upload");
     }
     Json(serde_json::json!({ "job_id": JOB })).into_response()
 }
@@ -246,7 +246,7 @@ async fn submit_async(
 async fn list_jobs(State(script): State<Script>, headers: HeaderMap) -> Response {
     script.record("/jobs", &HashMap::new(), &headers);
     match script.next_step() {
-        Step::Fail(status, detail) => error_response(status, detail),
+        Step::Fail(status, detail) => api_error(status, detail),
         _ => Json(serde_json::json!([{
             "job_id": JOB,
             "status": "running",
@@ -258,39 +258,28 @@ async fn list_jobs(State(script): State<Script>, headers: HeaderMap) -> Response
     }
 }
 
-/// Starts the scripted server on a free port and returns its URL. The
-/// listener is bound before this returns, so requests cannot arrive early.
-async fn start(script: Script) -> String {
-    let app = Router::new()
-        .route("/jobs", get(list_jobs))
-        .route("/jobs/{id}/stream", get(job_stream))
-        .route("/submit-stream", post(submit_stream))
-        .route("/submit-async", post(submit_async))
-        .with_state(script);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+/// Serves the script's answers to the client's routes.
+fn start(script: &Script) -> ScriptedServer {
+    ScriptedServer::start(
+        Router::new()
+            .route("/jobs", get(list_jobs))
+            .route("/jobs/{id}/stream", get(job_stream))
+            .route("/submit-stream", post(submit_stream))
+            .route("/submit-async", post(submit_async))
+            .with_state(script.clone()),
+    )
 }
 
 /// A bare HTTP/1.1 server for `GET /jobs/{id}/stream` that writes each
 /// response with explicit writes, so a connection that breaks mid-body has
 /// delivered exactly what the script says before it breaks.
-async fn start_raw(script: Script) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move {
+fn start_raw(script: &Script) -> ScriptedServer {
+    let script = script.clone();
+    ScriptedServer::serve_with(move |listener| async move {
         while let Ok((socket, _)) = listener.accept().await {
             tokio::spawn(serve_raw(socket, script.clone()));
         }
-    });
-    format!("http://{addr}")
+    })
 }
 
 async fn serve_raw(mut socket: tokio::net::TcpStream, script: Script) {
@@ -384,6 +373,21 @@ async fn drain(mut events: ci_client::JobEvents) -> (Vec<ReceivedEvent>, Option<
     (received, None)
 }
 
+/// Everything `api` yields following the job from `from`.
+async fn follow(api: &ApiClient, from: StreamStart) -> (Vec<ReceivedEvent>, Option<ClientError>) {
+    let events = api.follow_job(job_id(), from).await.expect("stream opens");
+    drain(events).await
+}
+
+/// Everything `api` yields submitting a project with a sync submit.
+async fn submit(api: &ApiClient) -> (Vec<ReceivedEvent>, Option<ClientError>) {
+    let events = api
+        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
+        .await
+        .expect("upload accepted");
+    drain(events).await
+}
+
 fn logs(events: &[ReceivedEvent]) -> String {
     events
         .iter()
@@ -400,27 +404,20 @@ fn expected_logs(range: std::ops::RangeInclusive<i64>) -> String {
 
 #[tokio::test]
 async fn every_event_arrives_once_across_closed_and_cut_streams() {
-    let script = Script::new(
-        vec![
-            stream(3, End::Close),
-            stream(5, End::Partial),
-            stream(7, End::Close),
-            stream(10, End::Complete(true)),
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
+    let script = Script::of(vec![
+        stream(3, End::Close),
+        stream(5, End::Partial),
+        stream(7, End::Close),
+        stream(10, End::Complete(true)),
+    ]);
+    let server = start(&script);
     let notices = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&notices);
-    let api = client(&url).on_reconnect(move |_| {
+    let api = client(&server.url()).on_reconnect(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
 
-    let events = api
-        .follow_job(job_id(), StreamStart::Beginning)
-        .await
-        .expect("stream opens");
-    let (received, error) = drain(events).await;
+    let (received, error) = follow(&api, StreamStart::Beginning).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(logs(&received), expected_logs(1..=10));
@@ -441,7 +438,7 @@ async fn every_event_arrives_once_across_closed_and_cut_streams() {
         Some("true")
     );
     for (request, after) in seen[1..].iter().zip(["3", "5", "7"]) {
-        assert_eq!(request.query.get("after").map(String::as_str), Some(after));
+        assert_eq!(request.after(), Some(after));
         assert_eq!(request.last_event_id.as_deref(), Some(after));
         assert_eq!(request.authorization.as_deref(), Some("Bearer ci_test"));
     }
@@ -450,50 +447,32 @@ async fn every_event_arrives_once_across_closed_and_cut_streams() {
 
 #[tokio::test]
 async fn every_event_arrives_once_across_broken_connections() {
-    let script = Script::new(
-        vec![
-            stream(3, End::Reset),
-            stream(3, End::Reset),
-            stream(6, End::Reset),
-            stream(8, End::Complete(true)),
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start_raw(script.clone()).await;
+    let script = Script::of(vec![
+        stream(3, End::Reset),
+        stream(3, End::Reset),
+        stream(6, End::Reset),
+        stream(8, End::Complete(true)),
+    ]);
+    let server = start_raw(&script);
 
-    let events = client(&url)
-        .follow_job(job_id(), StreamStart::After(0))
-        .await
-        .expect("stream opens");
-    let (received, error) = drain(events).await;
+    let (received, error) = follow(&client(&server.url()), StreamStart::After(0)).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(logs(&received), expected_logs(1..=8));
-    let afters: Vec<Option<String>> = script
-        .seen()
-        .iter()
-        .map(|s| s.query.get("after").cloned())
-        .collect();
-    let expected: Vec<Option<String>> = ["0", "3", "3", "6"]
-        .iter()
-        .map(|s| Some(s.to_string()))
-        .collect();
-    assert_eq!(afters, expected);
+    let seen = script.seen();
+    let afters: Vec<Option<&str>> = seen.iter().map(Seen::after).collect();
+    assert_eq!(afters, [Some("0"), Some("3"), Some("3"), Some("6")]);
 }
 
 #[tokio::test]
 async fn a_submit_stream_resumes_at_the_job_stream() {
-    let script = Script::new(
-        vec![stream(2, End::Partial), stream(4, End::Complete(false))],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
+    let script = Script::of(vec![
+        stream(2, End::Partial),
+        stream(4, End::Complete(false)),
+    ]);
+    let server = start(&script);
 
-    let events = client(&url)
-        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
-        .await
-        .expect("upload accepted");
-    let (received, error) = drain(events).await;
+    let (received, error) = submit(&client(&server.url())).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(
@@ -511,41 +490,27 @@ async fn a_submit_stream_resumes_at_the_job_stream() {
     let seen = script.seen();
     assert_eq!(seen[0].path, "/submit-stream");
     assert_eq!(seen[1].path, format!("/jobs/{JOB}/stream"));
-    assert_eq!(seen[1].query.get("after").map(String::as_str), Some("2"));
+    assert_eq!(seen[1].after(), Some("2"));
 }
 
 #[tokio::test]
 async fn a_drop_before_any_output_resumes_after_zero() {
-    let script = Script::new(
-        vec![stream(0, End::Close), stream(1, End::Complete(true))],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
+    let script = Script::of(vec![stream(0, End::Close), stream(1, End::Complete(true))]);
+    let server = start(&script);
 
-    let events = client(&url)
-        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
-        .await
-        .expect("upload accepted");
-    let (received, error) = drain(events).await;
+    let (received, error) = submit(&client(&server.url())).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(logs(&received), expected_logs(1..=1));
-    assert_eq!(
-        script.seen()[1].query.get("after").map(String::as_str),
-        Some("0")
-    );
+    assert_eq!(script.seen()[1].after(), Some("0"));
 }
 
 #[tokio::test]
 async fn a_submit_stream_lost_before_the_job_id_cannot_resume() {
     let script = Script::new(vec![Step::Nothing], Step::Fail(StatusCode::GONE, "no"));
-    let url = start(script.clone()).await;
+    let server = start(&script);
 
-    let events = client(&url)
-        .submit_stream(b"PK-test".to_vec(), &ci_common::JobOptions::default())
-        .await
-        .expect("upload accepted");
-    let (received, error) = drain(events).await;
+    let (received, error) = submit(&client(&server.url())).await;
 
     assert!(received.is_empty());
     assert!(
@@ -557,24 +522,17 @@ async fn a_submit_stream_lost_before_the_job_id_cannot_resume() {
 
 #[tokio::test]
 async fn events_a_replica_repeats_are_not_shown_twice() {
-    let script = Script::new(
-        vec![
-            stream(4, End::Close),
-            Step::Stream {
-                upto: 6,
-                end: End::Complete(true),
-                replay_from: Some(1),
-            },
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script).await;
+    let script = Script::of(vec![
+        stream(4, End::Close),
+        Step::Stream {
+            upto: 6,
+            end: End::Complete(true),
+            replay_from: Some(1),
+        },
+    ]);
+    let server = start(&script);
 
-    let events = client(&url)
-        .follow_job(job_id(), StreamStart::After(0))
-        .await
-        .expect("stream opens");
-    let (received, error) = drain(events).await;
+    let (received, error) = follow(&client(&server.url()), StreamStart::After(0)).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(logs(&received), expected_logs(1..=6));
@@ -582,28 +540,18 @@ async fn events_a_replica_repeats_are_not_shown_twice() {
 
 #[tokio::test]
 async fn a_silent_connection_is_replaced() {
-    let script = Script::new(
-        vec![stream(2, End::Hang), stream(3, End::Complete(true))],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
-    let api = client(&url).with_reconnect_policy(ReconnectPolicy {
+    let script = Script::of(vec![stream(2, End::Hang), stream(3, End::Complete(true))]);
+    let server = start(&script);
+    let api = client(&server.url()).with_reconnect_policy(ReconnectPolicy {
         idle_timeout: Duration::from_millis(200),
         ..quick_policy()
     });
 
-    let events = api
-        .follow_job(job_id(), StreamStart::Beginning)
-        .await
-        .expect("stream opens");
-    let (received, error) = drain(events).await;
+    let (received, error) = follow(&api, StreamStart::Beginning).await;
 
     assert!(error.is_none(), "{error:?}");
     assert_eq!(logs(&received), expected_logs(1..=3));
-    assert_eq!(
-        script.seen()[1].query.get("after").map(String::as_str),
-        Some("2")
-    );
+    assert_eq!(script.seen()[1].after(), Some("2"));
 }
 
 #[tokio::test]
@@ -612,17 +560,13 @@ async fn reconnecting_gives_up_after_the_policy_limit() {
         vec![stream(1, End::Close)],
         Step::Fail(StatusCode::SERVICE_UNAVAILABLE, "restarting"),
     );
-    let url = start(script.clone()).await;
-    let api = client(&url).with_reconnect_policy(ReconnectPolicy {
+    let server = start(&script);
+    let api = client(&server.url()).with_reconnect_policy(ReconnectPolicy {
         give_up_after: Duration::from_millis(100),
         ..quick_policy()
     });
 
-    let events = api
-        .follow_job(job_id(), StreamStart::Beginning)
-        .await
-        .expect("stream opens");
-    let (received, error) = drain(events).await;
+    let (received, error) = follow(&api, StreamStart::Beginning).await;
 
     assert_eq!(logs(&received), expected_logs(1..=1));
     match error {
@@ -641,20 +585,13 @@ async fn reconnecting_gives_up_after_the_policy_limit() {
 
 #[tokio::test]
 async fn a_refusal_while_reconnecting_ends_the_stream_at_once() {
-    let script = Script::new(
-        vec![
-            stream(1, End::Close),
-            Step::Fail(StatusCode::UNAUTHORIZED, "Invalid or revoked API key"),
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
+    let script = Script::of(vec![
+        stream(1, End::Close),
+        Step::Fail(StatusCode::UNAUTHORIZED, "Invalid or revoked API key"),
+    ]);
+    let server = start(&script);
 
-    let events = client(&url)
-        .follow_job(job_id(), StreamStart::Beginning)
-        .await
-        .expect("stream opens");
-    let (_, error) = drain(events).await;
+    let (_, error) = follow(&client(&server.url()), StreamStart::Beginning).await;
 
     assert!(
         matches!(&error, Some(ClientError::Unauthorized { detail, .. }) if detail == "Invalid or revoked API key"),
@@ -665,18 +602,16 @@ async fn a_refusal_while_reconnecting_ends_the_stream_at_once() {
 
 #[tokio::test]
 async fn opening_errors_are_typed() {
-    let script = Script::new(
-        vec![
-            Step::Fail(StatusCode::FORBIDDEN, "Access denied"),
-            Step::Fail(StatusCode::FORBIDDEN, "Not authenticated"),
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
+    let script = Script::of(vec![
+        Step::Fail(StatusCode::FORBIDDEN, "Access denied"),
+        Step::Fail(StatusCode::FORBIDDEN, "Not authenticated"),
+    ]);
+    let server = start(&script);
+    let url = server.url();
     let api = client(&url);
 
     let unknown = api
-        .follow_job(Uuid::nil(), StreamStart::Now)
+        .follow_job(JobId::nil(), StreamStart::Now)
         .await
         .expect_err("unknown job");
     assert!(matches!(&unknown, ClientError::NotFound(d) if d == "Job not found"));
@@ -707,15 +642,12 @@ async fn opening_errors_are_typed() {
 
 #[tokio::test]
 async fn uploads_and_listing_use_the_reference_shapes() {
-    let script = Script::new(
-        vec![
-            Step::Nothing,
-            Step::Fail(StatusCode::UNAUTHORIZED, "Invalid or revoked API key"),
-        ],
-        Step::Fail(StatusCode::GONE, "script exhausted"),
-    );
-    let url = start(script.clone()).await;
-    let api = client(&url);
+    let script = Script::of(vec![
+        Step::Nothing,
+        Step::Fail(StatusCode::UNAUTHORIZED, "Invalid or revoked API key"),
+    ]);
+    let server = start(&script);
+    let api = client(&server.url());
 
     let id = api
         .submit_async(b"PK-test".to_vec(), &ci_common::JobOptions::default())

@@ -6,130 +6,66 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
+mod support;
 
 use axum::body::Body;
 use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use ci_common::api::{JobSummary, StreamEvent};
+use ci_common::JobId;
 use ci_common::JobStatus;
-use uuid::Uuid;
+use support::{event_stream, frame, passing_project, run_on_terminal, CiUser, ScriptedServer};
 
 /// A job's output that tries to set the clipboard, the window title, plant
 /// a link and clear the screen, between coloured words.
 const HOSTILE: &str = "\x1b[31mRED\x1b[0m\tok\n\x1b]52;c;ZXZpbA==\x07\x1b]0;pwned\x07\
 \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\\x1b[2J\x1b[Hend\n";
 
-fn frame(seq: i64, event: &StreamEvent) -> String {
-    format!(
-        "id: {seq}\ndata: {}\n\n",
-        serde_json::to_string(event).unwrap()
-    )
-}
-
-async fn stream(Path(_id): Path<Uuid>) -> Response {
-    let body = frame(
-        1,
-        &StreamEvent::Log {
-            data: HOSTILE.to_string(),
-        },
-    ) + &frame(
-        1,
-        &StreamEvent::Complete {
-            success: true,
-            status: Some(JobStatus::Completed),
-        },
-    );
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from(body))
-        .unwrap()
-}
-
-async fn job(Path(id): Path<Uuid>) -> Json<JobSummary> {
+/// Every job passed.
+async fn passed_job(Path(id): Path<JobId>) -> Json<JobSummary> {
     let mut job = JobSummary::new(id, JobStatus::Completed);
     job.success = Some(true);
     job.exit_code = Some(0);
     Json(job)
 }
 
-/// Takes a whole upload, then refuses it: what matters is what `ci`
-/// showed while sending.
-async fn upload(body: Body) -> axum::http::StatusCode {
-    let _ = axum::body::to_bytes(body, usize::MAX).await;
-    axum::http::StatusCode::SERVICE_UNAVAILABLE
+/// Every job printed [`HOSTILE`], then passed.
+async fn hostile_output(Path(_id): Path<JobId>) -> Response {
+    let log = StreamEvent::Log {
+        data: HOSTILE.to_string(),
+    };
+    let complete = StreamEvent::Complete {
+        success: true,
+        status: Some(JobStatus::Completed),
+    };
+    event_stream(Body::from(
+        frame(Some(1), &log) + &frame(Some(1), &complete),
+    ))
 }
 
-async fn jobs() -> Json<Vec<JobSummary>> {
-    Json(Vec::new())
+/// A job that passed after printing [`HOSTILE`].
+fn hostile_job_script() -> Router {
+    Router::new()
+        .route("/jobs/{id}", get(passed_job))
+        .route("/jobs/{id}/stream", get(hostile_output))
 }
 
-/// Starts the scripted server in a thread of its own and returns its address.
-fn start_server() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let app = Router::new()
-                .route("/jobs", get(jobs))
-                .route("/jobs/{id}", get(job))
-                .route("/jobs/{id}/stream", get(stream))
-                .route("/submit-stream", axum::routing::post(upload))
-                .route("/submit-async", axum::routing::post(upload));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().to_string()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
-}
-
-fn ci(addr: &str, home: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ci"));
-    cmd.env("HOME", home)
-        .env("CI_SERVER_URL", format!("http://{addr}"))
-        .env("CI_API_KEY", "ci_test")
-        .env_remove("NO_COLOR");
-    cmd
-}
-
-/// Runs `ci args…` on a pseudo-terminal: `script` gives it one and copies
-/// what it writes to its own stdout.
-/// `cmd` only carries the environment.
-fn on_terminal(cmd: Command, args: &[&str]) -> Output {
-    on_terminal_in(cmd, std::path::Path::new("."), args)
-}
-
-/// [`on_terminal`] in the folder `dir`.
-fn on_terminal_in(cmd: Command, dir: &std::path::Path, args: &[&str]) -> Output {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_ci"))
-        .chain(args.iter().copied())
-        .map(quote)
-        .collect();
-    let mut script = Command::new("script");
-    script
-        .args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
-        .current_dir(dir);
-    for (name, value) in cmd.get_envs() {
-        match value {
-            Some(value) => script.env(name, value),
-            None => script.env_remove(name),
-        };
-    }
-    script.output().unwrap()
+/// No jobs at all.
+fn no_jobs_script() -> Router {
+    Router::new().route("/jobs", get(|| async { Json(Vec::<JobSummary>::new()) }))
 }
 
 #[test]
 fn a_terminal_gets_colours_and_escaped_control_sequences() {
-    let addr = start_server();
-    let home = tempfile::tempdir().unwrap();
-    let id = Uuid::new_v4().to_string();
+    let server = ScriptedServer::start(hostile_job_script());
+    let ci = CiUser::of(&server);
+    let id = JobId::random().to_string();
 
-    let out = on_terminal(ci(&addr, home.path()), &["wait", "--all", &id]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = ci.run_on_terminal(&["wait", "--all", &id]);
+    let text = &out.stdout;
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\x1b[31mRED\x1b[0m\tok"), "{text:?}");
     for planted in ["\x1b]52", "\x1b]0;", "\x1b]8;", "\x1b[2J", "\x07"] {
@@ -141,14 +77,12 @@ fn a_terminal_gets_colours_and_escaped_control_sequences() {
     assert!(text.contains(r"\u{1b}]52;c;ZXZpbA==\u{7}"), "{text:?}");
     assert!(text.contains("link") && text.contains("end"), "{text:?}");
 
-    let out = on_terminal(ci(&addr, home.path()), &["wait", "--all", "--raw", &id]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = ci.run_on_terminal(&["wait", "--all", "--raw", &id]);
+    let text = &out.stdout;
     assert!(text.contains("\x1b]52;c;ZXZpbA==\x07"), "--raw: {text:?}");
 
-    let mut no_color = ci(&addr, home.path());
-    no_color.env("NO_COLOR", "1");
-    let out = on_terminal(no_color, &["wait", "--all", &id]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = run_on_terminal(ci.command(&["wait", "--all", &id]).env("NO_COLOR", "1"));
+    let text = &out.stdout;
     assert!(
         text.contains("RED\tok") && !text.contains("\x1b[31m"),
         "{text:?}"
@@ -158,100 +92,90 @@ fn a_terminal_gets_colours_and_escaped_control_sequences() {
 
 #[test]
 fn piped_output_keeps_its_bytes_without_colours() {
-    let addr = start_server();
-    let home = tempfile::tempdir().unwrap();
-    let id = Uuid::new_v4().to_string();
-    let out = ci(&addr, home.path())
-        .args(["wait", "--all", &id])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let expected = HOSTILE.replace("\x1b[31m", "").replace("\x1b[0m", "");
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    let server = ScriptedServer::start(hostile_job_script());
+    let ci = CiUser::of(&server);
+    let id = JobId::random().to_string();
 
-    let out = ci(&addr, home.path())
-        .args(["wait", "--all", "--raw", &id])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), HOSTILE);
+    let out = ci.run(&["wait", "--all", &id]);
+    out.assert_code(0);
+    let expected = HOSTILE.replace("\x1b[31m", "").replace("\x1b[0m", "");
+    assert_eq!(out.stdout, expected);
+
+    let out = ci.run(&["wait", "--all", "--raw", &id]);
+    assert_eq!(out.stdout, HOSTILE);
 }
 
 #[test]
 fn a_key_sent_in_the_clear_to_another_host_is_warned_about() {
-    let addr = start_server();
-    let home = tempfile::tempdir().unwrap();
+    let server = ScriptedServer::start(no_jobs_script());
+    let ci = CiUser::of(&server);
     let warning = "the API key is sent unencrypted";
 
     // Loopback: no warning.
-    let out = ci(&addr, home.path()).arg("list").output().unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(warning));
+    let out = ci.run(&["list"]);
+    out.assert_code(0);
+    assert!(!out.stderr.contains(warning), "{out}");
 
     // Another host over plain http (that name never resolves): one warning.
-    let out = ci(&addr, home.path())
-        .env("CI_SERVER_URL", "http://ci.invalid:8000")
-        .arg("list")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = ci_testkit::run(
+        ci.command(&["list"])
+            .env("CI_SERVER_URL", "http://ci.invalid:8000"),
+    );
+    assert_eq!(out.stderr.matches(warning).count(), 1, "{out}");
+    out.assert_code(1);
 
     // The same host over https: no warning.
-    let out = ci(&addr, home.path())
-        .env("CI_SERVER_URL", "https://ci.invalid:8000")
-        .arg("list")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(warning));
+    let out = ci_testkit::run(
+        ci.command(&["list"])
+            .env("CI_SERVER_URL", "https://ci.invalid:8000"),
+    );
+    assert!(!out.stderr.contains(warning), "{out}");
 
     // --help says why --api-key is the last choice.
-    let out = ci(&addr, home.path()).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("process list"), "{help}");
+    let out = ci.run(&["--help"]);
+    assert!(out.stdout.contains("process list"), "{out}");
 }
 
 #[test]
 fn a_server_url_without_a_scheme_is_http() {
-    let addr = start_server();
-    let home = tempfile::tempdir().unwrap();
-    let out = ci(&addr, home.path())
-        .env_remove("CI_SERVER_URL")
-        .args(["list", "--server-url", &addr])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "No jobs found.\n");
+    let server = ScriptedServer::start(no_jobs_script());
+    let out = ci_testkit::run(
+        CiUser::of(&server)
+            .command(&["list", "--server-url", &server.address()])
+            .env_remove("CI_SERVER_URL"),
+    );
+    out.assert_code(0);
+    assert_eq!(out.stdout, "No jobs found.\n");
+}
+
+/// Takes a whole upload, then refuses it: what matters is what `ci`
+/// showed while sending.
+async fn refused_after_reading(body: Body) -> StatusCode {
+    let _ = axum::body::to_bytes(body, usize::MAX).await;
+    StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// A big upload shows its progress on a terminal, and nothing of it when
 /// stderr is piped.
 #[test]
 fn big_uploads_show_progress_on_a_terminal_only() {
-    let addr = start_server();
-    let home = tempfile::tempdir().unwrap();
-    let project = tempfile::tempdir().unwrap();
-    std::fs::write(
-        project.path().join("test_a.py"),
-        "def test_a():\n    pass\n",
-    )
-    .unwrap();
+    let server = ScriptedServer::start(
+        Router::new()
+            .route("/jobs/{id}", get(passed_job))
+            .route("/submit-async", post(refused_after_reading)),
+    );
     let noise = ci_testkit::incompressible_bytes(6 * 1024 * 1024, 1);
-    std::fs::write(project.path().join("blob.bin"), noise).unwrap();
+    let project = passing_project();
+    project.write_bytes("blob.bin", &noise);
+    let ci = CiUser::of(&server);
 
-    let mut cmd = ci(&addr, home.path());
-    cmd.current_dir(project.path());
-    let out = on_terminal_in(cmd, project.path(), &["submit", "test", "--async"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Uploaded 6.0 MB."), "{text:?}");
+    let out = run_on_terminal(
+        ci.command(&["submit", "test", "--async"])
+            .current_dir(project.path()),
+    );
+    assert!(out.stdout.contains("Uploaded 6.0 MB."), "{out}");
 
-    let out = ci(&addr, home.path())
-        .args(["submit", "test", "--async"])
-        .current_dir(project.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("Uploaded"), "{stderr}");
-    assert!(stderr.contains("503"), "{stderr}");
+    let out = ci.run_in(project.path(), &["submit", "test", "--async"]);
+    assert!(!out.stderr.contains("Uploaded"), "{out}");
+    assert!(out.stderr.contains("503"), "{out}");
 }

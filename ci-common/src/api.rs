@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn stream_events_have_the_reference_shape() {
-        let id = uuid::Uuid::nil();
+        let id = JobId::nil();
         assert_eq!(
             serde_json::to_string(&StreamEvent::JobId { job_id: id }).unwrap(),
             r#"{"type":"job_id","job_id":"00000000-0000-0000-0000-000000000000"}"#
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn summaries_print_null_for_absent_times() {
-        let s = JobSummary::new(uuid::Uuid::nil(), JobStatus::Queued);
+        let s = JobSummary::new(JobId::nil(), JobStatus::Queued);
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["status"], "queued");
         assert!(v["success"].is_null() && v["start_time"].is_null() && v["end_time"].is_null());

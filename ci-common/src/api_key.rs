@@ -1,11 +1,11 @@
 //! API keys: how they are made, shown once, and stored only as a hash.
 
+use crate::id::{ApiKeyId, UserId};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 /// Every key starts with this, so that a key is recognisable in a config file or a leak scanner.
 pub const KEY_PREFIX: &str = "ci_";
@@ -58,8 +58,8 @@ pub fn looks_like_api_key(key: &str) -> bool {
 /// An API key as stored and listed: never the key itself, nor its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
-    pub id: Uuid,
-    pub user_id: Uuid,
+    pub id: ApiKeyId,
+    pub user_id: UserId,
     pub name: String,
     pub key_prefix: String,
     pub created_at: DateTime<Utc>,

@@ -5,12 +5,11 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::python::PythonVersion;
 
-/// A job's identity: a random UUID, shown to users in its hyphenated form.
-pub type JobId = Uuid;
+pub use crate::id::JobId;
+use crate::id::UserId;
 
 /// Where a job is in its life. The database stores the lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,7 +106,7 @@ impl FromStr for JobStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub id: JobId,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub status: JobStatus,
     /// `None` until the job has completed; a cancelled job has none.
     pub success: Option<bool>,
@@ -154,7 +153,7 @@ impl Job {
     /// A job just submitted: queued, nothing observed about it yet.
     pub fn queued(
         id: JobId,
-        user_id: Uuid,
+        user_id: UserId,
         archive_digest: String,
         created_at: DateTime<Utc>,
     ) -> Job {

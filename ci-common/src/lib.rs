@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod api_key;
+pub mod id;
 pub mod job;
 pub mod python;
 pub mod size;
@@ -14,6 +15,7 @@ pub mod time;
 pub mod user;
 
 pub use api_key::{generate_api_key, hash_api_key, looks_like_api_key, ApiKeyRecord, GeneratedKey};
+pub use id::{ApiKeyId, UserId};
 pub use job::{
     CursorMove, Job, JobId, JobOptions, JobStatus, LogChunk, LogCursor, TransitionError,
 };

@@ -1,12 +1,12 @@
 //! Accounts.
 
+use crate::id::UserId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
-    pub id: Uuid,
+    pub id: UserId,
     pub name: String,
     pub email: String,
     pub created_at: DateTime<Utc>,

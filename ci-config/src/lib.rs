@@ -1,10 +1,11 @@
 //! What the service binaries (`ci-server`, `ci-controller`, `ci-admin`)
 //! share before they start: the database flags, where the embedded database
-//! lives by default, how durations are written, and the logging set-up.
+//! lives by default, how durations and sizes are written, and the logging set-up.
 //! Kept out of `ci-common`, the domain, which knows nothing of command lines
 //! or log output.
 
 mod duration;
+mod size;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use ci_persistence::DatabaseLocation;
 use clap::Args;
 
 pub use duration::{format_duration, parse_duration, DurationError};
+pub use size::{format_size, parse_size, SizeError};
 
 /// Where the database is: `--database-url` (any sqlx URL) wins over `--db-path`
 /// (a SQLite file), which defaults to `~/.ci/jobs.db`.

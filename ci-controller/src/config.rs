@@ -42,6 +42,38 @@ pub const DEFAULT_ENV_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 /// (`CI_ENV_MAX_AGE`), so unpinned requirements pick up new releases.
 pub const DEFAULT_ENV_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The default bound on a job's disk use (`CI_JOB_DISK_LIMIT`).
+pub const DEFAULT_JOB_DISK_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+
+/// How a job's disk use is bounded: as kubelet bounds a pod's ephemeral
+/// storage, by measuring it through the engine and ending a job over the
+/// limit (see `disk_watch`), and, where the storage driver allows it, with
+/// the engine's own quota on the writable layer as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLimits {
+    /// The most bytes a job may write into its writable layer and its own
+    /// volumes (the workspace, the report's folder) together.
+    pub max_bytes: u64,
+    /// Time between two measurements of the running jobs. Each costs the
+    /// engine a walk of its containers' layers and its volumes (see
+    /// BENCHMARKS.md), so it is seconds, not a pass's milliseconds.
+    pub every: Duration,
+    /// The engine's storage driver enforces a size on the writable layer
+    /// (`storage_opt size`): overlay2 on xfs with `pquota`, btrfs, zfs.
+    /// Found once at start from the engine's info.
+    pub storage_quota: bool,
+}
+
+impl Default for DiskLimits {
+    fn default() -> Self {
+        DiskLimits {
+            max_bytes: DEFAULT_JOB_DISK_LIMIT,
+            every: Duration::from_secs(5),
+            storage_quota: false,
+        }
+    }
+}
+
 /// How the dependency environments are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnvironmentLimits {
@@ -97,6 +129,8 @@ pub struct ControllerConfig {
     pub reaper: ReaperConfig,
     /// How the dependency environments are kept.
     pub environments: EnvironmentLimits,
+    /// How much a job may write to disk.
+    pub disk: DiskLimits,
 }
 
 impl Default for ControllerConfig {
@@ -122,6 +156,7 @@ impl Default for ControllerConfig {
             test_report: Some(ReportLimits::default()),
             reaper: ReaperConfig::default(),
             environments: EnvironmentLimits::default(),
+            disk: DiskLimits::default(),
         }
     }
 }
@@ -130,7 +165,7 @@ impl ControllerConfig {
     /// The pip cache volume of `user`'s jobs. Per user, because the cache is
     /// writable: a volume shared by every user would let one user's job plant
     /// a wheel or an index answer that the next user's `pip install` trusts.
-    pub fn pip_cache_volume_for(&self, user: uuid::Uuid) -> Option<String> {
+    pub fn pip_cache_volume_for(&self, user: ci_common::UserId) -> Option<String> {
         self.pip_cache_volume
             .as_ref()
             .map(|stem| format!("{stem}-{user}"))
@@ -192,7 +227,7 @@ mod tests {
             pip_cache_volume: Some("p-ci-pip-cache".into()),
             ..ControllerConfig::default()
         };
-        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let (a, b) = (ci_common::UserId::random(), ci_common::UserId::random());
         assert_eq!(
             config.pip_cache_volume_for(a),
             Some(format!("p-ci-pip-cache-{a}"))
@@ -231,7 +266,10 @@ mod tests {
         };
         let shared = config.shared_pip_cache_volume();
         assert_eq!(shared.as_deref(), Some("p-ci-pip-cache-environments"));
-        assert_ne!(shared, config.pip_cache_volume_for(uuid::Uuid::nil()));
+        assert_ne!(
+            shared,
+            config.pip_cache_volume_for(ci_common::UserId::nil())
+        );
     }
 
     #[test]

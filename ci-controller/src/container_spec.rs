@@ -58,6 +58,10 @@ pub struct ContainerSpec {
     pub read_only_rootfs: bool,
     /// Scratch file systems in memory: (path, mount options).
     pub tmpfs: Vec<(String, String)>,
+    /// The engine's hard quota on the writable layer (`storage_opt size`),
+    /// only where its storage driver has one (see `DiskLimits::storage_quota`);
+    /// the disk watch bounds the volumes and every other engine.
+    pub storage_size_bytes: Option<u64>,
     /// The engine's log driver; `None` leaves the engine's default.
     pub log_driver: Option<String>,
     /// The container reads its input once, on standard input, which ends
@@ -208,6 +212,7 @@ pub fn job_container_spec(
         volumes,
         read_only_rootfs,
         tmpfs,
+        storage_size_bytes: config.disk.storage_quota.then_some(config.disk.max_bytes),
         log_driver: Some(LOG_DRIVER.to_string()),
         stdin_once: true,
         env: JOB_ENV.iter().map(|v| v.to_string()).collect(),
@@ -286,6 +291,9 @@ exit $status\n"
         volumes,
         read_only_rootfs: false,
         tmpfs: Vec::new(),
+        // What a preparation installs is bounded by the environment cache,
+        // not by a job's disk limit.
+        storage_size_bytes: None,
         log_driver: Some(LOG_DRIVER.to_string()),
         stdin_once: true,
         env: Vec::new(),
@@ -295,12 +303,12 @@ exit $status\n"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use ci_common::{JobId, UserId};
 
     fn job() -> Job {
         Job::queued(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
+            JobId::random(),
+            UserId::random(),
             "d".into(),
             chrono::Utc::now(),
         )
@@ -499,6 +507,25 @@ mod tests {
             spec.volumes,
             [report_volume()],
             "the report, no workspace volume, no pip cache for a project without requirements"
+        );
+    }
+
+    #[test]
+    fn the_engines_quota_bounds_a_jobs_layer_only_where_its_driver_has_one() {
+        let mut config = config();
+        config.disk.max_bytes = 64 << 20;
+        let spec = job_container_spec(&job(), &config, &installs(), "runner:test");
+        assert_eq!(
+            spec.storage_size_bytes, None,
+            "no quota on overlay2 over extfs"
+        );
+        config.disk.storage_quota = true;
+        let spec = job_container_spec(&job(), &config, &installs(), "runner:test");
+        assert_eq!(spec.storage_size_bytes, Some(64 << 20));
+        let preparation = preparation_container_spec(&config, "k", None, "runner:test");
+        assert_eq!(
+            preparation.storage_size_bytes, None,
+            "an environment may be larger than a job's limit"
         );
     }
 }

@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use ci_common::UserId;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 /// The file a job's requirements start from.
 pub const REQUIREMENTS_FILE: &str = "requirements.txt";
@@ -106,7 +106,7 @@ impl EnvironmentPlan {
 
     /// The environment's key: the runner image, what is installed, and for a
     /// private environment its user.
-    pub fn key(&self, runner_image_id: &str, user: Uuid) -> String {
+    pub fn key(&self, runner_image_id: &str, user: UserId) -> String {
         let mut digest = Sha256::new();
         let mut field = |bytes: &[u8]| {
             digest.update((bytes.len() as u64).to_le_bytes());
@@ -122,7 +122,7 @@ impl EnvironmentPlan {
             field(text.as_bytes());
         }
         if self.private {
-            field(user.as_bytes());
+            field(user.as_uuid().as_bytes());
         }
         hex::encode(digest.finalize())
     }
@@ -605,7 +605,7 @@ mod tests {
 
     #[test]
     fn the_key_follows_image_content_and_for_private_environments_the_user() {
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (UserId::random(), UserId::random());
         let public = plan(&[("requirements.txt", "attrs\n")]);
         assert_eq!(public.key("img1", a), public.key("img1", b));
         assert_ne!(public.key("img1", a), public.key("img2", a));

@@ -8,7 +8,7 @@
 //! ([`FakeRuntime::exit`]), or plays the engine's (containers that vanish,
 //! containers left from before).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, FileRead, ImageInfo,
+    ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, DiskUse, FileRead, ImageInfo,
     ImageRemoval, InputStream, LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
     LABEL_PREPARATION,
 };
@@ -38,6 +38,8 @@ pub struct FakeContainer {
     pub output: Vec<LogLine>,
     /// Files the job wrote, by path (its test report).
     pub files: BTreeMap<String, Vec<u8>>,
+    /// What the engine measures it has written to disk.
+    pub disk_use: DiskUse,
 }
 
 #[derive(Default)]
@@ -55,6 +57,10 @@ struct Engine {
     commits: usize,
     /// The size a committed image gets.
     commit_size: u64,
+    /// Measuring disk use fails, as when the engine does not answer.
+    disk_use_fails: bool,
+    /// Disk use measurements asked for, ever.
+    disk_measurements: usize,
 }
 
 impl Engine {
@@ -72,6 +78,7 @@ impl Engine {
                 input: None,
                 output: Vec::new(),
                 files: BTreeMap::new(),
+                disk_use: DiskUse::default(),
             },
         );
         id
@@ -235,6 +242,25 @@ impl FakeRuntime {
                 c.files.insert(path.to_string(), contents.to_vec());
             }
         });
+    }
+
+    /// The container has written `used` to disk, as the engine would measure it.
+    pub fn set_disk_use(&self, id: &str, used: DiskUse) {
+        self.change(|e| {
+            if let Some(c) = e.containers.get_mut(id) {
+                c.disk_use = used;
+            }
+        });
+    }
+
+    /// From now on measuring disk use fails (`true`) or works again.
+    pub fn fail_disk_use(&self, fails: bool) {
+        self.change(|e| e.disk_use_fails = fails);
+    }
+
+    /// Disk use measurements asked for, ever (failed ones too).
+    pub fn disk_measurements(&self) -> usize {
+        self.engine().disk_measurements
     }
 
     /// The container's process exits with `code`.
@@ -496,6 +522,21 @@ impl ContainerRuntime for FakeRuntime {
                 ImageRemoval::Missing
             }
         }))
+    }
+
+    async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>> {
+        self.change(|e| {
+            e.disk_measurements += 1;
+            if e.disk_use_fails {
+                return Err(RuntimeError::NotFound(
+                    "the engine's disk usage".to_string(),
+                ));
+            }
+            Ok(ids
+                .iter()
+                .filter_map(|id| e.containers.get(id).map(|c| (id.clone(), c.disk_use)))
+                .collect())
+        })
     }
 
     async fn list(&self, installation: &str) -> Result<Vec<ContainerInfo>> {

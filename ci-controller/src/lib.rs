@@ -7,11 +7,13 @@
 //! error policy. The [`log_pump`] stores each container's output as it comes;
 //! [`leadership`] runs the reconciler only while this controller holds the
 //! [`leader`] lease, and the [`reaper`] beside it deletes what outlived the
-//! retention period.
+//! retention period. The [`disk_watch`] measures running jobs' disk use for
+//! the decision table's disk limit.
 
 pub mod config;
 pub mod container_spec;
 pub mod decision;
+pub mod disk_watch;
 pub mod environment;
 pub mod environment_cache;
 #[cfg(test)]

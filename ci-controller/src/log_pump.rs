@@ -398,7 +398,7 @@ mod tests {
     use bytes::Bytes;
     use ci_persistence::{NewJob, StoreOptions};
     use futures::stream::BoxStream;
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
     use std::sync::Mutex;
 
     /// A runtime whose log reads are scripted, one script per call; it
@@ -466,6 +466,12 @@ mod tests {
             let read = self.reads.lock().unwrap().pop_front().unwrap_or_default();
             futures::stream::iter(read).boxed()
         }
+        async fn disk_use(
+            &self,
+            _: &[String],
+        ) -> crate::runtime::Result<HashMap<String, crate::runtime::DiskUse>> {
+            Ok(HashMap::new())
+        }
         async fn stop(&self, _: &str, _: Duration) -> crate::runtime::Result<()> {
             Ok(())
         }
@@ -498,7 +504,7 @@ mod tests {
             .unwrap();
         let user = store.create_user("Pump", "pump@example.com").await.unwrap();
         let digest = store.put_archive(b"zip").await.unwrap();
-        let id = uuid::Uuid::new_v4();
+        let id = JobId::random();
         store
             .create_job(&NewJob {
                 id,

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ci_config::{parse_duration, DatabaseArgs, LogArgs};
+use ci_config::{parse_duration, parse_size, DatabaseArgs, LogArgs};
 use ci_controller::config::{
-    parse_interval, ControllerConfig, EnvironmentLimits, DEFAULT_ENV_CACHE_BYTES, DEFAULT_IMAGE,
+    parse_interval, ControllerConfig, DiskLimits, EnvironmentLimits, DEFAULT_ENV_CACHE_BYTES,
+    DEFAULT_IMAGE,
 };
 use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
@@ -109,6 +110,12 @@ struct Args {
     /// `12h`, `7d`), so unpinned requirements pick up new releases.
     #[arg(long, env = "CI_ENV_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
     env_max_age: Duration,
+
+    /// A job that writes more than this to disk (its workspace, its report's
+    /// folder and its writable root together) is stopped and fails with that
+    /// reason: bytes, or a number with a unit (`64MiB`, `4GiB`).
+    #[arg(long, env = "CI_JOB_DISK_LIMIT", default_value = "4GiB", value_parser = parse_size)]
+    job_disk_limit: u64,
 }
 
 #[tokio::main]
@@ -130,6 +137,10 @@ async fn main() -> anyhow::Result<()> {
         environments: EnvironmentLimits {
             max_bytes: args.env_cache_bytes,
             max_age: args.env_max_age,
+        },
+        disk: DiskLimits {
+            max_bytes: args.job_disk_limit,
+            ..DiskLimits::default()
         },
         ..ControllerConfig::default()
     };
@@ -155,6 +166,19 @@ async fn main() -> anyhow::Result<()> {
     let runtime = DockerRuntime::connect().await.context(
         "cannot reach the Docker engine (is dockerd running? see scripts/docker-engine.sh)",
     )?;
+    // Once: the storage driver does not change under a running engine.
+    config.disk.storage_quota = match runtime.has_storage_quota().await {
+        Ok(quota) => quota,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the engine's storage driver; jobs' disk use is bounded by measuring it alone");
+            false
+        }
+    };
+    tracing::info!(
+        limit = args.job_disk_limit,
+        storage_quota = config.disk.storage_quota,
+        "job disk limit"
+    );
 
     let holder = format!(
         "{}:{}:{}",

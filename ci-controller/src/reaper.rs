@@ -262,8 +262,8 @@ impl Reaper {
 mod tests {
     use ci_common::time::{now, to_micros};
     use ci_common::JobOptions;
+    use ci_common::{JobId, UserId};
     use ci_persistence::{DatabaseLocation, JobOutcome, NewJob};
-    use uuid::Uuid;
 
     use super::*;
     use crate::leadership::Leadership;
@@ -279,7 +279,7 @@ mod tests {
 
     /// Moves a job's times to `at` (microseconds), as only a test does, on a
     /// connection of its own to the file.
-    async fn age(dir: &tempfile::TempDir, id: Uuid, at: i64) {
+    async fn age(dir: &tempfile::TempDir, id: JobId, at: i64) {
         use sqlx::Connection;
         let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -299,11 +299,14 @@ mod tests {
     async fn job(
         dir: &tempfile::TempDir,
         store: &Store,
-        owner: Uuid,
+        owner: UserId,
         ended_days_ago: Option<i64>,
-    ) -> Uuid {
-        let digest = store.put_archive(Uuid::new_v4().as_bytes()).await.unwrap();
-        let id = Uuid::new_v4();
+    ) -> JobId {
+        let digest = store
+            .put_archive(uuid::Uuid::new_v4().as_bytes())
+            .await
+            .unwrap();
+        let id = JobId::random();
         store
             .create_job(&NewJob {
                 id,

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ci_common::{Job, JobId, JobStatus};
+use ci_common::{Job, JobId, JobStatus, UserId};
 use ci_persistence::{Channel, JobOutcome, Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::config::ControllerConfig;
 use crate::decision::{decide, Action, EndReason, Observed, WorkerState};
+use crate::disk_watch::{self, DiskWatch};
 use crate::environment_cache;
 use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, LABEL_PYTHON};
@@ -38,6 +38,8 @@ pub struct Reconciler {
     /// When the environments were last swept for eviction (besides after
     /// every build): environments past their age go within this period.
     last_eviction: Option<tokio::time::Instant>,
+    /// The running jobs' disk use, measured beside the passes.
+    disk: Arc<DiskWatch>,
 }
 
 /// How often a pass sweeps the environments for eviction.
@@ -68,6 +70,7 @@ impl Reconciler {
             wake_rx,
             turns: Turns::default(),
             last_eviction: None,
+            disk: Arc::default(),
         }
     }
 
@@ -82,6 +85,13 @@ impl Reconciler {
     /// worker finishes, and on the resync timer as the safety net. Containers
     /// are left running on shutdown; the next controller adopts them.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        tokio::spawn(disk_watch::run(
+            self.disk.clone(),
+            self.ctx.runtime.clone(),
+            self.ctx.config.disk,
+            self.ctx.wake.clone(),
+            shutdown.child_token(),
+        ));
         let mut jobs_changed = self.ctx.store.changes().subscribe(Channel::Jobs);
         let mut tick = tokio::time::interval(self.ctx.config.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,10 +141,21 @@ impl Reconciler {
             .iter()
             .filter_map(|c| c.job_id.map(|j| (j, c)))
             .collect();
+        self.disk.watch(
+            jobs.iter()
+                .filter(|j| j.status == JobStatus::Running)
+                .filter_map(|j| {
+                    by_job
+                        .get(&j.id)
+                        .filter(|c| c.running)
+                        .map(|c| (c.id.clone(), j.id))
+                })
+                .collect(),
+        );
 
         let mut eligible = Vec::new();
         let mut busy = 0usize;
-        let mut running_per_user: HashMap<Uuid, usize> = HashMap::new();
+        let mut running_per_user: HashMap<UserId, usize> = HashMap::new();
         for job in &jobs {
             let worker = states.get(&job.id).copied().unwrap_or(WorkerState::Idle);
             if job.status == JobStatus::Running || worker == WorkerState::Following {
@@ -142,7 +163,15 @@ impl Reconciler {
                 *running_per_user.entry(job.user_id).or_default() += 1;
             }
             let container = by_job.get(&job.id).copied();
-            let observed = Observed::of(job, container, worker, now, self.ctx.config.job_timeout);
+            let over_disk_limit = container.is_some_and(|c| self.disk.is_over(&c.id));
+            let observed = Observed::of(
+                job,
+                container,
+                worker,
+                now,
+                self.ctx.config.job_timeout,
+                over_disk_limit,
+            );
             let container_id = container.map(|c| c.id.clone());
             match decide(&observed) {
                 Action::Wait => {}
@@ -158,7 +187,8 @@ impl Reconciler {
                     }
                 }
                 Action::End(reason) => {
-                    let outcome = reason.outcome(self.ctx.config.job_timeout);
+                    let outcome =
+                        reason.outcome(self.ctx.config.job_timeout, self.ctx.config.disk.max_bytes);
                     let how = Finished::of(&outcome, reason == EndReason::TimedOut);
                     self.end(job, container_id, outcome, how);
                 }
@@ -327,7 +357,7 @@ mod tests {
         store: Store,
         engine: FakeRuntime,
         config: ControllerConfig,
-        user: Uuid,
+        user: UserId,
         controller: Option<(CancellationToken, JoinHandle<()>)>,
         metrics: Arc<ControllerMetrics>,
         _dir: tempfile::TempDir,
@@ -383,13 +413,13 @@ mod tests {
             }
         }
 
-        async fn submit_as(&self, user: Uuid, files: &[(&str, &str)]) -> JobId {
+        async fn submit_as(&self, user: UserId, files: &[(&str, &str)]) -> JobId {
             self.submit_with(user, files, JobOptions::default()).await
         }
 
         async fn submit_with(
             &self,
-            user: Uuid,
+            user: UserId,
             files: &[(&str, &str)],
             options: JobOptions,
         ) -> JobId {
@@ -401,7 +431,7 @@ mod tests {
             }
             let zip = zip.finish().unwrap().into_inner();
             let digest = self.store.put_archive(&zip).await.unwrap();
-            let id = Uuid::new_v4();
+            let id = JobId::random();
             self.store
                 .create_job(&NewJob {
                     id,
@@ -799,8 +829,8 @@ mod tests {
     #[tokio::test]
     async fn orphans_are_removed_and_other_installations_left_alone() {
         let h = Harness::start(|_| {}).await;
-        let theirs = h.engine.plant(spec_of("other-", Uuid::new_v4()), true);
-        let orphan = h.engine.plant(spec_of("fake-", Uuid::new_v4()), false);
+        let theirs = h.engine.plant(spec_of("other-", JobId::random()), true);
+        let orphan = h.engine.plant(spec_of("fake-", JobId::random()), false);
         h.container_gone(&orphan).await;
         // The pass that removed the orphan saw the other one too.
         assert!(h.engine.container(&theirs).is_some_and(|c| c.running));
@@ -908,6 +938,86 @@ mod tests {
                 .await,
             1.0
         );
+    }
+
+    /// The disk limit of the fake-runtime tests, measured often.
+    fn small_disk(c: &mut ControllerConfig) {
+        c.disk.max_bytes = 1024;
+        c.disk.every = Duration::from_millis(20);
+    }
+
+    #[tokio::test]
+    async fn a_job_measured_over_its_disk_limit_is_stopped_and_fails_with_the_reason() {
+        use crate::runtime::DiskUse;
+        let h = Harness::start(small_disk).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+            .await;
+        h.engine.print(&id, "writing\n");
+        h.output_until(job, "writing").await;
+        // Neither alone is over the limit: together they are.
+        h.engine.set_disk_use(
+            &id,
+            DiskUse {
+                writable_layer: 600,
+                own_volumes: 600,
+            },
+        );
+        let ended = h.ended(job).await;
+        let reason = "Job used more than 1.0 KiB of disk (limit CI_JOB_DISK_LIMIT)";
+        assert_eq!(ended.status, JobStatus::Completed);
+        assert_eq!(ended.success, Some(false));
+        assert_eq!(ended.failure_reason.as_deref(), Some(reason));
+        let output = h.output(job).await;
+        assert!(output.starts_with("writing\n"), "{output}");
+        assert!(output.contains(reason), "the reason is shown: {output}");
+        h.container_gone(&id).await;
+        assert_eq!(h.engine.created(), 1);
+        assert_eq!(
+            h.metric(r#"ci_jobs_finished_total{outcome="error"}"#).await,
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_disk_measurement_leaves_the_job_running() {
+        use crate::runtime::DiskUse;
+        let h = Harness::start(small_disk).await;
+        let job = h.submit().await;
+        let id = h.running_container(job).await;
+        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+            .await;
+        h.engine.fail_disk_use(true);
+        // What the engine would report, if it answered.
+        h.engine.set_disk_use(
+            &id,
+            DiskUse {
+                writable_layer: 1 << 30,
+                own_volumes: 0,
+            },
+        );
+        let before = h.engine.disk_measurements();
+        h.engine
+            .until("three failed measurements", |e| {
+                (e.disk_measurements() >= before + 3).then_some(())
+            })
+            .await;
+        assert!(h.engine.container(&id).is_some_and(|c| c.running));
+        // A verdict would outlive the engine's recovery (it is kept per
+        // container): measured under the limit now, the job passes.
+        h.engine.set_disk_use(&id, DiskUse::default());
+        h.engine.fail_disk_use(false);
+        let before = h.engine.disk_measurements();
+        h.engine
+            .until("two more measurements", |e| {
+                (e.disk_measurements() >= before + 2).then_some(())
+            })
+            .await;
+        h.engine.exit(&id, 0);
+        let ended = h.ended(job).await;
+        assert_eq!(ended.success, Some(true), "{ended:?}");
+        assert_eq!(ended.failure_reason, None);
     }
 
     #[tokio::test]

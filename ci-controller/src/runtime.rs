@@ -2,6 +2,8 @@
 //! Docker implementation through bollard.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +12,10 @@ use bollard::container::{
     ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::image::{CommitContainerOptions, ListImagesOptions, RemoveImageOptions};
-use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, MountVolumeOptions};
+use bollard::models::{
+    HostConfig, HostConfigLogConfig, Mount, MountPointTypeEnum, MountTypeEnum, MountVolumeOptions,
+    SystemDataUsageResponse, SystemInfo,
+};
 use bollard::Docker;
 use bytes::Bytes;
 use ci_common::JobId;
@@ -94,6 +99,24 @@ pub enum FileRead {
     Contents(Vec<u8>),
 }
 
+/// What a container has written to disk, as the engine measures it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUse {
+    /// Its writable layer: what it wrote outside its volumes and tmpfs
+    /// (the root file system, when that is writable).
+    pub writable_layer: u64,
+    /// Its own volumes: the anonymous ones made with it and removed with it
+    /// (the workspace, the report's folder). Named volumes it shares with
+    /// other containers (its user's pip cache) are not its own.
+    pub own_volumes: u64,
+}
+
+impl DiskUse {
+    pub fn total(&self) -> u64 {
+        self.writable_layer.saturating_add(self.own_volumes)
+    }
+}
+
 /// One line (or piece of a long line) of a container's output, with the
 /// runtime's timestamp for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,12 +194,19 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> Result<String>;
     /// Removes an image unless a container uses it.
     async fn remove_image(&self, id: &str) -> Result<ImageRemoval>;
+    /// What each of the containers `ids` has written to disk, measured in one
+    /// go; a container the engine no longer has is left out of the answer.
+    async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>>;
 }
 
 /// The Docker engine, reached through `DOCKER_HOST` or the local socket.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// The engine refused a `storage_opt size` although its info promised
+    /// a quota (overlay2 on an xfs mounted without `pquota` looks the same
+    /// as one with it): containers are then created without one.
+    storage_quota_refused: Arc<AtomicBool>,
 }
 
 fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
@@ -190,8 +220,82 @@ impl DockerRuntime {
         let docker = Docker::connect_with_defaults()?;
         let docker = docker.negotiate_version().await?;
         docker.ping().await?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime {
+            docker,
+            storage_quota_refused: Arc::default(),
+        })
     }
+
+    /// Whether the engine's storage driver can bound a container's writable
+    /// layer (asked once at start; see [`storage_quota_from`]).
+    pub async fn has_storage_quota(&self) -> Result<bool> {
+        Ok(storage_quota_from(&self.docker.info().await?))
+    }
+}
+
+/// Whether the storage driver `info` names takes a `size` storage option:
+/// overlay2 on xfs (which also needs the `pquota` mount option, which the
+/// info does not show: an engine that then refuses the option is asked
+/// without it, see `DockerRuntime::create`), btrfs and zfs. overlay2 on
+/// extfs, the common case, has none.
+pub fn storage_quota_from(info: &SystemInfo) -> bool {
+    let backing = info.driver_status.iter().flatten().find_map(|pair| {
+        matches!(pair.first().map(String::as_str), Some("Backing Filesystem"))
+            .then(|| pair.get(1).cloned())
+            .flatten()
+    });
+    match info.driver.as_deref() {
+        Some("overlay2") => backing.as_deref() == Some("xfs"),
+        Some("btrfs" | "zfs") => true,
+        _ => false,
+    }
+}
+
+/// The engine's answer when a storage option it cannot honour is asked for.
+fn is_storage_quota_refusal(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { message, .. }
+        if message.contains("storage-opt") || message.contains("storage opt"))
+}
+
+/// What each of `ids` wrote, from the engine's disk usage report: its
+/// writable layer (`SizeRw`) and the volumes it mounts that are its own,
+/// those no installation named (the anonymous ones; the pip cache carries
+/// the installation's label). The engine reports -1 for a size it did not
+/// compute; that counts as nothing.
+fn disk_use_from(usage: &SystemDataUsageResponse, ids: &[String]) -> HashMap<String, DiskUse> {
+    let volume_bytes: HashMap<&str, u64> = usage
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| !v.labels.contains_key(LABEL_INSTALLATION))
+        .map(|v| {
+            let size = v.usage_data.as_ref().map_or(0, |u| u.size);
+            (v.name.as_str(), u64::try_from(size).unwrap_or(0))
+        })
+        .collect();
+    usage
+        .containers
+        .iter()
+        .flatten()
+        .filter_map(|c| {
+            let id = c.id.as_ref().filter(|id| ids.contains(id))?;
+            let own_volumes = c
+                .mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.typ == Some(MountPointTypeEnum::VOLUME))
+                .filter_map(|m| volume_bytes.get(m.name.as_deref()?))
+                .sum();
+            let writable_layer = u64::try_from(c.size_rw.unwrap_or(0)).unwrap_or(0);
+            Some((
+                id.clone(),
+                DiskUse {
+                    writable_layer,
+                    own_volumes,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A spec's volumes as the engine's mounts.
@@ -246,11 +350,14 @@ impl ContainerRuntime for DockerRuntime {
             volumes,
             read_only_rootfs,
             tmpfs,
+            storage_size_bytes,
             log_driver,
             stdin_once,
             env,
         } = spec;
-        let host_config = HostConfig {
+        let storage_size =
+            storage_size_bytes.filter(|_| !self.storage_quota_refused.load(Ordering::Relaxed));
+        let mut host_config = HostConfig {
             network_mode: Some(network_mode.clone()),
             memory: *memory_bytes,
             memory_swap: *memory_swap_bytes,
@@ -265,9 +372,11 @@ impl ContainerRuntime for DockerRuntime {
                 config: None,
             }),
             tmpfs: (!tmpfs.is_empty()).then(|| tmpfs.iter().cloned().collect()),
+            storage_opt: storage_size
+                .map(|bytes| HashMap::from([("size".to_string(), bytes.to_string())])),
             ..Default::default()
         };
-        let config = Config {
+        let mut config = Config {
             image: Some(image.clone()),
             cmd: Some(cmd.clone()),
             labels: Some(labels.clone().into_iter().collect()),
@@ -283,14 +392,27 @@ impl ContainerRuntime for DockerRuntime {
             attach_stdout: Some(false),
             attach_stderr: Some(false),
             network_disabled: Some(network_mode == "none"),
-            host_config: Some(host_config),
+            host_config: Some(host_config.clone()),
             ..Default::default()
         };
         let options = CreateContainerOptions {
             name: name.as_str(),
             platform: None,
         };
-        match self.docker.create_container(Some(options), config).await {
+        let mut created = self
+            .docker
+            .create_container(Some(options.clone()), config.clone())
+            .await;
+        if let Err(e) = &created {
+            if storage_size.is_some() && is_storage_quota_refusal(e) {
+                tracing::warn!(error = %e, "the engine has no storage quota after all; jobs' disk use is bounded by measuring it alone");
+                self.storage_quota_refused.store(true, Ordering::Relaxed);
+                host_config.storage_opt = None;
+                config.host_config = Some(host_config);
+                created = self.docker.create_container(Some(options), config).await;
+            }
+        }
+        match created {
             Ok(created) => Ok(created.id),
             Err(e) if is_status(&e, 404) => Err(RuntimeError::ImageMissing(image.clone())),
             Err(e) => Err(e.into()),
@@ -505,6 +627,18 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// One disk usage report for all of them. The engine of API 1.41 (and
+    /// bollard 0.18's `df`) takes no type filter, so the report covers every
+    /// container, image and volume of the engine: it is asked for once per
+    /// round, never once per container (see BENCHMARKS.md for its cost).
+    async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let usage = self.docker.df().await?;
+        Ok(disk_use_from(&usage, ids))
+    }
 }
 
 /// The one file of a tar stream as the engine's archive API sends it, read
@@ -649,6 +783,101 @@ mod tests {
         let link = tar_of(&[("junit.xml", tar::EntryType::Symlink, b"")]);
         assert_eq!(read(link, 1300).await, FileRead::NotAFile);
         assert_eq!(read(Vec::new(), 10).await, FileRead::Missing);
+    }
+
+    fn info(driver: &str, backing: &str) -> SystemInfo {
+        SystemInfo {
+            driver: Some(driver.to_string()),
+            driver_status: Some(vec![
+                vec!["Backing Filesystem".into(), backing.into()],
+                vec!["Supports d_type".into(), "true".into()],
+            ]),
+            ..Default::default()
+        }
+    }
+
+    /// The engine here is overlay2 on extfs, which has no quota: the other
+    /// rows cannot be tried live on this machine.
+    #[test]
+    fn a_storage_quota_is_used_only_where_the_driver_has_one() {
+        assert!(!storage_quota_from(&info("overlay2", "extfs")));
+        assert!(storage_quota_from(&info("overlay2", "xfs")));
+        assert!(storage_quota_from(&info("zfs", "zfs")));
+        assert!(storage_quota_from(&info("btrfs", "btrfs")));
+        assert!(!storage_quota_from(&info("vfs", "xfs")));
+        assert!(!storage_quota_from(&SystemInfo::default()));
+        let refusal = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message:
+                "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+                    .into(),
+        };
+        assert!(is_storage_quota_refusal(&refusal));
+        let other = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "no space left on device".into(),
+        };
+        assert!(!is_storage_quota_refusal(&other));
+    }
+
+    #[test]
+    fn a_containers_disk_use_is_its_layer_and_its_own_volumes() {
+        use bollard::models::{ContainerSummary, MountPoint, Volume, VolumeUsageData};
+        let volume = |name: &str, size: i64, labels: &[(&str, &str)]| Volume {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            usage_data: Some(VolumeUsageData { size, ref_count: 1 }),
+            ..Default::default()
+        };
+        let mount = |name: &str| MountPoint {
+            typ: Some(MountPointTypeEnum::VOLUME),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let usage = SystemDataUsageResponse {
+            containers: Some(vec![
+                ContainerSummary {
+                    id: Some("job".into()),
+                    size_rw: Some(1000),
+                    mounts: Some(vec![mount("workspace"), mount("report"), mount("pip")]),
+                    ..Default::default()
+                },
+                ContainerSummary {
+                    id: Some("not-asked".into()),
+                    size_rw: Some(5),
+                    ..Default::default()
+                },
+                ContainerSummary {
+                    id: Some("uncounted".into()),
+                    size_rw: Some(-1),
+                    mounts: Some(vec![mount("uncomputed")]),
+                    ..Default::default()
+                },
+            ]),
+            volumes: Some(vec![
+                volume("workspace", 200, &[]),
+                volume("report", 30, &[]),
+                // The user's pip cache, shared between their jobs.
+                volume("pip", 1 << 30, &[(LABEL_INSTALLATION, "p-")]),
+                volume("uncomputed", -1, &[]),
+            ]),
+            ..Default::default()
+        };
+        let ids = ["job".to_string(), "uncounted".into(), "gone".into()];
+        let measured = disk_use_from(&usage, &ids);
+        assert_eq!(measured.len(), 2, "{measured:?}");
+        assert_eq!(
+            measured["job"],
+            DiskUse {
+                writable_layer: 1000,
+                own_volumes: 230
+            }
+        );
+        assert_eq!(measured["job"].total(), 1230);
+        assert_eq!(measured["uncounted"], DiskUse::default());
     }
 
     #[test]

@@ -8,14 +8,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use ci_common::{Job, JobId};
-use uuid::Uuid;
+use ci_common::{Job, JobId, UserId};
 
 /// A queued job that may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub job_id: JobId,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub created_at: DateTime<Utc>,
 }
 
@@ -33,19 +32,19 @@ impl From<&Job> for Candidate {
 /// was served more recently. Kept by the reconciler across passes.
 #[derive(Debug, Clone, Default)]
 pub struct Turns {
-    last_served: HashMap<Uuid, u64>,
+    last_served: HashMap<UserId, u64>,
     next: u64,
 }
 
 impl Turns {
     /// Notes that `user` had a job started now.
-    pub fn served(&mut self, user: Uuid) {
+    pub fn served(&mut self, user: UserId) {
         self.next += 1;
         self.last_served.insert(user, self.next);
     }
 
     /// `None` for a user never served, who comes before everyone served.
-    fn last(&self, user: &Uuid) -> Option<u64> {
+    fn last(&self, user: &UserId) -> Option<u64> {
         self.last_served.get(user).copied()
     }
 }
@@ -55,7 +54,7 @@ impl Turns {
 /// the starts, so that the next pass continues the round.
 pub fn pick(
     eligible: &[Candidate],
-    running_per_user: &HashMap<Uuid, usize>,
+    running_per_user: &HashMap<UserId, usize>,
     turns: &mut Turns,
     free: usize,
 ) -> Vec<JobId> {
@@ -84,30 +83,30 @@ pub fn pick(
 mod tests {
     use super::*;
 
-    fn user() -> Uuid {
-        Uuid::new_v4()
+    fn user() -> UserId {
+        UserId::random()
     }
 
     /// `n` jobs of `user`, created a second apart from `from` seconds on.
-    fn jobs(user: Uuid, from: i64, n: i64) -> Vec<Candidate> {
+    fn jobs(user: UserId, from: i64, n: i64) -> Vec<Candidate> {
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         (0..n)
             .map(|i| Candidate {
-                job_id: Uuid::new_v4(),
+                job_id: JobId::random(),
                 user_id: user,
                 created_at: t0 + chrono::Duration::seconds(from + i),
             })
             .collect()
     }
 
-    fn owners(starts: &[JobId], all: &[Candidate]) -> Vec<Uuid> {
+    fn owners(starts: &[JobId], all: &[Candidate]) -> Vec<UserId> {
         starts
             .iter()
             .map(|id| {
                 all.iter()
                     .find(|c| c.job_id == *id)
                     .map(|c| c.user_id)
-                    .unwrap_or_default()
+                    .expect("the scheduler starts only jobs it was given")
             })
             .collect()
     }

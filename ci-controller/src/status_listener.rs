@@ -249,7 +249,7 @@ mod tests {
         for _ in 0..3 {
             l.store
                 .create_job(&ci_persistence::NewJob {
-                    id: uuid::Uuid::new_v4(),
+                    id: ci_common::JobId::random(),
                     user_id: user.id,
                     archive_digest: digest.clone(),
                     options: Default::default(),

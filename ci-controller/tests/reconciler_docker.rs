@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ci_common::{Job, JobStatus};
+use ci_common::{JobId, UserId};
 use ci_controller::runtime::{ContainerRuntime, ContainerSpec, LABEL_INSTALLATION, LABEL_JOB};
 use ci_controller::{ControllerConfig, DockerRuntime, Reconciler};
 use ci_persistence::DatabaseLocation;
@@ -22,7 +23,7 @@ struct Harness {
     store: Store,
     runtime: DockerRuntime,
     config: ControllerConfig,
-    user: Uuid,
+    user: UserId,
     prefix: String,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -81,11 +82,11 @@ impl Harness {
         self.prefix.clone()
     }
 
-    async fn submit(&self, zip: Vec<u8>) -> Uuid {
+    async fn submit(&self, zip: Vec<u8>) -> JobId {
         support::queue_job(&self.store, self.user, &zip).await
     }
 
-    async fn wait_for(&self, id: Uuid, what: &str, cond: impl Fn(&Job) -> bool, secs: u64) -> Job {
+    async fn wait_for(&self, id: JobId, what: &str, cond: impl Fn(&Job) -> bool, secs: u64) -> Job {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let job = self.store.get_job(id).await.unwrap().unwrap();
@@ -100,12 +101,12 @@ impl Harness {
         }
     }
 
-    async fn ended(&self, id: Uuid) -> Job {
+    async fn ended(&self, id: JobId) -> Job {
         self.wait_for(id, "the job to end", |j| j.status.is_terminal(), 60)
             .await
     }
 
-    async fn output(&self, id: Uuid) -> String {
+    async fn output(&self, id: JobId) -> String {
         self.store
             .read_log(id, 0, 1_000_000)
             .await
@@ -287,7 +288,7 @@ async fn orphans_are_removed_and_other_installations_left_alone() {
         image: ControllerConfig::default().image,
         cmd: vec!["sleep".into(), "300".into()],
         labels: [
-            (LABEL_JOB.to_string(), Uuid::new_v4().to_string()),
+            (LABEL_JOB.to_string(), JobId::random().to_string()),
             (LABEL_INSTALLATION.to_string(), installation.to_string()),
         ]
         .into(),
@@ -427,7 +428,7 @@ async fn capacity_is_shared_fairly_between_users() {
     let h = Harness::start(|c| c.max_concurrent_jobs = 1).await;
     let quick = project(PASSING);
     // One user queues many jobs, then another user queues one.
-    let greedy: Vec<Uuid> = {
+    let greedy: Vec<JobId> = {
         let mut ids = Vec::new();
         for _ in 0..4 {
             ids.push(h.submit(quick.clone()).await);

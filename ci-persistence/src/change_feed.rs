@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn signals_name_all_jobs_or_one() {
-        let id = uuid::Uuid::new_v4();
+        let id = JobId::random();
         assert_eq!(parse_signal("jobs"), Some(Signal::Jobs));
         assert_eq!(parse_signal("events"), Some(Signal::AnyJob));
         assert_eq!(parse_signal(&format!("job:{id}")), Some(Signal::Job(id)));
@@ -492,7 +492,7 @@ mod tests {
             job_watches: watches.clone(),
             look_soon: Arc::default(),
         };
-        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let (a, b) = (JobId::random(), JobId::random());
         let first = feed.subscribe_job(a);
         let second = feed.subscribe_job(a);
         let other = feed.subscribe_job(b);

@@ -9,14 +9,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use ci_common::api::JobSummary;
-use ci_common::{generate_api_key, CursorMove, JobOptions, JobStatus, LogCursor};
+use ci_common::{
+    generate_api_key, ApiKeyId, CursorMove, JobId, JobOptions, JobStatus, LogCursor, UserId,
+};
 use uuid::Uuid;
 
 use ci_common::test_results::{JobReport, TestCase, TestOutcome, TestTotals};
 
 use crate::{
-    Channel, JobOutcome, NewJob, ReapStep, Reaped, ReportChunk, SessionLookup, Store, StoreError,
-    ARCHIVE_GRACE,
+    Channel, JobOutcome, NewJob, OwnedJobSummary, ReapStep, Reaped, ReportChunk, SessionLookup,
+    Store, StoreError, ARCHIVE_GRACE,
 };
 
 /// Runs every conformance test as its own `#[tokio::test]`. `$make` is an
@@ -84,17 +86,17 @@ macro_rules! conformance_suite {
     };
 }
 
-async fn user(store: &Store) -> Uuid {
+async fn user(store: &Store) -> UserId {
     let email = format!("{}@example.com", Uuid::new_v4().simple());
     store.create_user("Test User", &email).await.unwrap().id
 }
 
-async fn job(store: &Store, user_id: Uuid) -> Uuid {
+async fn job(store: &Store, user_id: UserId) -> JobId {
     let digest = store
         .put_archive(b"PK\x05\x06 not really a zip")
         .await
         .unwrap();
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     store
         .create_job(&NewJob {
             id,
@@ -123,7 +125,7 @@ pub async fn job_options_and_the_python_run_are_kept(s: Store, other: Store) {
         fresh_env: true,
         pytest_args: vec!["-k".into(), "not slow and 'quoted'".into(), "-x".into()],
     };
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     let created = s
         .create_job(&NewJob {
             id,
@@ -170,11 +172,11 @@ pub async fn users_are_created_found_and_unique(s: Store, _: Store) {
             .unwrap(),
         u
     );
-    assert!(s.get_user(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(s.get_user(UserId::random()).await.unwrap().is_none());
     let dup = s.create_user("Other", "ada@example.com").await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists(_))), "{dup:?}");
     let v = s.create_user("Bob", "bob@example.com").await.unwrap();
-    let all: Vec<Uuid> = s.list_users().await.unwrap().iter().map(|u| u.id).collect();
+    let all: Vec<UserId> = s.list_users().await.unwrap().iter().map(|u| u.id).collect();
     assert_eq!(all, vec![u.id, v.id]);
 }
 
@@ -184,7 +186,7 @@ pub async fn users_can_be_deactivated_and_activated(s: Store, _: Store) {
     assert!(!s.get_user(id).await.unwrap().unwrap().is_active);
     assert!(s.set_user_active(id, true).await.unwrap().is_active);
     assert!(matches!(
-        s.set_user_active(Uuid::new_v4(), false).await,
+        s.set_user_active(UserId::random(), false).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -220,7 +222,7 @@ pub async fn api_keys_authenticate_until_revoked(s: Store, other: Store) {
     assert_eq!(s.list_api_keys(Some(uid)).await.unwrap().len(), 1);
     assert_eq!(s.list_api_keys(None).await.unwrap().len(), 2);
     assert!(matches!(
-        s.create_api_key(Uuid::new_v4(), "x", &key2).await,
+        s.create_api_key(UserId::random(), "x", &key2).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -234,7 +236,7 @@ pub async fn api_keys_authenticate_until_revoked(s: Store, other: Store) {
     assert!(!revoked.is_active);
     assert!(other.authenticate(&key.hash).await.unwrap().is_none());
     assert!(matches!(
-        s.revoke_api_key(Uuid::new_v4()).await,
+        s.revoke_api_key(ApiKeyId::random()).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -334,7 +336,7 @@ pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
         .unwrap();
     assert_eq!(j.unwrap().user_id, someone);
     let (_, j) = other
-        .authenticate_with_job(&key.hash, Uuid::new_v4())
+        .authenticate_with_job(&key.hash, JobId::random())
         .await
         .unwrap()
         .unwrap();
@@ -354,11 +356,17 @@ pub async fn a_key_and_a_job_are_read_together(s: Store, other: Store) {
     let full = other.get_job(mine).await.unwrap().unwrap();
     assert_eq!(
         summary_of(mine).await,
-        Some((owner, Some((owner, JobSummary::from(&full)))))
+        Some((
+            owner,
+            Some(OwnedJobSummary {
+                owner,
+                summary: JobSummary::from(&full)
+            })
+        ))
     );
     let (_, j) = summary_of(theirs).await.unwrap();
-    assert_eq!(j.unwrap().0, someone);
-    assert_eq!(summary_of(Uuid::new_v4()).await, Some((owner, None)));
+    assert_eq!(j.unwrap().owner, someone);
+    assert_eq!(summary_of(JobId::random()).await, Some((owner, None)));
     assert!(s
         .get_api_key(rec.id)
         .await
@@ -517,7 +525,7 @@ pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {
         (j.status, j.success, j.last_seq),
         (JobStatus::Queued, None, 0)
     );
-    let mine: Vec<Uuid> = s
+    let mine: Vec<JobId> = s
         .list_jobs_for_user(uid)
         .await
         .unwrap()
@@ -529,7 +537,7 @@ pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {
         vec![second, first],
         "newest first, only the user's own"
     );
-    let unfinished: Vec<Uuid> = s
+    let unfinished: Vec<JobId> = s
         .list_unfinished_jobs()
         .await
         .unwrap()
@@ -554,7 +562,7 @@ pub async fn jobs_follow_their_life_cycle(s: Store, other: Store) {
     assert!(done.ended_at.is_some());
     let ok = s.finish_job(second, &JobOutcome::exited(0)).await.unwrap();
     assert_eq!(ok.success, Some(true), "a queued job may complete directly");
-    let unfinished: Vec<Uuid> = s
+    let unfinished: Vec<JobId> = s
         .list_unfinished_jobs()
         .await
         .unwrap()
@@ -577,7 +585,7 @@ pub async fn illegal_transitions_are_refused(s: Store, _: Store) {
             "{result:?}"
         );
     }
-    let missing = s.mark_running(Uuid::new_v4(), "c", "i", None).await;
+    let missing = s.mark_running(JobId::random(), "c", "i", None).await;
     assert!(
         matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
@@ -635,7 +643,7 @@ pub async fn cancellation_is_recorded_once(s: Store, _: Store) {
         JobStatus::Cancelled
     );
     assert!(matches!(
-        s.request_cancel(Uuid::new_v4()).await,
+        s.request_cancel(JobId::random()).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -747,7 +755,7 @@ pub async fn output_of_an_ended_job_is_refused(s: Store, _: Store) {
     );
     assert!(s.read_log(id, 0, 10).await.unwrap().is_empty());
     assert!(matches!(
-        s.append_log(Uuid::new_v4(), &["x".into()], None).await,
+        s.append_log(JobId::random(), &["x".into()], None).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -797,7 +805,7 @@ pub async fn concurrent_job_creation_from_two_processes(s: Store, other: Store) 
                 .await?;
             store
                 .create_job(&NewJob {
-                    id: Uuid::new_v4(),
+                    id: JobId::random(),
                     user_id: uid,
                     archive_digest: digest,
                     options: JobOptions::default(),
@@ -1044,9 +1052,9 @@ fn test_case(id: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
 }
 
 /// A job on `archive` (bytes) owned by `user_id`.
-async fn job_on(store: &Store, user_id: Uuid, archive: &[u8]) -> Uuid {
+async fn job_on(store: &Store, user_id: UserId, archive: &[u8]) -> JobId {
     let digest = store.put_archive(archive).await.unwrap();
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     store
         .create_job(&NewJob {
             id,
@@ -1130,7 +1138,7 @@ pub async fn test_reports_are_stored_once_with_their_totals(s: Store, other: Sto
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(summary.unwrap().1.tests, Some(totals));
+    assert_eq!(summary.unwrap().summary.tests, Some(totals));
 }
 
 pub async fn a_job_without_a_report_says_why(s: Store, other: Store) {
@@ -1274,7 +1282,7 @@ fn days_ago(days: i64) -> i64 {
 
 /// Moves a job's times `days` into the past, as if it had been submitted
 /// (and, when it has, started and ended) then; only the test does this.
-async fn age_job(s: &Store, id: Uuid, days: i64) {
+async fn age_job(s: &Store, id: JobId, days: i64) {
     sqlx::query(
         "UPDATE jobs SET created_at = $1, \
          started_at = CASE WHEN started_at IS NULL THEN NULL ELSE $1 END, \
@@ -1309,11 +1317,11 @@ async fn rows_where(s: &Store, table: &str, column: &str, value: &str) -> i64 {
 /// A job with `lines` chunks of output and `cases` test cases, ended as `outcome`.
 async fn ended_job(
     s: &Store,
-    owner: Uuid,
+    owner: UserId,
     lines: usize,
     cases: usize,
     outcome: JobOutcome,
-) -> Uuid {
+) -> JobId {
     let id = job(s, owner).await;
     output_and_cases(s, id, lines, cases).await;
     if outcome.status == JobStatus::Completed {
@@ -1323,7 +1331,7 @@ async fn ended_job(
     id
 }
 
-async fn output_and_cases(s: &Store, id: Uuid, lines: usize, cases: usize) {
+async fn output_and_cases(s: &Store, id: JobId, lines: usize, cases: usize) {
     let chunks: Vec<String> = (0..lines).map(|i| format!("line {i}\n")).collect();
     s.append_log(id, &chunks, None).await.unwrap();
     if cases > 0 {
@@ -1426,7 +1434,7 @@ pub async fn ended_jobs_past_retention_go_with_their_output_and_results(s: Store
             cases
         );
     }
-    let listed: BTreeSet<Uuid> = other
+    let listed: BTreeSet<JobId> = other
         .list_jobs_for_user(owner)
         .await
         .unwrap()
@@ -1740,11 +1748,11 @@ pub async fn freed_pages_are_given_back_where_the_file_keeps_them(s: Store, othe
 /// ended, as the controller leaves one.
 async fn ended_project_job(
     store: &Store,
-    user_id: Uuid,
+    user_id: UserId,
     project: Option<&str>,
     archive: &[u8],
     report: &JobReport,
-) -> Uuid {
+) -> JobId {
     let id = queued_project_job(store, user_id, project, archive).await;
     store.mark_running(id, "c", "img", None).await.unwrap();
     store.put_job_report(id, report).await.unwrap();
@@ -1754,12 +1762,12 @@ async fn ended_project_job(
 
 async fn queued_project_job(
     store: &Store,
-    user_id: Uuid,
+    user_id: UserId,
     project: Option<&str>,
     archive: &[u8],
-) -> Uuid {
+) -> JobId {
     let digest = store.put_archive(archive).await.unwrap();
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     store
         .create_job(&NewJob {
             id,
@@ -2017,7 +2025,7 @@ pub async fn a_queued_jobs_place_counts_everyones_earlier_queued_jobs(s: Store, 
     let first = job(&s, a).await;
     let second = job(&s, b).await;
     let third = job(&s, a).await;
-    let places = |ids: [Uuid; 3]| {
+    let places = |ids: [JobId; 3]| {
         let other = other.clone();
         async move {
             let mut places = Vec::new();
@@ -2042,5 +2050,5 @@ pub async fn a_queued_jobs_place_counts_everyones_earlier_queued_jobs(s: Store, 
         .await
         .unwrap();
     assert_eq!(places([first, second, third]).await, [None, None, Some(1)]);
-    assert_eq!(other.queue_position(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(other.queue_position(JobId::random()).await.unwrap(), None);
 }

@@ -3,8 +3,7 @@
 
 use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
-use ci_common::{Job, JobId, JobOptions, JobStatus, PythonVersion, TransitionError};
-use uuid::Uuid;
+use ci_common::{Job, JobId, JobOptions, JobStatus, PythonVersion, TransitionError, UserId};
 
 use crate::change_feed::Channel;
 use crate::error::{Result, StoreError};
@@ -16,7 +15,7 @@ use crate::test_results::{TESTS_COLUMNS, TESTS_JOIN};
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub archive_digest: String,
     pub options: JobOptions,
     /// The submission's request id (see [`Job::request_id`]).
@@ -124,7 +123,7 @@ impl Store {
 
     /// A user's jobs, newest first, as `GET /jobs` shows them: only the
     /// summary's columns are read, in the order of an index.
-    pub async fn list_jobs_for_user(&self, user_id: Uuid) -> Result<Vec<JobSummary>> {
+    pub async fn list_jobs_for_user(&self, user_id: UserId) -> Result<Vec<JobSummary>> {
         let sql = format!(
             "SELECT {}, {TESTS_COLUMNS} FROM jobs j {TESTS_JOIN} WHERE j.user_id = $1 \
              ORDER BY j.created_at DESC, j.id DESC",
@@ -212,7 +211,7 @@ impl Store {
     }
 
     /// How many of `user_id`'s jobs wait to start (for the per-user cap).
-    pub async fn count_queued_jobs_for_user(&self, user_id: Uuid) -> Result<u64> {
+    pub async fn count_queued_jobs_for_user(&self, user_id: UserId) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND status = 'queued'",
         )
@@ -225,7 +224,7 @@ impl Store {
     /// Asks for every queued or running job of `user_id` to be cancelled
     /// (their owner was deactivated), `reason` becoming each one's reason
     /// once it has ended cancelled; the jobs asked for now.
-    pub async fn request_cancel_for_user(&self, user_id: Uuid, reason: &str) -> Result<Vec<Job>> {
+    pub async fn request_cancel_for_user(&self, user_id: UserId, reason: &str) -> Result<Vec<Job>> {
         let sql = format!(
             "UPDATE jobs SET cancel_requested = 1, cancel_reason = $2 WHERE user_id = $1 \
              AND status IN ('queued', 'running') AND cancel_requested = 0 RETURNING {JOB_COLUMNS}"

@@ -33,6 +33,7 @@ pub use retention::{FilePages, ReapStep, Reaped, ARCHIVE_GRACE};
 pub use sessions::SessionLookup;
 pub use store::{Backend, Store, StoreOptions};
 pub use test_results::{FlakyJobs, ReportChunk};
+pub use users::OwnedJobSummary;
 
 /// What every backend must do, as tests (the `conformance` feature).
 #[cfg(feature = "conformance")]

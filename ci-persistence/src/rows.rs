@@ -6,7 +6,7 @@ use ci_common::time::from_micros;
 use ci_common::{ApiKeyRecord, Job, JobOptions, JobStatus, LogCursor, PythonVersion, User};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use uuid::Uuid;
+use std::str::FromStr;
 
 use crate::error::{Result, StoreError};
 
@@ -33,9 +33,11 @@ pub(crate) fn aliased(columns: &str, alias: &str, prefix: &str) -> String {
         .join(", ")
 }
 
-fn uuid(row: &AnyRow, col: &str) -> Result<Uuid> {
+/// An identity ([`ci_common::JobId`], [`ci_common::UserId`], ...) stored as text.
+pub(crate) fn id<T: FromStr<Err = uuid::Error>>(row: &AnyRow, col: &str) -> Result<T> {
     let s: String = row.try_get(col)?;
-    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
 }
 
 fn flag(row: &AnyRow, col: &str) -> Result<bool> {
@@ -44,7 +46,7 @@ fn flag(row: &AnyRow, col: &str) -> Result<bool> {
 
 pub(crate) fn user(row: &AnyRow) -> Result<User> {
     Ok(User {
-        id: uuid(row, "id")?,
+        id: id(row, "id")?,
         name: row.try_get("name")?,
         email: row.try_get("email")?,
         created_at: from_micros(row.try_get("created_at")?),
@@ -56,7 +58,7 @@ pub(crate) fn user(row: &AnyRow) -> Result<User> {
 pub(crate) fn user_prefixed(row: &AnyRow, prefix: &str) -> Result<User> {
     let col = |c: &str| format!("{prefix}{c}");
     Ok(User {
-        id: uuid(row, &col("id"))?,
+        id: id(row, &col("id"))?,
         name: row.try_get(col("name").as_str())?,
         email: row.try_get(col("email").as_str())?,
         created_at: from_micros(row.try_get(col("created_at").as_str())?),
@@ -66,8 +68,8 @@ pub(crate) fn user_prefixed(row: &AnyRow, prefix: &str) -> Result<User> {
 
 pub(crate) fn api_key(row: &AnyRow) -> Result<ApiKeyRecord> {
     Ok(ApiKeyRecord {
-        id: uuid(row, "id")?,
-        user_id: uuid(row, "user_id")?,
+        id: id(row, "id")?,
+        user_id: id(row, "user_id")?,
         name: row.try_get("name")?,
         key_prefix: row.try_get("key_prefix")?,
         created_at: from_micros(row.try_get("created_at")?),
@@ -95,7 +97,7 @@ pub(crate) fn job_summary(row: &AnyRow) -> Result<JobSummary> {
         python: python(row, "python")?.map(|p| p.to_string()),
         project: row.try_get("project")?,
         tests: crate::test_results::totals(row)?,
-        ..JobSummary::new(uuid(row, "id")?, status(row)?)
+        ..JobSummary::new(id(row, "id")?, status(row)?)
     })
 }
 
@@ -108,8 +110,8 @@ fn status(row: &AnyRow) -> Result<JobStatus> {
 
 pub(crate) fn job(row: &AnyRow) -> Result<Job> {
     Ok(Job {
-        id: uuid(row, "id")?,
-        user_id: uuid(row, "user_id")?,
+        id: id(row, "id")?,
+        user_id: id(row, "user_id")?,
         status: status(row)?,
         success: row.try_get::<Option<i64>, _>("success")?.map(|v| v != 0),
         exit_code: row.try_get("exit_code")?,

@@ -9,10 +9,9 @@ use ci_common::test_results::{
     JobReport, ProjectTest, ProjectTests, TestCase, TestOutcome, TestRun, TestTotals,
     PROJECT_HISTORY_JOBS,
 };
-use ci_common::JobId;
+use ci_common::{JobId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::store::{Backend, Store};
@@ -420,7 +419,7 @@ impl Store {
     /// results (newest end first), as `GET /projects/{name}/tests` shows it.
     /// The cases are read as a stream and folded per test, so only the
     /// per-test history is held, never all the rows.
-    pub async fn project_tests(&self, user_id: Uuid, project: &str) -> Result<ProjectTests> {
+    pub async fn project_tests(&self, user_id: UserId, project: &str) -> Result<ProjectTests> {
         let rows = sqlx::query(
             "SELECT j.id, j.archive_digest FROM jobs j \
              JOIN job_test_reports r ON r.job_id = j.id AND r.reason IS NULL \

@@ -5,10 +5,9 @@ use std::sync::LazyLock;
 use chrono::Duration;
 use ci_common::api::JobSummary;
 use ci_common::time::{now, to_micros};
-use ci_common::{ApiKeyRecord, GeneratedKey, Job, JobId, User};
+use ci_common::{ApiKeyId, ApiKeyRecord, GeneratedKey, Job, JobId, User, UserId};
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use uuid::Uuid;
 
 use crate::error::{Result, StoreError};
 use crate::rows::{self, JOB_COLUMNS, KEY_COLUMNS, SUMMARY_COLUMNS, USER_COLUMNS};
@@ -58,7 +57,7 @@ impl Store {
     /// [`StoreError::AlreadyExists`].
     pub async fn create_user(&self, name: &str, email: &str) -> Result<User> {
         let user = User {
-            id: Uuid::new_v4(),
+            id: UserId::random(),
             name: name.to_string(),
             email: email.to_string(),
             created_at: now(),
@@ -90,7 +89,7 @@ impl Store {
         rows.iter().map(rows::user).collect()
     }
 
-    pub async fn get_user(&self, id: Uuid) -> Result<Option<User>> {
+    pub async fn get_user(&self, id: UserId) -> Result<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
@@ -110,7 +109,7 @@ impl Store {
     }
 
     /// Activates or deactivates a user; a deactivated user's keys stop working.
-    pub async fn set_user_active(&self, id: Uuid, active: bool) -> Result<User> {
+    pub async fn set_user_active(&self, id: UserId, active: bool) -> Result<User> {
         let sql = format!("UPDATE users SET is_active = $1 WHERE id = $2 RETURNING {USER_COLUMNS}");
         let row = sqlx::query(&sql)
             .bind(i64::from(active))
@@ -126,7 +125,7 @@ impl Store {
     /// Stores a generated key for a user: its hash and display prefix, never the key.
     pub async fn create_api_key(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         name: &str,
         key: &GeneratedKey,
     ) -> Result<ApiKeyRecord> {
@@ -134,7 +133,7 @@ impl Store {
             return Err(StoreError::NotFound(format!("user {user_id}")));
         }
         let record = ApiKeyRecord {
-            id: Uuid::new_v4(),
+            id: ApiKeyId::random(),
             user_id,
             name: name.to_string(),
             key_prefix: key.display_prefix.clone(),
@@ -158,7 +157,7 @@ impl Store {
     }
 
     /// Keys, oldest first: one user's, or everybody's.
-    pub async fn list_api_keys(&self, user_id: Option<Uuid>) -> Result<Vec<ApiKeyRecord>> {
+    pub async fn list_api_keys(&self, user_id: Option<UserId>) -> Result<Vec<ApiKeyRecord>> {
         let rows = match user_id {
             Some(id) => {
                 let sql = format!(
@@ -177,7 +176,7 @@ impl Store {
         rows.iter().map(rows::api_key).collect()
     }
 
-    pub async fn get_api_key(&self, id: Uuid) -> Result<Option<ApiKeyRecord>> {
+    pub async fn get_api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
@@ -187,7 +186,7 @@ impl Store {
     }
 
     /// Revokes a key; it stops working on the next request, on every replica.
-    pub async fn revoke_api_key(&self, id: Uuid) -> Result<ApiKeyRecord> {
+    pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<ApiKeyRecord> {
         let sql =
             format!("UPDATE api_keys SET is_active = 0 WHERE id = $1 RETURNING {KEY_COLUMNS}");
         let row = sqlx::query(&sql)
@@ -237,21 +236,24 @@ impl Store {
 
     /// As [`Store::authenticate_with_job`] for the busiest request, which
     /// shows only a job's summary: `None` when the key is refused, else the
-    /// key owner's id and, if the job exists, its owner's id and summary.
+    /// key owner's id and, if the job exists, its owner and summary.
     pub async fn authenticate_with_job_summary(
         &self,
         key_hash: &str,
         job_id: JobId,
-    ) -> Result<Option<(Uuid, Option<(Uuid, JobSummary)>)>> {
+    ) -> Result<Option<(UserId, Option<OwnedJobSummary>)>> {
         let Some(row) = self
             .authenticated_row(&AUTHENTICATE_WITH_SUMMARY_SQL, key_hash, Some(job_id))
             .await?
         else {
             return Ok(None);
         };
-        let user_id = uuid_column(&row, "key_user_id")?;
+        let user_id = rows::id(&row, "key_user_id")?;
         let job = match row.try_get::<Option<String>, _>("id")? {
-            Some(_) => Some((uuid_column(&row, "job_user_id")?, rows::job_summary(&row)?)),
+            Some(_) => Some(OwnedJobSummary {
+                owner: rows::id(&row, "job_user_id")?,
+                summary: rows::job_summary(&row)?,
+            }),
             None => None,
         };
         Ok(Some((user_id, job)))
@@ -294,7 +296,9 @@ impl Store {
     }
 }
 
-fn uuid_column(row: &AnyRow, col: &str) -> Result<Uuid> {
-    let s: String = row.try_get(col)?;
-    Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("{col} {s:?}: {e}")))
+/// A job's summary with its owner, for the caller to check whose it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedJobSummary {
+    pub owner: UserId,
+    pub summary: JobSummary,
 }

@@ -41,14 +41,14 @@ const MAX_REQUEST_ID: usize = 128;
 /// Where authentication puts the user it found, for the access line: one per
 /// request, in its extensions (see [`crate::auth::BearerKey`]).
 #[derive(Debug, Clone, Default)]
-pub struct UserSlot(Arc<OnceLock<uuid::Uuid>>);
+pub struct UserSlot(Arc<OnceLock<ci_common::UserId>>);
 
 impl UserSlot {
-    pub fn note(&self, user_id: uuid::Uuid) {
+    pub fn note(&self, user_id: ci_common::UserId) {
         let _ = self.0.set(user_id);
     }
 
-    pub fn get(&self) -> Option<uuid::Uuid> {
+    pub fn get(&self) -> Option<ci_common::UserId> {
         self.0.get().copied()
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::StatusCode;
-use uuid::Uuid;
+use ci_common::UserId;
 
 use crate::error::ApiError;
 
@@ -36,7 +36,7 @@ impl Default for UserLimits {
 /// What each user holds on this replica.
 #[derive(Debug, Default)]
 pub struct UserSlots {
-    held: Mutex<HashMap<(Uuid, Kind), usize>>,
+    held: Mutex<HashMap<(UserId, Kind), usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,7 +49,7 @@ enum Kind {
 #[derive(Debug)]
 pub struct UserSlot {
     slots: Arc<UserSlots>,
-    key: (Uuid, Kind),
+    key: (UserId, Kind),
 }
 
 impl Drop for UserSlot {
@@ -65,11 +65,11 @@ impl Drop for UserSlot {
 }
 
 impl UserSlots {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Uuid, Kind), usize>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(UserId, Kind), usize>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(self: &Arc<Self>, user: Uuid, kind: Kind, max: usize) -> Option<UserSlot> {
+    fn take(self: &Arc<Self>, user: UserId, kind: Kind, max: usize) -> Option<UserSlot> {
         let mut held = self.lock();
         let n = held.entry((user, kind)).or_insert(0);
         if *n >= max {
@@ -83,7 +83,11 @@ impl UserSlots {
     }
 
     /// A place for one more open stream of `user`, or 429.
-    pub fn stream(self: &Arc<Self>, user: Uuid, limits: &UserLimits) -> Result<UserSlot, ApiError> {
+    pub fn stream(
+        self: &Arc<Self>,
+        user: UserId,
+        limits: &UserLimits,
+    ) -> Result<UserSlot, ApiError> {
         self.take(user, Kind::Stream, limits.max_streams)
             .ok_or_else(|| {
                 too_many(format!(
@@ -94,7 +98,11 @@ impl UserSlots {
     }
 
     /// A place for one more upload of `user` in flight, or 429.
-    pub fn upload(self: &Arc<Self>, user: Uuid, limits: &UserLimits) -> Result<UserSlot, ApiError> {
+    pub fn upload(
+        self: &Arc<Self>,
+        user: UserId,
+        limits: &UserLimits,
+    ) -> Result<UserSlot, ApiError> {
         self.take(user, Kind::Upload, limits.max_uploads)
             .ok_or_else(|| {
                 too_many(format!(
@@ -129,7 +137,7 @@ mod tests {
             max_uploads: 1,
             ..UserLimits::default()
         };
-        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ada, bob) = (UserId::random(), UserId::random());
         let first = slots.stream(ada, &limits).expect("first");
         let _second = slots.stream(ada, &limits).expect("second");
         let refused = slots.stream(ada, &limits).expect_err("third");

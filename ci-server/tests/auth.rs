@@ -11,7 +11,7 @@ use support::{error_detail, spawn_app, within, TestApp};
 
 /// Every route but `/health`, on a job the app's user owns, so that a request
 /// that got past authentication would succeed.
-fn protected_routes(job: uuid::Uuid) -> Vec<(Method, String)> {
+fn protected_routes(job: ci_common::JobId) -> Vec<(Method, String)> {
     vec![
         (Method::POST, "/submit-async".to_string()),
         (Method::POST, "/submit-stream".to_string()),

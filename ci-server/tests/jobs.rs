@@ -4,7 +4,7 @@
 mod support;
 
 use ci_common::time::to_api_string;
-use ci_common::JobStatus;
+use ci_common::{JobId, JobStatus};
 use ci_persistence::JobOutcome;
 use ci_server::ServerConfig;
 use reqwest::multipart::{Form, Part};
@@ -14,7 +14,6 @@ use support::{
     error_detail, is_api_time, multipart_preamble, project_zip, raw_exchange, spawn_app,
     spawn_app_with, test_config, zip_form, zip_of_size, TestApp, BOUNDARY,
 };
-use uuid::Uuid;
 
 const SUBMIT_ROUTES: [&str; 3] = ["/submit-async", "/submit-stream", "/submit"];
 
@@ -34,7 +33,7 @@ async fn a_valid_upload_queues_a_job_owned_by_the_caller() {
     let body: Value = response.json().await.unwrap();
     let obj = body.as_object().unwrap();
     assert_eq!(obj.len(), 1, "only job_id: {body}");
-    let id: Uuid = obj["job_id"].as_str().unwrap().parse().unwrap();
+    let id: JobId = obj["job_id"].as_str().unwrap().parse().unwrap();
 
     let job = app.store.get_job(id).await.unwrap().expect("job exists");
     assert_eq!(job.status, JobStatus::Queued);
@@ -357,7 +356,7 @@ async fn jobs_lists_the_callers_jobs_newest_first() {
             );
         }
     }
-    let by_id = |id: Uuid| list.iter().find(|j| j["job_id"] == id.to_string()).unwrap();
+    let by_id = |id: JobId| list.iter().find(|j| j["job_id"] == id.to_string()).unwrap();
 
     let j = by_id(third);
     assert_eq!(j["status"], "queued");
@@ -459,8 +458,8 @@ async fn a_job_is_shown_to_its_owner_only() {
 /// Ids that name no job: unknown UUIDs, and paths that are no UUID at all.
 fn missing_ids() -> Vec<String> {
     vec![
-        Uuid::new_v4().to_string(),
-        Uuid::nil().to_string(),
+        JobId::random().to_string(),
+        JobId::nil().to_string(),
         "abc".to_string(),
         // `../x` as one path segment.
         "..%2Fx".to_string(),
@@ -649,7 +648,7 @@ async fn a_queued_job_tells_its_place_in_the_whole_queue() {
     let (_, other_key, _) = app.new_user().await;
     let theirs = app.submit_async_as(&other_key).await;
     let mine = app.submit_async().await;
-    let summary = |id: Uuid| {
+    let summary = |id: JobId| {
         let request = app.get(&format!("/jobs/{id}"));
         async move {
             let body: Value = request.send().await.unwrap().json().await.unwrap();

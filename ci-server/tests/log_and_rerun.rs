@@ -9,7 +9,6 @@ use ci_common::JobStatus;
 use ci_persistence::JobOutcome;
 use serde_json::Value;
 use support::{error_detail, spawn_app};
-use uuid::Uuid;
 
 #[tokio::test]
 async fn the_log_is_the_whole_output_as_text_in_any_state() {
@@ -67,7 +66,7 @@ async fn the_log_is_the_owners_only() {
         .unwrap();
     assert_eq!(error_detail(response, 403).await, "Access denied");
     let response = app
-        .get(&format!("/jobs/{}/log", Uuid::new_v4()))
+        .get(&format!("/jobs/{}/log", ci_common::JobId::random()))
         .send()
         .await
         .unwrap();
@@ -97,7 +96,7 @@ async fn a_rerun_is_a_new_job_on_the_same_archive() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    let again: Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    let again: ci_common::JobId = body["job_id"].as_str().unwrap().parse().unwrap();
     assert_ne!(again, first);
 
     let (a, b) = (

@@ -5,10 +5,10 @@
 mod support;
 
 use ci_common::test_results::{JobReport, TestCase, TestOutcome};
+use ci_common::JobId;
 use ci_persistence::JobOutcome;
 use serde_json::{json, Value};
 use support::{error_detail, project_zip, spawn_app, TestApp};
-use uuid::Uuid;
 
 fn case(name: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
     TestCase {
@@ -24,7 +24,7 @@ fn case(name: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
 
 /// A job on `zip` that ran and ended with `report` stored, as the
 /// controller leaves it.
-async fn ended_job(app: &TestApp, zip: Vec<u8>, report: &JobReport) -> Uuid {
+async fn ended_job(app: &TestApp, zip: Vec<u8>, report: &JobReport) -> JobId {
     let id = app.submit_zip(zip).await;
     app.store.mark_running(id, "c", "img", None).await.unwrap();
     app.store.put_job_report(id, report).await.unwrap();
@@ -170,7 +170,7 @@ async fn the_tests_of_a_job_have_the_jobs_auth_rules() {
         .unwrap();
     assert_eq!(error_detail(theirs, 403).await, "Access denied");
     let unknown = app
-        .get(&format!("/jobs/{}/tests", Uuid::new_v4()))
+        .get(&format!("/jobs/{}/tests", ci_common::JobId::random()))
         .send()
         .await
         .unwrap();
@@ -196,7 +196,12 @@ async fn the_tests_of_a_job_have_the_jobs_auth_rules() {
 }
 
 /// A job of `project` on `zip` that ran and ended with `report` stored.
-async fn ended_project_job(app: &TestApp, project: &str, zip: Vec<u8>, report: &JobReport) -> Uuid {
+async fn ended_project_job(
+    app: &TestApp,
+    project: &str,
+    zip: Vec<u8>,
+    report: &JobReport,
+) -> JobId {
     let form = support::zip_form(zip).text("project", project.to_string());
     let response = app
         .client
@@ -208,7 +213,7 @@ async fn ended_project_job(app: &TestApp, project: &str, zip: Vec<u8>, report: &
         .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    let id: Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    let id: JobId = body["job_id"].as_str().unwrap().parse().unwrap();
     app.store.mark_running(id, "c", "img", None).await.unwrap();
     app.store.put_job_report(id, report).await.unwrap();
     app.store

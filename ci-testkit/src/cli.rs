@@ -273,13 +273,40 @@ pub fn run_within(cmd: &mut Command, within: Duration) -> CiOutput {
     RunningCi::spawn(cmd).finish(within)
 }
 
+/// `cmd` run on a pseudo-terminal made by util-linux `script`, which copies
+/// what the command writes (stdout and stderr both) to its own stdout: the
+/// way to see what `ci` shows only on a terminal (colours, progress, status
+/// lines). The program, arguments, environment and folder of `cmd` are
+/// carried over; stdin is closed, so `script` never waits on the test's own.
+pub fn on_terminal(cmd: &Command) -> Command {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect();
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .stdin(Stdio::null());
+    if let Some(dir) = cmd.get_current_dir() {
+        script.current_dir(dir);
+    }
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => script.env(name, value),
+            None => script.env_remove(name),
+        };
+    }
+    script
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_are_found_after_their_prefix() {
-        let id = uuid::Uuid::new_v4();
+        let id = JobId::random();
         let text = format!("noise\nJob ID: {id}\nYou can reconnect ...\n");
         assert_eq!(id_after(&text, "Job ID: "), Some(id));
         assert_eq!(id_after("Job ID: nope", "Job ID: "), None);
@@ -291,5 +318,24 @@ mod tests {
         let short = abbreviate(&text);
         assert!(short.contains("[… 880 lines …]"), "{short}");
         assert!(short.starts_with("0\n") && short.ends_with("999"));
+    }
+
+    #[test]
+    fn a_command_on_a_terminal_keeps_its_words_environment_and_folder() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "test -t 1 && echo \"tty: $0, $WORD, $(pwd)\"", "it's"])
+            .env("WORD", "it's here")
+            .env_remove("GONE")
+            .current_dir(dir.path());
+        let mut script = on_terminal(&cmd);
+        assert!(script
+            .get_envs()
+            .any(|(name, value)| name == "GONE" && value.is_none()));
+        let out = run(&mut script);
+        out.assert_code(0);
+        let folder = dir.path().canonicalize().expect("the folder's real path");
+        let expected = format!("tty: it's, it's here, {}", folder.display());
+        assert!(out.stdout.contains(&expected), "{out}");
     }
 }

@@ -52,7 +52,7 @@ pub async fn integer(location: &DatabaseLocation, sql: &str) -> Result<i64, KitE
 
 /// `UPDATE`s that move a job's times (submitted, started, ended) `days`
 /// into the past; times it has not reached stay empty.
-pub fn age_job_sql(job: uuid::Uuid, days: i64) -> String {
+pub fn age_job_sql(job: ci_common::JobId, days: i64) -> String {
     let shift = days * 86_400 * 1_000_000;
     format!(
         "UPDATE jobs SET created_at = created_at - {shift}, started_at = started_at - {shift}, \

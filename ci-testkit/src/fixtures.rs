@@ -29,6 +29,11 @@ impl Project {
 
     /// Writes `contents` to `relative`, creating folders as needed.
     pub fn write(&self, relative: &str, contents: &str) {
+        self.write_bytes(relative, contents.as_bytes());
+    }
+
+    /// [`Project::write`] for contents that need not be text.
+    pub fn write_bytes(&self, relative: &str, contents: &[u8]) {
         let path = self.path().join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -39,6 +44,22 @@ impl Project {
     }
 }
 
+/// An empty project in a fresh temporary folder, for a test that writes
+/// each file itself. Its name does not start with a dot, as
+/// [`copy_fixture`]'s does not.
+pub fn empty_project() -> Project {
+    project_folder("ci-project-")
+}
+
+/// A fresh temporary folder named `<prefix><random>`.
+fn project_folder(prefix: &str) -> Project {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary folder: {e}"));
+    Project { dir }
+}
+
 /// Copies `fixtures/<name>` into a fresh temporary folder. The folder's name
 /// does not start with a dot, so no client could mistake the whole project
 /// for a hidden folder.
@@ -47,13 +68,10 @@ pub fn copy_fixture(name: &str) -> Project {
     if !source.is_dir() {
         panic!("no fixture {name:?} at {}", source.display());
     }
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("ci-fixture-{name}-"))
-        .tempdir()
-        .unwrap_or_else(|e| panic!("cannot create a temporary folder: {e}"));
-    copy_tree(&source, dir.path())
+    let project = project_folder(&format!("ci-fixture-{name}-"));
+    copy_tree(&source, project.path())
         .unwrap_or_else(|e| panic!("cannot copy fixture {name:?}: {e:#}"));
-    Project { dir }
+    project
 }
 
 /// The `slow` fixture, set to run for `seconds` (it prints `tick NNN of MMM`

@@ -32,11 +32,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use ci_client::ApiClient;
 use ci_common::api::JobSummary;
-use ci_common::{Job, JobId};
+use ci_common::{ApiKeyId, Job, JobId, UserId};
 use ci_persistence::DatabaseLocation;
 use ci_persistence::{Store, StoreOptions};
 use tempfile::TempDir;
-use uuid::Uuid;
 
 use crate::cli::{run, run_within, CiOutput};
 use crate::database;
@@ -80,11 +79,11 @@ struct Controller {
 /// Who uses the system: a user made with `ci-admin`, with one API key.
 #[derive(Debug, Clone)]
 pub struct TestUser {
-    pub id: Uuid,
+    pub id: UserId,
     pub email: String,
     pub api_key: String,
     /// The key's id, for `ci-admin key revoke`.
-    pub key_id: Uuid,
+    pub key_id: ApiKeyId,
 }
 
 /// How to set up a [`TestSystem`].
@@ -213,10 +212,10 @@ impl TestSystem {
             options,
             prefix,
             user: TestUser {
-                id: Uuid::nil(),
+                id: UserId::nil(),
                 email: String::new(),
                 api_key: String::new(),
-                key_id: Uuid::nil(),
+                key_id: ApiKeyId::nil(),
             },
             db,
             postgres_url,
@@ -550,7 +549,7 @@ impl TestSystem {
             self.prefix.trim_end_matches('-')
         );
         let out = self.admin_ok(&["user", "create", "--name", name, "--email", &email]);
-        let id = labelled_uuid(&out, "ID:")
+        let id: UserId = labelled_id(&out, "ID:")
             .unwrap_or_else(|| panic!("no user ID in ci-admin's output:\n{out}"));
         let out = self.admin_ok(&[
             "key",
@@ -871,8 +870,8 @@ impl Drop for TestSystem {
     }
 }
 
-/// The UUID after `label` on a line of `text` (`  ID:    <uuid>`).
-fn labelled_uuid(text: &str, label: &str) -> Option<Uuid> {
+/// The id after `label` on a line of `text` (`  ID:    <uuid>`).
+fn labelled_id<T: std::str::FromStr>(text: &str, label: &str) -> Option<T> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix(label))
         .find_map(|rest| rest.trim().parse().ok())
@@ -884,9 +883,9 @@ mod tests {
 
     #[test]
     fn user_ids_are_read_from_ci_admin() {
-        let id = Uuid::new_v4();
+        let id = UserId::random();
         let admin = format!("✓ User created successfully\n  ID:    {id}\n  Name:  X\n");
-        assert_eq!(labelled_uuid(&admin, "ID:"), Some(id));
-        assert_eq!(labelled_uuid("  ID:    nope", "ID:"), None);
+        assert_eq!(labelled_id(&admin, "ID:"), Some(id));
+        assert_eq!(labelled_id::<UserId>("  ID:    nope", "ID:"), None);
     }
 }

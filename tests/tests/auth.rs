@@ -10,7 +10,6 @@ use ci_testkit::{
     copy_fixture, run, slow_project, CiOutput, Project, RunningCi, TestSystem, COMMAND_DEADLINE,
     JOB_DEADLINE,
 };
-use uuid::Uuid;
 
 const HELP: [&str; 4] = [
     "Authentication required. Please provide an API key using one of:",
@@ -34,7 +33,7 @@ fn assert_refused(out: &CiOutput, reason: &str) {
 
 /// Every command that talks to the server.
 fn every_command() -> Vec<Vec<String>> {
-    let some_job = Uuid::new_v4().to_string();
+    let some_job = ci_common::JobId::random().to_string();
     [
         vec!["list"],
         vec!["list", "--json"],

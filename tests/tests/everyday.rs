@@ -203,13 +203,13 @@ fn scripts_get_ids_and_lists_get_every_field() {
         .current_dir(project.path()));
     out.assert_code(0);
     let body: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let first: uuid::Uuid = body["job_id"].as_str().unwrap().parse().unwrap();
+    let first: ci_common::JobId = body["job_id"].as_str().unwrap().parse().unwrap();
     let out = run(sys
         .ci()
         .args(["submit", "test", "--async", "-q"])
         .current_dir(project.path()));
     out.assert_code(0);
-    let second: uuid::Uuid = out.stdout.trim().parse().unwrap();
+    let second: ci_common::JobId = out.stdout.trim().parse().unwrap();
     sys.wait_for_job_end(first);
     sys.wait_for_job_end(second);
 
@@ -280,28 +280,6 @@ fn the_project_root_is_found_from_a_subfolder() {
     sys.assert_settled();
 }
 
-/// `cmd` run on a pseudo-terminal made by util-linux `script`, which copies
-/// what the command writes (stdout and stderr both) to its own stdout.
-fn on_terminal(cmd: &std::process::Command) -> std::process::Command {
-    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
-    let line: Vec<String> = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(quote)
-        .collect();
-    let mut script = std::process::Command::new("script");
-    script.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"]);
-    if let Some(dir) = cmd.get_current_dir() {
-        script.current_dir(dir);
-    }
-    for (name, value) in cmd.get_envs() {
-        match value {
-            Some(value) => script.env(name, value),
-            None => script.env_remove(name),
-        };
-    }
-    script
-}
-
 /// A job waiting for a free runner is not silent on a terminal: a status
 /// line says it is queued and its place in the whole queue (another user's
 /// job submitted before it counts), and goes when the job ends.
@@ -325,7 +303,7 @@ fn a_queued_job_says_so_on_a_terminal() {
     let queued = sys.submit_async(&project);
     let mut cmd = sys.ci();
     cmd.args(["wait", &queued.to_string()]);
-    let mut wait = RunningCi::spawn(&mut on_terminal(&cmd));
+    let mut wait = RunningCi::spawn(&mut ci_testkit::cli::on_terminal(&cmd));
     wait.wait_for_stdout("the queued line", JOB_DEADLINE, |out| {
         out.contains(&format!("Job {queued} is queued")) && out.contains("position 2 in the queue")
     });

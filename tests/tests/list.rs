@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly on the unexpected")]
 
 use chrono::{DateTime, Utc};
+use ci_common::JobId;
 use ci_common::JobStatus;
 use ci_testkit::{copy_fixture, run, slow_project, CiOutput, TestSystem, JOB_DEADLINE};
 use serde_json::Value;
-use uuid::Uuid;
 
 /// One row of the table, split into its columns.
 #[derive(Debug)]
@@ -152,7 +152,7 @@ fn list_shows_the_callers_jobs_newest_first_as_a_table_and_as_json() {
 
     let newest_first: Vec<String> = [queued, running, failed, passed]
         .iter()
-        .map(Uuid::to_string)
+        .map(JobId::to_string)
         .collect();
 
     // The table, in UTC to compare with the JSON.

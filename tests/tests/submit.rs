@@ -5,7 +5,6 @@
 
 use ci_common::JobStatus;
 use ci_testkit::{copy_fixture, run, run_within, slow_project, TestSystem, JOB_DEADLINE};
-use uuid::Uuid;
 
 #[test]
 fn a_passing_project_streams_pytest_output_and_exits_0() {
@@ -295,7 +294,7 @@ fn wait_for_an_ended_job_says_it_already_completed() {
 #[test]
 fn wait_for_an_unknown_job_says_not_found() {
     let sys = TestSystem::start();
-    let unknown = Uuid::new_v4().to_string();
+    let unknown = ci_common::JobId::random().to_string();
     for args in [
         vec!["wait", unknown.as_str()],
         vec!["wait", &unknown, "--all"],

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use ci_common::api::StreamEvent;
+use ci_common::JobId;
 use futures::future::try_join_all;
-use uuid::Uuid;
 
 use super::memory::first_output;
 use super::{progress, Context};
@@ -141,7 +141,7 @@ struct Follower {
 }
 
 /// Follows `job` once it has printed its first line.
-async fn follow(system: &System, key: &str, job: Uuid) -> Result<Follower> {
+async fn follow(system: &System, key: &str, job: JobId) -> Result<Follower> {
     let mut stream: EventStream = first_output(system, key, job).await?;
     let lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = lines.clone();
@@ -156,7 +156,7 @@ async fn follow(system: &System, key: &str, job: Uuid) -> Result<Follower> {
 }
 
 /// Cancels the jobs and waits until they have ended.
-async fn end_jobs(api: &Api, jobs: &[Uuid]) -> Result<()> {
+async fn end_jobs(api: &Api, jobs: &[JobId]) -> Result<()> {
     for &job in jobs {
         api.cancel(job).await?;
     }

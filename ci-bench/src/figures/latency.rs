@@ -110,7 +110,7 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
 }
 
 /// Reads the stream until the job's `complete` event; when the first output came.
-async fn follow_to_end(stream: &mut EventStream, id: uuid::Uuid) -> Result<Instant> {
+async fn follow_to_end(stream: &mut EventStream, id: ci_common::JobId) -> Result<Instant> {
     let mut first = None;
     loop {
         match stream.next_event().await? {

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use ci_common::api::StreamEvent;
+use ci_common::JobId;
 use ci_common::JobStatus;
 use futures::future::try_join_all;
-use uuid::Uuid;
 
 use super::{progress, Context};
 use crate::error::{BenchError, Result};
@@ -128,7 +128,7 @@ async fn hold_streams(
 }
 
 /// A stream on `job` that has delivered the job's first output.
-pub(crate) async fn first_output(system: &System, key: &str, job: Uuid) -> Result<EventStream> {
+pub(crate) async fn first_output(system: &System, key: &str, job: JobId) -> Result<EventStream> {
     let mut stream = EventStream::open(system.addr, key, job).await?;
     let limit = Duration::from_secs(120);
     tokio::time::timeout(limit, async {

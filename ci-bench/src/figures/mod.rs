@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod big_inputs;
+pub mod disk_watch;
 pub mod environments;
 pub mod fanout;
 pub mod latency;

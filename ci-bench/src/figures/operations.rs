@@ -177,7 +177,7 @@ async fn fill(system: &System) -> Result<()> {
                 let created = now - 60_000_000 + n as i64;
                 format!(
                     "('{}', '{}', 'completed', {}, {}, {created}, {}, {}, '{digest}')",
-                    uuid::Uuid::new_v4(),
+                    ci_common::JobId::random(),
                     user.id,
                     i64::from(!failed),
                     i64::from(failed),

@@ -11,10 +11,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ci_common::JobId;
 use ci_testkit::browser::{start_chromium, Chromium};
 use fantoccini::Client;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::{progress, Context};
 use crate::error::{BenchError, Result};
@@ -130,7 +130,7 @@ pub async fn measure(system: &System, key: &str, ctx: &Context<'_>) -> Result<Ve
 }
 
 /// Submits a job and waits until it has ended.
-async fn finished_job(api: &Api, zip: &[u8]) -> Result<Uuid> {
+async fn finished_job(api: &Api, zip: &[u8]) -> Result<JobId> {
     let id = api.submit_async(zip).await?;
     api.wait_ended(&[id], Duration::from_millis(100), STEP_LIMIT)
         .await?;
@@ -365,7 +365,7 @@ impl Browser {
 
     /// Opens a finished job's page: when its whole log was on screen, the
     /// worst frame scrolling to the end and back, and the heap after that.
-    async fn open_finished(&self, base: &str, job: Uuid) -> Result<Opened> {
+    async fn open_finished(&self, base: &str, job: JobId) -> Result<Opened> {
         // From a blank page, so the previous page's heap is gone.
         self.goto("about:blank").await?;
         self.goto(&format!("{base}/jobs/{job}")).await?;

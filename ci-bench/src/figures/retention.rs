@@ -198,12 +198,12 @@ fn reap_on_a_thread_of_its_own(
 /// database in a few big statements.
 async fn insert_old_jobs(
     location: &ci_persistence::DatabaseLocation,
-    owner: Uuid,
+    owner: ci_common::UserId,
     digest: &str,
     jobs: usize,
 ) -> Result<()> {
     let long_ago = ci_common::time::to_micros(ci_common::time::now() - chrono::Duration::days(400));
-    let ids: Vec<Uuid> = (0..jobs).map(|_| Uuid::new_v4()).collect();
+    let ids: Vec<ci_common::JobId> = (0..jobs).map(|_| ci_common::JobId::random()).collect();
     for batch in ids.chunks(ROWS_PER_INSERT) {
         let values: Vec<String> = batch
             .iter()

@@ -251,7 +251,7 @@ async fn controller_step(
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             inspects.push(ms(started.elapsed()));
 
-            let job = Uuid::new_v4();
+            let job = ci_common::JobId::random();
             store
                 .create_job(&NewJob {
                     id: job,

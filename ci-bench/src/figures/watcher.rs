@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use ci_common::JobId;
 use ci_persistence::DatabaseLocation;
 use ci_persistence::{JobWatch, NewJob, Store, StoreOptions};
-use uuid::Uuid;
 
 use super::{ms, progress, Context};
 use crate::error::{BenchError, Result};
@@ -76,7 +76,7 @@ pub async fn measure(ctx: &Context<'_>) -> Result<Vec<Figure>> {
 async fn wake_after(
     writer: &Store,
     watch: &mut JobWatch,
-    job: Uuid,
+    job: JobId,
     gap: Duration,
 ) -> Result<Duration> {
     watch.mark_seen();
@@ -93,7 +93,7 @@ async fn wake_after(
     Ok(started.elapsed())
 }
 
-async fn running_job(store: &Store) -> Result<Uuid> {
+async fn running_job(store: &Store) -> Result<JobId> {
     let user = store
         .create_user("Watcher", "watcher@example.com")
         .await
@@ -102,7 +102,7 @@ async fn running_job(store: &Store) -> Result<Uuid> {
         .put_archive(b"not a zip: never unpacked")
         .await
         .map_err(store_error)?;
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     store
         .create_job(&NewJob {
             id,

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ci_common::Job;
+use ci_common::{JobId, UserId};
 use ci_persistence::DatabaseLocation;
 use ci_persistence::{NewJob, Store};
 use ci_testkit::process::{self, Service};
 use ci_testkit::{docker, status};
-use uuid::Uuid;
 use zip::write::SimpleFileOptions;
 
 /// A zip of the given files, as `ci` would upload it.
@@ -25,9 +25,9 @@ pub fn project(files: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Queues a job of `user` for `zip` through the store, as the API does.
-pub async fn queue_job(store: &Store, user: Uuid, zip: &[u8]) -> Uuid {
+pub async fn queue_job(store: &Store, user: UserId, zip: &[u8]) -> JobId {
     let digest = store.put_archive(zip).await.unwrap();
-    let id = Uuid::new_v4();
+    let id = JobId::random();
     store
         .create_job(&NewJob {
             id,
@@ -109,7 +109,7 @@ pub struct Setup {
     pub store: Store,
     pub db: PathBuf,
     pub prefix: String,
-    pub user: Uuid,
+    pub user: UserId,
     _dir: tempfile::TempDir,
 }
 
@@ -120,7 +120,10 @@ impl Setup {
         let store = Store::open(&DatabaseLocation::SqliteFile(db.clone()))
             .await
             .unwrap();
-        let prefix = format!("ciproc-{}-", &Uuid::new_v4().simple().to_string()[..8]);
+        let prefix = format!(
+            "ciproc-{}-",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let user = store
             .create_user("T", &format!("{prefix}@example.com"))
             .await
@@ -135,13 +138,13 @@ impl Setup {
         }
     }
 
-    pub async fn submit(&self, files: &[(&str, &str)]) -> Uuid {
+    pub async fn submit(&self, files: &[(&str, &str)]) -> JobId {
         queue_job(&self.store, self.user, &project(files)).await
     }
 
     pub async fn wait_for(
         &self,
-        id: Uuid,
+        id: JobId,
         what: &str,
         cond: impl Fn(&Job) -> bool,
         within: Duration,
@@ -160,7 +163,7 @@ impl Setup {
         }
     }
 
-    pub async fn output(&self, id: Uuid) -> String {
+    pub async fn output(&self, id: JobId) -> String {
         self.store
             .read_log(id, 0, 1_000_000)
             .await

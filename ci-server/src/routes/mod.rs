@@ -16,10 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ci_common::api::{JobSummary, StreamEvent, StreamStart, SubmitResponse};
 use ci_common::{Job, JobId, User};
-use ci_persistence::NewJob;
+use ci_persistence::{NewJob, OwnedJobSummary};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{AuthUser, BearerKey};
@@ -93,7 +92,7 @@ async fn queue_job(
     let job = app
         .store
         .create_job(&NewJob {
-            id: Uuid::new_v4(),
+            id: JobId::random(),
             user_id: user.id,
             archive_digest,
             options: upload.options,
@@ -202,8 +201,8 @@ pub async fn get_job(
     match found {
         None => Err(ApiError::invalid_key()),
         Some((_, None)) => Err(ApiError::job_not_found()),
-        Some((user, Some((owner, _)))) if owner != user => Err(ApiError::access_denied()),
-        Some((_, Some((_, mut summary)))) => {
+        Some((user, Some(job))) if job.owner != user => Err(ApiError::access_denied()),
+        Some((_, Some(OwnedJobSummary { mut summary, .. }))) => {
             if summary.status == ci_common::JobStatus::Queued {
                 summary.queue_position = app.store.queue_position(id).await?;
             }

@@ -7,7 +7,6 @@ use axum::http::HeaderMap;
 use axum::Json;
 use ci_common::api::SubmitResponse;
 use ci_persistence::NewJob;
-use uuid::Uuid;
 
 use super::owned_job;
 use crate::app::App;
@@ -26,7 +25,7 @@ pub async fn rerun_job(
     let job = app
         .store
         .create_job(&NewJob {
-            id: Uuid::new_v4(),
+            id: ci_common::JobId::random(),
             user_id: original.user_id,
             archive_digest: original.archive_digest.clone(),
             options: original.options.clone(),

@@ -237,13 +237,13 @@ impl TestApp {
     }
 
     /// A job queued directly in the store for `user_id`, as if uploaded.
-    pub async fn queue_job_for(&self, user_id: Uuid) -> JobId {
+    pub async fn queue_job_for(&self, user_id: ci_common::UserId) -> JobId {
         let digest = self
             .store
             .put_archive(&project_zip("test_b.py"))
             .await
             .expect("archive");
-        let id = Uuid::new_v4();
+        let id = JobId::random();
         self.store
             .create_job(&NewJob {
                 id,
