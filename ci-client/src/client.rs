@@ -15,6 +15,12 @@ use crate::follow::{self, Connection, JobEvents, ReconnectPolicy};
 
 /// How long to wait for a TCP (and TLS) connection before calling the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections are let go before the server closes them (its
+/// keep-alive timeout, `CI_KEEP_ALIVE_TIMEOUT`, is 5 s by default): a pooled
+/// connection taken for a new request just as the server closes it fails
+/// with "connection closed before message completed", which a client that
+/// waits a few seconds between two requests would otherwise meet now and then.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// Limit for the small requests (list, get, cancel): they answer in milliseconds.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit for an async upload: a project can be up to 100 MiB by default.
@@ -77,6 +83,7 @@ impl ApiClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("ci-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Setup(root_cause(&e)))?;

@@ -548,11 +548,38 @@ async fn print_events(
                 eprintln!("{}", closing_line(api, job_id, success, status).await);
                 return Ok(exit_code_of(success));
             }
+            StreamEvent::Error {
+                detail,
+                status_code,
+            } => {
+                sink.finish()?;
+                sink.end_line();
+                return Err(stream_refused(job_id, detail, status_code));
+            }
         }
     }
     Err(anyhow!(
         "the server ended the stream without the job's result"
     ))
+}
+
+/// The error of a stream the server ended with an `error` event: the same
+/// error as the HTTP answer it stands for (a revoked key's 401 is an
+/// authentication failure, with its help), saying that the job goes on.
+fn stream_refused(
+    job_id: Option<JobId>,
+    detail: String,
+    status_code: Option<u16>,
+) -> anyhow::Error {
+    let error = match status_code.and_then(|code| reqwest::StatusCode::from_u16(code).ok()) {
+        Some(status) => ClientError::from_status(status, detail),
+        None => ClientError::StreamEnded(detail),
+    };
+    let stopped = match job_id {
+        Some(id) => format!("the server stopped streaming job {id}, which goes on"),
+        None => "the server stopped the stream".to_string(),
+    };
+    anyhow::Error::new(error).context(stopped)
 }
 
 /// An upload the connection broke under, after the server took the key:

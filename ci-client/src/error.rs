@@ -48,6 +48,11 @@ pub enum ClientError {
         last_error: String,
     },
 
+    /// The server ended a job's stream with an `error` event that names no
+    /// HTTP status (see [`ci_common::api::StreamEvent::Error`]).
+    #[error("{0}")]
+    StreamEnded(String),
+
     /// The server answered something this client cannot read.
     #[error("unexpected answer from the CI server: {0}")]
     Protocol(String),
@@ -98,7 +103,7 @@ impl ClientError {
     /// Sorts an error status into the variant callers match on. A 403 is an
     /// authentication failure unless the key was accepted and the job is
     /// someone else's; the server says which in `detail`.
-    pub(crate) fn from_status(status: StatusCode, detail: String) -> Self {
+    pub fn from_status(status: StatusCode, detail: String) -> Self {
         match status {
             StatusCode::UNAUTHORIZED => ClientError::Unauthorized { status, detail },
             StatusCode::FORBIDDEN if detail.to_ascii_lowercase().contains("authenticat") => {

@@ -23,7 +23,7 @@ use crate::client::ApiClient;
 use crate::error::{root_cause, ClientError};
 
 /// The event types this client knows; others (from a newer server) are skipped.
-const KNOWN_EVENT_TYPES: [&str; 3] = ["job_id", "log", "complete"];
+const KNOWN_EVENT_TYPES: [&str; 4] = ["job_id", "log", "complete", "error"];
 /// How much of a malformed event is quoted in the error.
 const MAX_QUOTED_EVENT: usize = 200;
 
@@ -63,7 +63,8 @@ pub struct ReceivedEvent {
 }
 
 /// A job's events until its `complete` event, which is always the last item
-/// unless an error ends the stream first.
+/// unless the server ends the stream with an `error` event (also the last),
+/// or an error of the client's ends it first.
 pub struct JobEvents {
     inner: BoxStream<'static, Result<ReceivedEvent, ClientError>>,
 }
@@ -318,7 +319,9 @@ impl Follower {
                     }
                 }
             }
-            StreamEvent::Complete { .. } => self.finished = true,
+            // The server ends the stream after either; an error event is not
+            // resumed (it says why the server will not go on).
+            StreamEvent::Complete { .. } | StreamEvent::Error { .. } => self.finished = true,
         }
         if let Some(seq) = seq {
             self.resume = match self.resume {
@@ -365,6 +368,17 @@ mod tests {
             parse_event(r#"{"type":"progress","percent":5}"#).expect("skipped"),
             None
         );
+        assert_eq!(
+            parse_event(
+                r#"{"type":"error","detail":"Invalid or revoked API key","status_code":401}"#
+            )
+            .expect("parses"),
+            Some(StreamEvent::Error {
+                detail: "Invalid or revoked API key".into(),
+                status_code: Some(401)
+            })
+        );
+        assert!(parse_event(r#"{"type":"error"}"#).is_err());
         assert!(parse_event(r#"{"type":"log"}"#).is_err());
         assert!(parse_event("not json").is_err());
     }

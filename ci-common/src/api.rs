@@ -163,11 +163,54 @@ pub enum StreamEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<JobStatus>,
     },
+    /// Last event of a stream the server stopped before the job ended (beyond
+    /// the reference, whose client skips types it does not know): today only
+    /// when the stream's key was revoked or its user deactivated while it was
+    /// open. `detail` is what an HTTP error's `{"detail"}` would say, and
+    /// `status_code` the HTTP status the same request would now get (401),
+    /// so a client reports it as it reports that answer.
+    Error {
+        detail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_code: Option<u16>,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_error_event_keeps_its_wire_format() {
+        let event = StreamEvent::Error {
+            detail: "Invalid or revoked API key".into(),
+            status_code: Some(401),
+        };
+        let wire = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"type": "error", "detail": "Invalid or revoked API key", "status_code": 401})
+        );
+        // An error event of an earlier server, without the status.
+        let earlier: StreamEvent =
+            serde_json::from_str(r#"{"type":"error","detail":"gone"}"#).unwrap();
+        assert_eq!(
+            earlier,
+            StreamEvent::Error {
+                detail: "gone".into(),
+                status_code: None
+            }
+        );
+        // The contract's events are unchanged.
+        let complete = StreamEvent::Complete {
+            success: true,
+            status: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&complete).unwrap(),
+            r#"{"type":"complete","success":true}"#
+        );
+    }
 
     #[test]
     fn a_stream_start_reads_back_from_its_own_query() {

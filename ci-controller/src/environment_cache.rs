@@ -46,6 +46,7 @@ use crate::config::EnvironmentLimits;
 use crate::container_spec::preparation_container_spec;
 use crate::environment::{EnvironmentPlan, REQUIREMENTS_FILE};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
+use crate::metrics::{BuildResult, EvictionReason};
 use crate::pythons::LABEL_PYTHON;
 pub use crate::runtime::LABEL_PREPARATION;
 use crate::runtime::{ImageInfo, ImageRemoval, RuntimeError, LABEL_INSTALLATION};
@@ -394,6 +395,7 @@ pub(crate) async fn prepare(
                         let Some(lease) = lease_existing(ctx, &image).await? else {
                             continue;
                         };
+                        ctx.metrics.env_cache_hit();
                         let line = format!(
                             "[ci] Using environment {} (built {} by job {builder}); the requirements are installed already\n",
                             image.short_key(),
@@ -426,6 +428,7 @@ pub(crate) async fn prepare(
                 };
                 if let Some(image) = found {
                     if let Some(lease) = lease_existing(ctx, &image).await? {
+                        ctx.metrics.env_cache_hit();
                         ticket.finish(BuildEnd::Built(image.clone()));
                         let line = format!(
                             "[ci] Using environment {} (built {}); the requirements are installed already\n",
@@ -438,7 +441,17 @@ pub(crate) async fn prepare(
                         return Ok(Prepared::Ready { image, lease });
                     }
                 }
-                return build(ctx, job, plan, &key, runner, runner_id, ticket).await;
+                ctx.metrics.env_cache_miss();
+                let built = build(ctx, job, plan, &key, runner, runner_id, ticket).await;
+                match &built {
+                    Ok(Prepared::Ready { .. }) => {
+                        ctx.metrics.env_cache_built(BuildResult::Succeeded)
+                    }
+                    // Stopped by the job's end or cancel: neither result.
+                    Ok(Prepared::JobEnded) => {}
+                    Err(_) => ctx.metrics.env_cache_built(BuildResult::Failed),
+                }
+                return built;
             }
         }
     }
@@ -706,11 +719,15 @@ pub struct Cached {
     pub leased: bool,
 }
 
-/// Which environments to remove: older builds of a key that has a newer
-/// one, those past the age limit, then the least recently used until the
-/// rest fits the size limit. Leased ones are never chosen (they still
+/// Which environments to remove, and why: those past the age limit, older
+/// builds of a key that has a newer one, then the least recently used until
+/// the rest fits the size limit. Leased ones are never chosen (they still
 /// count towards the size).
-pub fn evictions(images: &[Cached], limits: EnvironmentLimits, now: DateTime<Utc>) -> Vec<String> {
+pub fn evictions(
+    images: &[Cached],
+    limits: EnvironmentLimits,
+    now: DateTime<Utc>,
+) -> Vec<(String, EvictionReason)> {
     let newest: HashMap<&str, DateTime<Utc>> =
         images.iter().fold(HashMap::new(), |mut newest, image| {
             let at = newest.entry(image.key.as_str()).or_insert(image.built_at);
@@ -722,10 +739,16 @@ pub fn evictions(images: &[Cached], limits: EnvironmentLimits, now: DateTime<Utc
     for image in images {
         let superseded = image.built_at < newest[image.key.as_str()];
         let expired = age(image.built_at, now) > limits.max_age;
-        if (superseded || expired) && !image.leased {
-            evicted.push(image.id.clone());
+        let reason = if expired {
+            Some(EvictionReason::Age)
+        } else if superseded {
+            Some(EvictionReason::FreshEnv)
         } else {
-            kept.push(image);
+            None
+        };
+        match reason {
+            Some(reason) if !image.leased => evicted.push((image.id.clone(), reason)),
+            _ => kept.push(image),
         }
     }
     kept.sort_by_key(|image| (image.last_used, image.built_at));
@@ -736,7 +759,7 @@ pub fn evictions(images: &[Cached], limits: EnvironmentLimits, now: DateTime<Utc
         }
         if !image.leased {
             total -= image.bytes;
-            evicted.push(image.id.clone());
+            evicted.push((image.id.clone(), EvictionReason::Size));
         }
     }
     evicted
@@ -793,7 +816,8 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
         .iter()
         .map(|image| (image.id.as_str(), image.key.as_str()))
         .collect();
-    for id in evictions(&cached, ctx.config.environments, Utc::now()) {
+    let mut held: HashMap<&str, u64> = cached.iter().map(|c| (c.id.as_str(), c.bytes)).collect();
+    for (id, reason) in evictions(&cached, ctx.config.environments, Utc::now()) {
         // Looked at again, and marked in the same step: a job may have
         // leased it since the listing, and none may lease it from now on.
         {
@@ -808,15 +832,21 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
         let mut state = ctx.environments.lock();
         state.removing.remove(&id);
         match removed? {
-            ImageRemoval::Removed | ImageRemoval::Missing => {
-                tracing::info!(image = %id, "environment evicted");
+            removal @ (ImageRemoval::Removed | ImageRemoval::Missing) => {
+                tracing::info!(image = %id, reason = reason.as_str(), "environment evicted");
                 state.last_used.remove(&id);
+                held.remove(id.as_str());
+                // Missing: someone else removed it, and counted it.
+                if removal == ImageRemoval::Removed {
+                    ctx.metrics.env_cache_evicted(reason);
+                }
             }
             ImageRemoval::InUse => {
                 tracing::debug!(image = %id, "environment in use; kept");
             }
         }
     }
+    ctx.metrics.env_cache_holds(held.len(), held.values().sum());
     Ok(())
 }
 
@@ -1049,6 +1079,14 @@ mod tests {
         }
     }
 
+    /// The ids [`evictions`] chooses, in its order, without the reasons.
+    fn chosen(images: &[Cached], limits: EnvironmentLimits) -> Vec<String> {
+        evictions(images, limits, now())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     fn limits(max_bytes: u64, max_age_minutes: u64) -> EnvironmentLimits {
         EnvironmentLimits {
             max_bytes,
@@ -1064,9 +1102,12 @@ mod tests {
             image("c", "kc", 30, 20, 4 * GIB, false),
         ];
         // 12 GiB in 10: the one used longest ago goes, however new it is.
-        assert_eq!(evictions(&images, limits(10 * GIB, 600), now()), ["b"]);
-        assert_eq!(evictions(&images, limits(4 * GIB, 600), now()), ["b", "c"]);
-        assert!(evictions(&images, limits(12 * GIB, 600), now()).is_empty());
+        assert_eq!(chosen(&images, limits(10 * GIB, 600)), ["b"]);
+        assert_eq!(chosen(&images, limits(4 * GIB, 600)), ["b", "c"]);
+        assert!(chosen(&images, limits(12 * GIB, 600)).is_empty());
+        assert!(evictions(&images, limits(4 * GIB, 600), now())
+            .iter()
+            .all(|(_, reason)| *reason == EvictionReason::Size));
     }
 
     #[test]
@@ -1076,7 +1117,7 @@ mod tests {
             image("b", "kb", 40, 30, 4 * GIB, true),
             image("old", "kc", 900, 900, GIB, true),
         ];
-        assert_eq!(evictions(&images, limits(6 * GIB, 600), now()), ["a"]);
+        assert_eq!(chosen(&images, limits(6 * GIB, 600)), ["a"]);
     }
 
     #[test]
@@ -1086,10 +1127,20 @@ mod tests {
             image("new", "k", 10, 10, GIB, false),
             image("expired", "other", 61, 0, GIB, false),
             image("fresh", "third", 59, 59, GIB, false),
+            // Young enough, but rebuilt since (a --fresh-env job).
+            image("rebuilt", "fourth", 30, 30, GIB, false),
+            image("rebuild", "fourth", 5, 5, GIB, false),
         ];
         let mut chosen = evictions(&images, limits(100 * GIB, 60), now());
-        chosen.sort();
-        assert_eq!(chosen, ["expired", "old"]);
+        chosen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            chosen,
+            [
+                ("expired".to_string(), EvictionReason::Age),
+                ("old".to_string(), EvictionReason::Age),
+                ("rebuilt".to_string(), EvictionReason::FreshEnv),
+            ]
+        );
     }
 
     #[test]

@@ -100,8 +100,11 @@ pub async fn run(
         let mut run = tokio::spawn(reconciler.run(term.clone()));
         // The reaper beside the reconciler, as its own task: a pass never
         // waits for it, and it stops with the term.
-        let reaper =
-            tokio::spawn(Reaper::new(store.clone(), config.reaper.clone()).run(term.clone()));
+        let reaper = tokio::spawn(
+            Reaper::new(store.clone(), config.reaper.clone())
+                .with_metrics(metrics.clone())
+                .run(term.clone()),
+        );
         let shut_down = tokio::select! {
             lost = leader::keep(&store, &holder, &lease, &metrics) => {
                 term.cancel();

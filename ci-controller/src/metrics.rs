@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ci_common::{Job, JobStatus};
-use ci_persistence::{JobOutcome, Store, StoreError};
+use ci_persistence::{JobOutcome, Reaped, Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +22,49 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::leadership::Leadership;
+
+/// How a dependency environment's build ended, as
+/// `ci_env_cache_builds_total{result}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildResult {
+    /// pip succeeded and the image was stored.
+    Succeeded,
+    /// pip failed or ran out of time, or the engine could not create, run
+    /// or store the preparation.
+    Failed,
+}
+
+impl BuildResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildResult::Succeeded => "succeeded",
+            BuildResult::Failed => "failed",
+        }
+    }
+}
+
+/// Why an environment image was removed, as
+/// `ci_env_cache_evictions_total{reason}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionReason {
+    /// The least recently used, removed to keep within `CI_ENV_CACHE_BYTES`.
+    Size,
+    /// Built longer ago than `CI_ENV_MAX_AGE`.
+    Age,
+    /// An older build of a key that was built again, which only a
+    /// `--fresh-env` job does while the older one is still young enough.
+    FreshEnv,
+}
+
+impl EvictionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionReason::Size => "size",
+            EvictionReason::Age => "age",
+            EvictionReason::FreshEnv => "fresh_env",
+        }
+    }
+}
 
 /// How a job ended, as `ci_jobs_finished_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +115,21 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: &'static str,
 }
@@ -92,6 +150,12 @@ const PASS_BUCKETS: [f64; 11] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Reaper-round buckets, 10 ms to an hour: a round rests four times as long
+/// as it works, so a big backlog takes minutes.
+const REAP_ROUND_BUCKETS: [f64; 11] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// The controller's metrics, shared by every term of leadership.
 pub struct ControllerMetrics {
     registry: Registry,
@@ -107,6 +171,16 @@ pub struct ControllerMetrics {
     lease_renewals_failed: Counter,
     output_bytes: Counter,
     output_lines_dropped: Counter,
+    env_cache_hits: Counter,
+    env_cache_misses: Counter,
+    env_cache_builds: Family<ResultLabels, Counter>,
+    env_cache_evictions: Family<ReasonLabels, Counter>,
+    env_cache_bytes: Gauge,
+    env_cache_entries: Gauge,
+    reaper_removed: Family<KindLabels, Counter>,
+    reaper_removed_archive_bytes: Counter,
+    reaper_pages_given_back: Counter,
+    reaper_round_duration: Histogram,
 }
 
 impl std::fmt::Debug for ControllerMetrics {
@@ -131,6 +205,16 @@ impl Default for ControllerMetrics {
             lease_renewals_failed: Counter::default(),
             output_bytes: Counter::default(),
             output_lines_dropped: Counter::default(),
+            env_cache_hits: Counter::default(),
+            env_cache_misses: Counter::default(),
+            env_cache_builds: Family::default(),
+            env_cache_evictions: Family::default(),
+            env_cache_bytes: Gauge::default(),
+            env_cache_entries: Gauge::default(),
+            reaper_removed: Family::default(),
+            reaper_removed_archive_bytes: Counter::default(),
+            reaper_pages_given_back: Counter::default(),
+            reaper_round_duration: Histogram::new(REAP_ROUND_BUCKETS),
             registry: Registry::default(),
         };
         registry.register("ci_jobs", "Jobs in the database, by status", m.jobs.clone());
@@ -189,6 +273,56 @@ impl Default for ControllerMetrics {
             "Output lines not kept because their job had printed past the output limit",
             m.output_lines_dropped.clone(),
         );
+        registry.register(
+            "ci_env_cache_hits",
+            "Jobs with requirements that started from an environment already built (or built meanwhile by another job)",
+            m.env_cache_hits.clone(),
+        );
+        registry.register(
+            "ci_env_cache_misses",
+            "Jobs with requirements that found no environment to reuse and built one (--fresh-env included)",
+            m.env_cache_misses.clone(),
+        );
+        registry.register(
+            "ci_env_cache_builds",
+            "Environment builds that ended, by result (succeeded, failed); a build its job's cancel stopped is not counted",
+            m.env_cache_builds.clone(),
+        );
+        registry.register(
+            "ci_env_cache_evictions",
+            "Environment images removed, by reason (size, age, fresh_env)",
+            m.env_cache_evictions.clone(),
+        );
+        registry.register(
+            "ci_env_cache_size_bytes",
+            "Bytes of this installation's environment images beyond their runner images, as of the last eviction sweep",
+            m.env_cache_bytes.clone(),
+        );
+        registry.register(
+            "ci_env_cache_entries",
+            "This installation's environment images, as of the last eviction sweep",
+            m.env_cache_entries.clone(),
+        );
+        registry.register(
+            "ci_reaper_removed",
+            "Rows the retention reaper removed, by kind (jobs, log_chunks, test_cases, archives, sessions)",
+            m.reaper_removed.clone(),
+        );
+        registry.register(
+            "ci_reaper_removed_archive_bytes",
+            "Bytes of the archives the retention reaper removed",
+            m.reaper_removed_archive_bytes.clone(),
+        );
+        registry.register(
+            "ci_reaper_sqlite_pages_given_back",
+            "Free SQLite pages the reaper gave back to the file system",
+            m.reaper_pages_given_back.clone(),
+        );
+        registry.register(
+            "ci_reaper_round_duration_seconds",
+            "Time one reaper round takes, its rests between steps included",
+            m.reaper_round_duration.clone(),
+        );
         ControllerMetrics { registry, ..m }
     }
 }
@@ -236,6 +370,68 @@ impl ControllerMetrics {
 
     pub fn output_lines_dropped(&self, lines: u64) {
         self.output_lines_dropped.inc_by(lines);
+    }
+
+    /// A job starts from an environment it did not build.
+    pub fn env_cache_hit(&self) {
+        self.env_cache_hits.inc();
+    }
+
+    /// A job builds its environment.
+    pub fn env_cache_miss(&self) {
+        self.env_cache_misses.inc();
+    }
+
+    pub fn env_cache_built(&self, result: BuildResult) {
+        self.env_cache_builds
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn env_cache_evicted(&self, reason: EvictionReason) {
+        self.env_cache_evictions
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// What the cache holds after an eviction sweep.
+    pub fn env_cache_holds(&self, entries: usize, bytes: u64) {
+        self.env_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.env_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// One reaper step removed `reaped`: counted as it goes, so a long round
+    /// shows its progress.
+    pub fn reaped(&self, reaped: &Reaped) {
+        for (kind, count) in [
+            ("jobs", reaped.jobs),
+            ("log_chunks", reaped.log_chunks),
+            ("test_cases", reaped.test_cases),
+            ("archives", reaped.archives),
+            ("sessions", reaped.sessions),
+        ] {
+            if count > 0 {
+                self.reaper_removed
+                    .get_or_create(&KindLabels { kind })
+                    .inc_by(count);
+            }
+        }
+        self.reaper_removed_archive_bytes
+            .inc_by(reaped.archive_bytes);
+    }
+
+    pub fn reaper_gave_back_pages(&self, pages: u64) {
+        self.reaper_pages_given_back.inc_by(pages);
+    }
+
+    pub fn reaper_round_took(&self, took: Duration) {
+        self.reaper_round_duration.observe(took.as_secs_f64());
     }
 
     /// Every metric as text, the installation's gauges read afresh from

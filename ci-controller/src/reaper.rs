@@ -17,12 +17,15 @@
 //! Queued and running jobs are never touched, whatever their age (the
 //! store's queries exclude them).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use ci_persistence::{ReapStep, Reaped, Store, StoreError, ARCHIVE_GRACE};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ControllerMetrics;
 
 /// How the reaper paces itself.
 #[derive(Debug, Clone)]
@@ -76,6 +79,8 @@ pub struct Round {
 pub struct Reaper {
     store: Store,
     config: ReaperConfig,
+    /// Counts what each step removes and how long each round takes.
+    metrics: Arc<ControllerMetrics>,
     /// Whether the operator was told that this SQLite file cannot give space
     /// back; said once per term.
     told_of_old_file: bool,
@@ -86,8 +91,16 @@ impl Reaper {
         Reaper {
             store,
             config,
+            metrics: Arc::default(),
             told_of_old_file: false,
         }
+    }
+
+    /// Counts into `metrics` (the controller's, which its listener serves)
+    /// instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<ControllerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs a round now and then one every [`ReaperConfig::every`] until
@@ -121,6 +134,14 @@ impl Reaper {
 
     /// One round, to its end or until `shutdown`: what it removed.
     pub async fn round(&mut self, shutdown: &CancellationToken) -> Result<Round, StoreError> {
+        let started = Instant::now();
+        let round = self.round_untimed(shutdown).await;
+        // A failed or stopped round is timed too: it held the writer as long.
+        self.metrics.reaper_round_took(started.elapsed());
+        round
+    }
+
+    async fn round_untimed(&mut self, shutdown: &CancellationToken) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let retention =
             chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
@@ -174,6 +195,7 @@ impl Reaper {
         }
         let started = Instant::now();
         let reaped = step.await?;
+        self.metrics.reaped(&reaped);
         round.reaped += reaped;
         if reaped.is_empty() {
             return Ok(false);
@@ -228,6 +250,7 @@ impl Reaper {
                 .give_back_free_pages(self.config.pages_per_step)
                 .await?;
             round.pages_given_back += given;
+            self.metrics.reaper_gave_back_pages(given);
             if given == 0 || !self.pause(started.elapsed(), shutdown, round).await {
                 return Ok(());
             }
@@ -243,6 +266,8 @@ mod tests {
     use ci_persistence::{DatabaseLocation, JobOutcome, NewJob};
 
     use super::*;
+    use crate::leadership::Leadership;
+    use crate::metrics::sample;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -334,9 +359,24 @@ mod tests {
             rest_per_work: 0,
             ..ReaperConfig::default()
         };
-        let mut reaper = Reaper::new(store.clone(), config);
+        let metrics = Arc::new(ControllerMetrics::default());
+        let mut reaper = Reaper::new(store.clone(), config).with_metrics(metrics.clone());
         let round = reaper.round(&CancellationToken::new()).await.unwrap();
         assert_eq!(round.reaped.jobs, 7, "{round:?}");
+        let text = metrics.encode(&store, Leadership::Leader).await.unwrap();
+        assert_eq!(
+            sample(&text, r#"ci_reaper_removed_total{kind="jobs"}"#),
+            7.0
+        );
+        assert_eq!(
+            sample(&text, r#"ci_reaper_removed_total{kind="log_chunks"}"#),
+            (7 * 30) as f64
+        );
+        assert_eq!(
+            sample(&text, "ci_reaper_sqlite_pages_given_back_total"),
+            round.pages_given_back as f64
+        );
+        assert_eq!(sample(&text, "ci_reaper_round_duration_seconds_count"), 1.0);
         // 30 lines each; the archives are an hour short of unreferenced long enough.
         assert_eq!(round.reaped.log_chunks, 7 * 30, "{round:?}");
         assert!(!round.stopped);

@@ -522,6 +522,32 @@ mod tests {
             crate::metrics::sample(&text, series)
         }
 
+        /// Waits until `series` reads `value`: what a spawned eviction counts
+        /// lands a moment after the engine shows its effect, with nothing to
+        /// wait on but the metric itself.
+        async fn metric_reaches(&self, series: &str, value: f64) {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                let text = self
+                    .metrics
+                    .encode(&self.store, crate::leadership::Leadership::Leader)
+                    .await
+                    .unwrap();
+                let now = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                    .and_then(|v| v.parse::<f64>().ok());
+                if now == Some(value) {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "timed out waiting for {series} {value}; last {now:?} in:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
         async fn container_gone(&self, id: &str) {
             self.engine
                 .until("the container to be removed", |e| {
@@ -1093,6 +1119,13 @@ mod tests {
         assert_eq!(h.ended(second).await.success, Some(true));
         assert_eq!(h.engine.commits(), 1, "built once");
         assert_eq!(h.engine.created(), 3, "one preparation, two jobs");
+        assert_eq!(h.metric("ci_env_cache_misses_total").await, 1.0);
+        assert_eq!(h.metric("ci_env_cache_hits_total").await, 1.0);
+        assert_eq!(
+            h.metric(r#"ci_env_cache_builds_total{result="succeeded"}"#)
+                .await,
+            1.0
+        );
     }
 
     #[tokio::test]
@@ -1120,6 +1153,9 @@ mod tests {
         }
         assert_eq!(h.engine.commits(), 1);
         assert_eq!(h.engine.created(), 3, "one preparation, two jobs");
+        // The one that waited for the build reused it.
+        assert_eq!(h.metric("ci_env_cache_misses_total").await, 1.0);
+        assert_eq!(h.metric("ci_env_cache_hits_total").await, 1.0);
     }
 
     #[tokio::test]
@@ -1150,6 +1186,12 @@ mod tests {
         assert_eq!(h.engine.commits(), 0);
         assert!(h.environments().is_empty());
         assert_eq!(h.engine.created(), 1, "not built again for the waiting job");
+        assert_eq!(
+            h.metric(r#"ci_env_cache_builds_total{result="failed"}"#)
+                .await,
+            1.0
+        );
+        assert_eq!(h.metric("ci_env_cache_hits_total").await, 0.0);
     }
 
     #[tokio::test]
@@ -1179,6 +1221,14 @@ mod tests {
                 (images.len() == 1 && images[0].id.ends_with("-2")).then_some(())
             })
             .await;
+        h.metric_reaches(r#"ci_env_cache_evictions_total{reason="fresh_env"}"#, 1.0)
+            .await;
+        assert_eq!(h.metric("ci_env_cache_misses_total").await, 2.0);
+        assert_eq!(
+            h.metric(r#"ci_env_cache_builds_total{result="succeeded"}"#)
+                .await,
+            2.0
+        );
     }
 
     #[tokio::test]
@@ -1274,6 +1324,9 @@ mod tests {
                 (ids == [built[1].clone()]).then_some(())
             })
             .await;
+        h.metric_reaches(r#"ci_env_cache_evictions_total{reason="size"}"#, 1.0)
+            .await;
+        h.metric_reaches("ci_env_cache_entries", 1.0).await;
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! is sent back in the response's `x-request-id` and stored on a job the
 //! request queues, so the controller's lines about the job carry it too.
 //!
-//! The facts are gathered as plain values by [`crate::metrics::count_requests`]
+//! The facts are gathered as plain values by [`crate::metrics::CountRequests`]
 //! (which sees the route and the request) into [`AccessFacts`] on the
 //! response, and the line is one event with them as fields. The request's
 //! span is at debug level: at the default level no span is made, because
@@ -82,10 +82,7 @@ pub fn layer(routes: Router<App>, metrics: Arc<ServerMetrics>) -> Router<App> {
                     // The access line already says 5xx; one line per request.
                     .on_failure(()),
             )
-            .layer(axum::middleware::from_fn_with_state(
-                metrics,
-                crate::metrics::count_requests,
-            )),
+            .layer(crate::metrics::CountRequestsLayer::new(metrics)),
     )
 }
 
@@ -112,7 +109,9 @@ impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = uuid::Uuid::from_u64_pair(self.process, n);
-        axum::http::HeaderValue::from_str(&id.hyphenated().to_string())
+        // Written on the stack: the header value is the only copy made.
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        axum::http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
             .ok()
             .map(RequestId::new)
     }

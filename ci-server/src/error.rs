@@ -14,7 +14,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
     /// Set on authentication refusals, for the metrics (see
-    /// [`crate::metrics::count_requests`]).
+    /// [`crate::metrics::CountRequests`]).
     auth_failure: Option<AuthFailure>,
 }
 

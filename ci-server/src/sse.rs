@@ -90,11 +90,17 @@ pub struct StreamHold {
 }
 
 /// The last event of a stream whose key was revoked or whose user was
-/// deactivated while it was open. Beyond the contract's event types; clients
-/// skip types they do not know, reconnect, and are then refused with 401.
+/// deactivated while it was open: the 401 the same request would now get.
+/// Beyond the contract's event types; the reference client skips types it
+/// does not know, reconnects, and is then refused with that 401; `ci` stops
+/// at once with the reason.
 fn credential_ended_event() -> Event {
-    let data = serde_json::json!({"type": "error", "detail": "Invalid or revoked API key"});
-    Event::default().data(data.to_string())
+    let refused = crate::ApiError::invalid_key();
+    let event = StreamEvent::Error {
+        detail: refused.detail,
+        status_code: Some(refused.status.as_u16()),
+    };
+    sse_event(None, &event)
 }
 
 /// The events of a job from `start` until it ends, until `shutdown`, or

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use ci_common::api::StreamEvent;
 use ci_testkit::sse::SseBuffer;
 use futures::StreamExt;
 use support::{spawn_app_with, test_config, within, TestApp};
@@ -66,6 +67,15 @@ fn assert_ended_by_revocation(data: &[serde_json::Value]) {
     let last = data.last().expect("events");
     assert_eq!(last["type"], "error", "{data:?}");
     assert_eq!(last["detail"], "Invalid or revoked API key");
+    // The shared event type, as the `ci` client reads it: the 401 the same
+    // request would now get.
+    assert_eq!(
+        serde_json::from_value::<StreamEvent>(last.clone()).expect("a stream event"),
+        StreamEvent::Error {
+            detail: "Invalid or revoked API key".into(),
+            status_code: Some(401),
+        }
+    );
     assert!(
         !data.iter().any(|d| d["type"] == "complete"),
         "the job has not ended: {data:?}"

@@ -5,7 +5,11 @@
 
 use std::process::Command;
 
-use ci_testkit::{copy_fixture, run, CiOutput, Project, TestSystem};
+use ci_common::JobStatus;
+use ci_testkit::{
+    copy_fixture, run, slow_project, CiOutput, Project, RunningCi, TestSystem, COMMAND_DEADLINE,
+    JOB_DEADLINE,
+};
 
 const HELP: [&str; 4] = [
     "Authentication required. Please provide an API key using one of:",
@@ -88,6 +92,36 @@ fn a_revoked_key_stops_working_at_once() {
         INVALID_KEY,
     );
     assert!(sys.unfinished_jobs().unwrap().is_empty());
+}
+
+/// A `ci wait` whose key is revoked while its stream is open stops within
+/// seconds, on the server's error event, with the reason and the help, and
+/// says the job goes on; it does not follow the job to its end. (Before the
+/// event was a `StreamEvent`, `ci` skipped it, reconnected and was refused:
+/// the same reason, but without the line about the stream.)
+#[test]
+fn a_stream_whose_key_is_revoked_ends_with_the_reason_and_the_job_goes_on() {
+    let sys = TestSystem::start();
+    // Longer than the command deadline: only the revocation can end the wait.
+    let id = sys.submit_async(&slow_project(300));
+    let mut ci = RunningCi::spawn(sys.ci().args(["wait", &id.to_string()]));
+    ci.wait_for_stdout("a tick, so the stream is open", JOB_DEADLINE, |out| {
+        out.contains("tick ")
+    });
+
+    sys.admin_ok(&["key", "revoke", &sys.user.key_id.to_string()]);
+    let out = ci.finish(COMMAND_DEADLINE);
+
+    assert_refused(&out, INVALID_KEY);
+    assert!(
+        out.stderr.contains(&format!(
+            "the server stopped streaming job {id}, which goes on"
+        )),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("SLOW-END"), "{out}");
+    let job = sys.stored_job(id).unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Running, "{job:?}");
 }
 
 #[test]

@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use ci_common::JobStatus;
 use ci_testkit::prometheus::{self, Target};
-use ci_testkit::{copy_fixture, slow_project, TestSystem, JOB_DEADLINE};
+use ci_testkit::{copy_fixture, run_within, slow_project, TestSystem, JOB_DEADLINE};
 
 /// How long Prometheus may take to scrape again (it scrapes every second).
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(60);
+/// A job that installs from the real PyPI, on a slow day.
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(300);
 
 #[test]
 fn prometheus_scrapes_what_the_jobs_did() {
@@ -182,4 +184,46 @@ fn json_logs_are_json_line_by_line_and_never_hold_the_key() {
         .filter(|l| l["route"] == "/jobs/{id}")
         .count();
     assert!(job_lines > 0, "the waits read the job: {access_lines:#?}");
+}
+
+/// The environment cache as Prometheus sees it: a job with a requirement
+/// misses and builds, the next with the same requirement hits. One tiny
+/// package from the real PyPI (the only network use of this file).
+#[test]
+fn prometheus_counts_the_environment_cache() {
+    let sys = TestSystem::options().job_network("bridge").start();
+    let controller = sys.controller_status_addr().unwrap();
+    let prom = prometheus::start(&[Target::new("controller", &controller)]).unwrap();
+    let project = copy_fixture("no-requirements");
+    project.write("requirements.txt", "iniconfig\n");
+    project.write(
+        "test_iniconfig.py",
+        "import iniconfig\n\ndef test_iniconfig_is_installed():\n    assert iniconfig.IniConfig\n",
+    );
+    for _ in 0..2 {
+        run_within(
+            sys.ci()
+                .args(["submit", "test"])
+                .current_dir(project.path()),
+            DOWNLOAD_DEADLINE,
+        )
+        .assert_code(0);
+    }
+    let ended = SystemTime::now();
+    prom.wait_for_scrape_after("controller", ended, SCRAPE_DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\nPrometheus's log:\n{}", prom.log()));
+
+    let value = |series: &str| prom.value(series).unwrap();
+    assert_eq!(value("ci_env_cache_misses_total"), Some(1.0));
+    assert_eq!(value("ci_env_cache_hits_total"), Some(1.0));
+    assert_eq!(
+        value(r#"ci_env_cache_builds_total{result="succeeded"}"#),
+        Some(1.0)
+    );
+    assert_eq!(value(r#"ci_env_cache_builds_total{result="failed"}"#), None);
+    assert_eq!(
+        value("sum(ci_env_cache_evictions_total)"),
+        None,
+        "nothing evicted"
+    );
 }

@@ -38,6 +38,29 @@ fn archive_stored(sys: &TestSystem, digest: &str) -> bool {
     ) == 1
 }
 
+/// The controller's `/metrics` at `addr`, as text.
+fn scrape(addr: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+/// The value of the sample `series` (name and labels as written) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 fn ended_jobs_go_and_unfinished_ones_stay(mut sys: TestSystem) {
     let on_sqlite = sys.postgres_url().is_none();
 
@@ -104,6 +127,19 @@ fn ended_jobs_go_and_unfinished_ones_stay(mut sys: TestSystem) {
             .iter()
             .all(|id| sys.stored_job(*id).is_ok_and(|job| job.is_none()))
     });
+    // The new controller's reaper counted them, by kind (its metrics
+    // started at zero with the process).
+    let controller = sys.controller_status_addr().unwrap();
+    wait_for(
+        "the reaper to count the ended jobs",
+        SETTLE_DEADLINE,
+        || {
+            sample(
+                &scrape(&controller),
+                r#"ci_reaper_removed_total{kind="jobs"}"#,
+            ) == Some(2.0)
+        },
+    );
 
     for (id, digest) in ended.iter().zip(&ended_archives) {
         for table in ["job_events", "job_test_cases", "job_test_reports"] {
@@ -124,6 +160,21 @@ fn ended_jobs_go_and_unfinished_ones_stay(mut sys: TestSystem) {
             .unwrap();
         assert_eq!(status, 404, "GET /jobs/{id}");
     }
+    // Both ended jobs' archives, the 3 MiB one among them (counted just
+    // after the step that removed them returns).
+    let metrics = wait_for_value("the reaper to count the archives", SETTLE_DEADLINE, || {
+        let metrics = scrape(&controller);
+        (sample(&metrics, r#"ci_reaper_removed_total{kind="archives"}"#) == Some(2.0))
+            .then_some(metrics)
+    });
+    assert!(
+        sample(&metrics, r#"ci_reaper_removed_total{kind="log_chunks"}"#) > Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "ci_reaper_removed_archive_bytes_total") >= Some(BIG_FILE_BYTES as f64),
+        "{metrics}"
+    );
     let listed: Vec<JobId> = sys
         .get_json("/jobs", &sys.user.api_key)
         .unwrap()
