@@ -39,7 +39,7 @@ impl Store {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         // An archive stored already has its upload time renewed in the same
         // statement that finds it, so the reaper, which spares archives
         // uploaded within `ARCHIVE_GRACE` (and those a job refers to), cannot

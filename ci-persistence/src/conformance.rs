@@ -46,6 +46,7 @@ macro_rules! conformance_suite {
             illegal_transitions_are_refused,
             failure_reason_is_the_last_output,
             cancellation_is_recorded_once,
+            transactions_that_read_first_wait_for_another_processs_writes,
             output_is_read_after_a_sequence_number,
             a_follower_that_was_overtaken_stores_nothing,
             output_of_an_ended_job_is_refused,
@@ -646,6 +647,41 @@ pub async fn cancellation_is_recorded_once(s: Store, _: Store) {
         s.request_cancel(JobId::random()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// Writes that read before they write (a cancellation looks up the cancel
+/// reason first) while another process writes all the time: each waits its
+/// turn. On SQLite a transaction that began as a reader and then writes after
+/// another connection committed fails at once with "database is locked"
+/// (its snapshot is stale, and no busy timeout waits that out), unless it
+/// takes the write lock when it begins.
+pub async fn transactions_that_read_first_wait_for_another_processs_writes(s: Store, other: Store) {
+    let owner = user(&s).await;
+    let busy = job(&other, owner).await;
+    other.mark_running(busy, "c", "i", None).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                other
+                    .append_log(busy, &["tick\n".into()], None)
+                    .await
+                    .unwrap();
+                writes += 1;
+            }
+            writes
+        }
+    });
+    for _ in 0..60 {
+        let id = job(&s, owner).await;
+        s.request_cancel(id).await.unwrap();
+        let ended = within("a cancellation", s.finish_job(id, &JobOutcome::cancelled())).await;
+        assert_eq!(ended.unwrap().status, JobStatus::Cancelled);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0, "the other process never wrote");
 }
 
 fn moved(from: Option<&str>, to: &str) -> CursorMove {

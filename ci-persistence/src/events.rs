@@ -37,7 +37,7 @@ impl Store {
         cursor: Option<&CursorMove>,
     ) -> Result<i64> {
         let count = chunks.len() as i64;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let last: Option<i64> = match cursor {
             None => {
                 sqlx::query_scalar(

@@ -278,7 +278,7 @@ impl Store {
             }
             .into());
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut reason = outcome.reason.clone();
         if reason.is_none() && outcome.status == JobStatus::Cancelled {
             // Cancelled for someone else's reason (the owner was deactivated).

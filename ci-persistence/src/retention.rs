@@ -157,7 +157,7 @@ impl Store {
             expired("j")
         );
         let mut reaped = Reaped::default();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         for table in ["job_events", "job_test_cases"] {
             let budget = u64::from(step.rows).saturating_sub(reaped.log_chunks + reaped.test_cases);
             if budget == 0 {

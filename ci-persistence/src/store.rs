@@ -68,6 +68,20 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// A write transaction. On SQLite it takes the write lock when it begins
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads before it writes
+    /// fails at once with "database is locked" (`SQLITE_BUSY_SNAPSHOT`) when
+    /// another process committed in between, since its snapshot is stale and
+    /// no busy timeout can wait that out; taken up front, the lock is waited
+    /// for like any other. PostgreSQL's row locks need nothing of the kind.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        };
+        Ok(tx)
+    }
+
     /// Opens (creating when needed) and migrates the database the configuration names.
     pub async fn open(location: &DatabaseLocation) -> Result<Store> {
         Self::open_with(location, StoreOptions::default()).await

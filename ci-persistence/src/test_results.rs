@@ -171,7 +171,7 @@ impl Store {
     /// storing) keeps the first.
     pub async fn put_job_report(&self, job_id: JobId, report: &JobReport) -> Result<()> {
         let id = job_id.to_string();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (totals, reason) = match report {
             JobReport::Cases(cases) => (Some(TestTotals::of(cases)), None),
             JobReport::Missing { reason } => (None, Some(reason.as_str())),
@@ -230,7 +230,7 @@ impl Store {
         let failure = loop {
             match chunks.recv().await {
                 Some(ReportChunk::Cases(cases)) => {
-                    let mut tx = self.writer.begin().await?;
+                    let mut tx = self.begin_write().await?;
                     insert_cases(&mut tx, self.backend, &id, count, &cases).await?;
                     tx.commit().await?;
                     count += cases.len();
