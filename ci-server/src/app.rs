@@ -95,6 +95,21 @@ impl App {
 /// Multipart framing around the file: boundaries, part headers.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
+/// The least an early-answered upload is read and discarded for.
+const DRAIN_FLOOR: u64 = 64 * 1024 * 1024;
+
+/// How much of a refused upload the server reads and drops so that the
+/// client, still sending, gets to read its 413 instead of a reset: twice the
+/// largest upload it takes, and at least [`DRAIN_FLOOR`]. With only the limit
+/// itself, a project a few times over a small limit (1 MiB against 24 MB)
+/// was reset before a client on a loaded machine had read the answer.
+fn drain_limit(max_upload_bytes: u64) -> u64 {
+    max_upload_bytes
+        .saturating_add(MULTIPART_OVERHEAD)
+        .saturating_mul(2)
+        .max(DRAIN_FLOOR)
+}
+
 pub fn router(app: App) -> Router {
     let body_limit = usize::try_from(
         app.config
@@ -151,10 +166,7 @@ pub async fn serve(
         min_rate: door.upload_min_rate,
         // A body may start as slowly as a request head may take to arrive.
         grace: door.header_read_timeout,
-        drain_limit: app
-            .config
-            .max_upload_bytes
-            .saturating_add(MULTIPART_OVERHEAD),
+        drain_limit: drain_limit(app.config.max_upload_bytes),
     };
     tokio::spawn(app.stream_credentials.clone().watch(
         app.store.clone(),
