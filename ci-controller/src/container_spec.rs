@@ -200,8 +200,23 @@ pub fn job_container_spec(
             .chain(job.options.pytest_args.iter().cloned())
             .collect(),
         labels,
-        user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: WORKSPACE_DIR.into(),
+        volumes,
+        read_only_rootfs,
+        tmpfs,
+        storage_size_bytes: config.disk.storage_quota.then_some(config.disk.max_bytes),
+        env: JOB_ENV.iter().map(|v| v.to_string()).collect(),
+        ..sandbox(config)
+    }
+}
+
+/// What every container the controller runs for users' code shares, the job
+/// and its environment's preparation alike: the job's unprivileged user, the
+/// job's limits and network, no capabilities, no new privileges, the log
+/// driver the log pump reads, and input once on standard input.
+fn sandbox(config: &ControllerConfig) -> ContainerSpec {
+    ContainerSpec {
+        user: format!("{JOB_UID}:{JOB_UID}"),
         network_mode: config.network_mode.clone(),
         memory_bytes: Some(config.memory_bytes),
         memory_swap_bytes: Some(config.memory_bytes),
@@ -209,13 +224,9 @@ pub fn job_container_spec(
         cpu_shares: Some(config.cpu_shares),
         cap_drop: vec!["ALL".to_string()],
         security_opt: vec!["no-new-privileges".to_string()],
-        volumes,
-        read_only_rootfs,
-        tmpfs,
-        storage_size_bytes: config.disk.storage_quota.then_some(config.disk.max_bytes),
         log_driver: Some(LOG_DRIVER.to_string()),
         stdin_once: true,
-        env: JOB_ENV.iter().map(|v| v.to_string()).collect(),
+        ..ContainerSpec::default()
     }
 }
 
@@ -279,24 +290,13 @@ exit $status\n"
             (LABEL_PYTHON.to_string(), String::new()),
             (LABEL_PYTHON_VERSION.to_string(), String::new()),
         ]),
-        user: format!("{JOB_UID}:{JOB_UID}"),
         working_dir: "/".into(),
-        network_mode: config.network_mode.clone(),
-        memory_bytes: Some(config.memory_bytes),
-        memory_swap_bytes: Some(config.memory_bytes),
-        pids_limit: Some(config.pids_limit),
-        cpu_shares: Some(config.cpu_shares),
-        cap_drop: vec!["ALL".to_string()],
-        security_opt: vec!["no-new-privileges".to_string()],
         volumes,
+        // A writable root, and no quota on it: what a preparation installs is
+        // bounded by the environment cache, not by a job's disk limit.
         read_only_rootfs: false,
-        tmpfs: Vec::new(),
-        // What a preparation installs is bounded by the environment cache,
-        // not by a job's disk limit.
         storage_size_bytes: None,
-        log_driver: Some(LOG_DRIVER.to_string()),
-        stdin_once: true,
-        env: Vec::new(),
+        ..sandbox(config)
     }
 }
 
