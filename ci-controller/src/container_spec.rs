@@ -384,6 +384,25 @@ mod tests {
     }
 
     #[test]
+    fn a_preparation_runs_confined_as_its_job_does() {
+        let config = config();
+        let prep = preparation_container_spec(&config, "k", None, "runner:test");
+        assert_eq!(prep.user, "1000:1000");
+        assert_eq!(prep.network_mode, "none");
+        assert_eq!(prep.memory_bytes, Some(config.memory_bytes));
+        assert_eq!(prep.memory_swap_bytes, prep.memory_bytes, "no swap");
+        assert_eq!(prep.pids_limit, Some(config.pids_limit));
+        assert_eq!(prep.cpu_shares, Some(config.cpu_shares));
+        assert_eq!(prep.cap_drop, ["ALL"]);
+        assert_eq!(prep.security_opt, ["no-new-privileges"]);
+        assert_eq!(prep.log_driver.as_deref(), Some("local"));
+        assert!(prep.stdin_once, "the requirements arrive on standard input");
+        assert!(!prep.read_only_rootfs, "pip installs into the image");
+        assert_eq!(prep.storage_size_bytes, None);
+        assert!(prep.tmpfs.is_empty() && prep.env.is_empty());
+    }
+
+    #[test]
     fn the_command_unpacks_the_project_from_stdin_then_runs_the_job() {
         let spec = job_container_spec(&job(), &config(), &installs(), "runner:test");
         assert_eq!(spec.cmd[..2], ["sh", "-c"]);
