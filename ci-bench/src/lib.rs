@@ -165,14 +165,10 @@ pub async fn run(options: &Options, figures: &mut Vec<Figure>) -> Result<()> {
     ];
     if on_main_system.iter().any(|k| options.wants(*k)) {
         progress(format!("starting the system ({})", ctx.database));
-        let system = System::start(&system_options).await?;
-        let result = main_figures(options, &system, &ctx, figures).await;
-        let result = result.map_err(|e| {
-            BenchError::Setup(format!("{e}\nlast log lines:\n{}", system.logs_tail()))
-        });
-        let stopped = system.shutdown().await;
-        result?;
-        stopped?;
+        System::run(&system_options, async |system| {
+            main_figures(options, system, &ctx, figures).await
+        })
+        .await?;
     }
     if options.wants(FigureKind::TestResults) {
         progress("figure 11: test results, on a system with and one without report collection");

@@ -310,6 +310,24 @@ impl System {
         )
     }
 
+    /// Starts a system, runs `measure` on it and shuts it down whatever
+    /// happened. A failed measurement is the error (with the processes' last
+    /// log lines, which say why more often than the error does), else a
+    /// failed shutdown.
+    pub async fn run<T>(
+        options: &SystemOptions,
+        measure: impl AsyncFnOnce(&System) -> Result<T>,
+    ) -> Result<T> {
+        let system = System::start(options).await?;
+        let result = measure(&system).await.map_err(|e| {
+            BenchError::Setup(format!("{e}\nlast log lines:\n{}", system.logs_tail()))
+        });
+        let stopped = system.shutdown().await;
+        let value = result?;
+        stopped?;
+        Ok(value)
+    }
+
     /// Stops the processes (SIGTERM, then SIGKILL), removes every container and
     /// volume of this system, and drops a PostgreSQL database it made.
     pub async fn shutdown(mut self) -> Result<()> {

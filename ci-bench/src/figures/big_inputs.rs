@@ -58,14 +58,10 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
         .map_err(|e| BenchError::Setup(format!("generating the uploads: {e}")))?;
     let uploads = uploads?;
 
-    let system = System::start(&options).await?;
-    let result = measure_on(&system, ctx, &bomb, &uploads).await;
-    let result = result
-        .map_err(|e| BenchError::Setup(format!("{e}\nlast log lines:\n{}", system.logs_tail())));
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    System::run(&options, async |system| {
+        measure_on(system, ctx, &bomb, &uploads).await
+    })
+    .await
 }
 
 async fn measure_on(

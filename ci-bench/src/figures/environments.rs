@@ -57,24 +57,23 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     let itself = installs_itself(scratch.path())?;
     let mut controller_env = options.controller_env.clone();
     controller_env.push(("CI_JOB_NETWORK".into(), "bridge".into()));
-    let system = System::start(&SystemOptions {
-        controller_env,
-        ..options.clone()
-    })
-    .await?;
-    let deps_image = format!("ci-bench-deps:{}", system.prefix.trim_end_matches('-'));
     let projects = Projects {
         with,
         trivial,
         without,
         itself,
     };
-    let result = measure_on(&system, &projects, &deps_image, ctx).await;
-    let _ = docker(&["image", "rm", "-f", &deps_image]).await;
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    let options = SystemOptions {
+        controller_env,
+        ..options.clone()
+    };
+    System::run(&options, async |system| {
+        let deps_image = format!("ci-bench-deps:{}", system.prefix.trim_end_matches('-'));
+        let result = measure_on(system, &projects, &deps_image, ctx).await;
+        let _ = docker(&["image", "rm", "-f", &deps_image]).await;
+        result
+    })
+    .await
 }
 
 /// The figure's projects.

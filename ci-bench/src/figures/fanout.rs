@@ -33,14 +33,7 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     let mut options = options.clone();
     // The quiet job and the printers run at once, whatever the CPU count.
     options.max_concurrent_jobs = Some(1 + PRINTERS);
-    let system = System::start(&options).await?;
-    let result = measure_on(&system, ctx)
-        .await
-        .map_err(|e| BenchError::Setup(format!("{e}\nlast log lines:\n{}", system.logs_tail())));
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    System::run(&options, async |system| measure_on(system, ctx).await).await
 }
 
 async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {

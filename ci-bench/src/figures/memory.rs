@@ -26,12 +26,7 @@ const OPEN_BATCH: usize = 100;
 pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<Figure>> {
     let mut options = options.clone();
     options.max_concurrent_jobs = Some(ctx.plan.controller_jobs);
-    let system = System::start(&options).await?;
-    let result = measure_on(&system, ctx).await;
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    System::run(&options, async |system| measure_on(system, ctx).await).await
 }
 
 async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {

@@ -28,12 +28,7 @@ pub const TARGET_SCRAPE_MS: f64 = 20.0;
 pub const FINISHED_JOBS: usize = 10_000;
 
 pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<Figure>> {
-    let system = System::start(options).await?;
-    let result = measure_on(&system, ctx).await;
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    System::run(options, async |system| measure_on(system, ctx).await).await
 }
 
 async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {

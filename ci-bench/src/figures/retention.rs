@@ -35,12 +35,7 @@ pub async fn measure(options: &SystemOptions, ctx: &Context<'_>) -> Result<Vec<F
     options
         .controller_env
         .push(("CI_REAP_INTERVAL".into(), "1h".into()));
-    let system = System::start(&options).await?;
-    let result = measure_on(&system, ctx).await;
-    let stopped = system.shutdown().await;
-    let figures = result?;
-    stopped?;
-    Ok(figures)
+    System::run(&options, async |system| measure_on(system, ctx).await).await
 }
 
 async fn measure_on(system: &System, ctx: &Context<'_>) -> Result<Vec<Figure>> {
