@@ -2,7 +2,8 @@
 //! ephemeral-storage eviction: the engine here (overlay2 on extfs) has no
 //! quota for a container's writable layer, and local volumes have no size,
 //! so the controller measures what each running job has written (its
-//! writable layer and its own volumes, through the engine) every
+//! writable layer, its own volumes and its user's pip cache, through the
+//! engine) every
 //! [`DiskLimits::every`](crate::config::DiskLimits), and a job over the limit
 //! is ended by the next pass, through the decision table, with that reason.
 //!
@@ -11,7 +12,7 @@
 //! waits for the engine's walk of its disks. A measurement that fails or
 //! takes too long changes no verdict, so an engine error never ends a job.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DiskLimits;
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, DiskUse};
 
 /// A measurement taking longer than this is given up (and tried again next
 /// round): an engine that slow is busy enough without another walk queued.
@@ -37,9 +38,10 @@ pub struct DiskWatch {
 struct Board {
     /// Running jobs' containers, by container id.
     running: HashMap<String, JobId>,
-    /// Containers last measured over the limit. By container, not by job:
-    /// a job started again in a new container starts from nothing.
-    over: HashSet<String>,
+    /// Containers last measured over the limit, with that measurement. By
+    /// container, not by job: a job started again in a new container starts
+    /// from nothing.
+    over: HashMap<String, DiskUse>,
 }
 
 impl DiskWatch {
@@ -53,13 +55,18 @@ impl DiskWatch {
     /// containers no longer among them are forgotten.
     pub fn watch(&self, running: HashMap<String, JobId>) {
         let mut board = self.board();
-        board.over.retain(|id| running.contains_key(id));
+        board.over.retain(|id, _| running.contains_key(id));
         board.running = running;
     }
 
     /// Whether the container was last measured over the limit.
     pub fn is_over(&self, container_id: &str) -> bool {
-        self.board().over.contains(container_id)
+        self.board().over.contains_key(container_id)
+    }
+
+    /// The measurement that found the container over the limit.
+    pub fn verdict(&self, container_id: &str) -> Option<DiskUse> {
+        self.board().over.get(container_id).copied()
     }
 
     fn running(&self) -> HashMap<String, JobId> {
@@ -67,9 +74,13 @@ impl DiskWatch {
     }
 
     /// Records a verdict; `true` when it is new.
-    fn mark_over(&self, container_id: &str) -> bool {
+    fn mark_over(&self, container_id: &str, used: DiskUse) -> bool {
         let mut board = self.board();
-        board.running.contains_key(container_id) && board.over.insert(container_id.to_string())
+        if !board.running.contains_key(container_id) || board.over.contains_key(container_id) {
+            return false;
+        }
+        board.over.insert(container_id.to_string(), used);
+        true
     }
 }
 
@@ -114,13 +125,14 @@ pub async fn run(
             let Some(&job_id) = running.get(&container) else {
                 continue;
             };
-            if used.total() > limits.max_bytes && watch.mark_over(&container) {
+            if used.total() > limits.max_bytes && watch.mark_over(&container, used) {
                 let span = tracing::info_span!("job", job_id = %job_id);
                 span.in_scope(|| {
                     tracing::warn!(
                         container = %container,
                         writable_layer = used.writable_layer,
                         own_volumes = used.own_volumes,
+                        pip_cache = used.caches,
                         limit = limits.max_bytes,
                         "job over its disk limit; ending it"
                     );

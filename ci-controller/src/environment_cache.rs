@@ -49,7 +49,7 @@ use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::metrics::{BuildResult, EvictionReason};
 use crate::pythons::LABEL_PYTHON;
 pub use crate::runtime::LABEL_PREPARATION;
-use crate::runtime::{ImageInfo, ImageRemoval, RuntimeError, LABEL_INSTALLATION};
+use crate::runtime::{ImageInfo, Removal, RuntimeError, LABEL_INSTALLATION};
 use crate::worker::{remove_container, Context, WorkerError};
 
 /// Label carrying an environment image's key.
@@ -832,16 +832,16 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
         let mut state = ctx.environments.lock();
         state.removing.remove(&id);
         match removed? {
-            removal @ (ImageRemoval::Removed | ImageRemoval::Missing) => {
+            removal @ (Removal::Removed | Removal::Missing) => {
                 tracing::info!(image = %id, reason = reason.as_str(), "environment evicted");
                 state.last_used.remove(&id);
                 held.remove(id.as_str());
                 // Missing: someone else removed it, and counted it.
-                if removal == ImageRemoval::Removed {
+                if removal == Removal::Removed {
                     ctx.metrics.env_cache_evicted(reason);
                 }
             }
-            ImageRemoval::InUse => {
+            Removal::InUse => {
                 tracing::debug!(image = %id, "environment in use; kept");
             }
         }

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, DiskUse, FileRead, ImageInfo,
-    ImageRemoval, InputStream, LogLine, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
+    InputStream, LogLine, Removal, Result, RuntimeError, LABEL_INSTALLATION, LABEL_JOB,
     LABEL_PREPARATION,
 };
 
@@ -66,6 +66,8 @@ struct Engine {
     disk_use_fails: bool,
     /// Disk use measurements asked for, ever.
     disk_measurements: usize,
+    /// Named volumes asked to be removed, in order, with what became of them.
+    volume_removals: Vec<(String, Removal)>,
 }
 
 /// The engine's side of a [`Gate`].
@@ -326,6 +328,12 @@ impl FakeRuntime {
                 c.disk_use = used;
             }
         });
+    }
+
+    /// The named volumes asked to be removed so far, in order, with what
+    /// became of them (a mounted one is kept).
+    pub fn volume_removals(&self) -> Vec<(String, Removal)> {
+        self.engine().volume_removals.clone()
     }
 
     /// From now on measuring disk use fails (`true`) or works again.
@@ -597,23 +605,41 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
-    async fn remove_image(&self, id: &str) -> Result<ImageRemoval> {
+    async fn remove_image(&self, id: &str) -> Result<Removal> {
         let held = self.engine().removal_gate.take();
         if let Some(held) = held {
             held.hold().await;
         }
         Ok(self.change(|e| {
             if e.containers.values().any(|c| c.spec.image == id) {
-                return ImageRemoval::InUse;
+                return Removal::InUse;
             }
             let before = e.listed_images.len();
             e.listed_images.retain(|i| i.id != id);
             e.images.remove(id);
             if e.listed_images.len() < before {
-                ImageRemoval::Removed
+                Removal::Removed
             } else {
-                ImageRemoval::Missing
+                Removal::Missing
             }
+        }))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<Removal> {
+        Ok(self.change(|e| {
+            let mounted = e.containers.values().any(|c| {
+                c.spec
+                    .volumes
+                    .iter()
+                    .any(|v| v.name.as_deref() == Some(name))
+            });
+            let removal = if mounted {
+                Removal::InUse
+            } else {
+                Removal::Removed
+            };
+            e.volume_removals.push((name.to_string(), removal));
+            removal
         }))
     }
 

@@ -451,11 +451,11 @@ mod tests {
         ) -> crate::runtime::Result<String> {
             Ok("image".into())
         }
-        async fn remove_image(
-            &self,
-            _: &str,
-        ) -> crate::runtime::Result<crate::runtime::ImageRemoval> {
-            Ok(crate::runtime::ImageRemoval::Missing)
+        async fn remove_image(&self, _: &str) -> crate::runtime::Result<crate::runtime::Removal> {
+            Ok(crate::runtime::Removal::Missing)
+        }
+        async fn remove_volume(&self, _: &str) -> crate::runtime::Result<crate::runtime::Removal> {
+            Ok(crate::runtime::Removal::Missing)
         }
         fn logs(
             &self,

@@ -187,10 +187,18 @@ impl Reconciler {
                     }
                 }
                 Action::End(reason) => {
-                    let outcome =
-                        reason.outcome(self.ctx.config.job_timeout, self.ctx.config.disk.max_bytes);
+                    let limit = self.ctx.config.disk.max_bytes;
+                    let outcome = reason.outcome(self.ctx.config.job_timeout, limit);
                     let how = Finished::of(&outcome, reason == EndReason::TimedOut);
-                    self.end(job, container_id, outcome, how);
+                    // A pip cache that took the job over its limit would take
+                    // its user's next job over before it started.
+                    let cache = container_id
+                        .as_deref()
+                        .filter(|_| reason == EndReason::OverDiskLimit)
+                        .and_then(|id| self.disk.verdict(id))
+                        .filter(|used| used.caches_to_blame(limit))
+                        .and_then(|_| self.ctx.config.pip_cache_volume_for(job.user_id));
+                    self.end(job, container_id, outcome, how, cache);
                 }
             }
         }
@@ -310,7 +318,14 @@ impl Reconciler {
         self.workers.insert(job.id, w);
     }
 
-    fn end(&mut self, job: &Job, container_id: Option<String>, outcome: JobOutcome, how: Finished) {
+    fn end(
+        &mut self,
+        job: &Job,
+        container_id: Option<String>,
+        outcome: JobOutcome,
+        how: Finished,
+        cache_to_empty: Option<String>,
+    ) {
         let job_id = job.id;
         let following = match self.workers.remove(&job_id) {
             Some(w) if w.kind == WorkerKind::Ending => {
@@ -328,6 +343,7 @@ impl Reconciler {
             outcome,
             how,
             following,
+            cache_to_empty,
         );
         let w = worker::spawn(&self.ctx, job, WorkerKind::Ending, step);
         self.workers.insert(job_id, w);
@@ -348,7 +364,7 @@ mod tests {
     use super::*;
     use crate::container_spec::ContainerSpec;
     use crate::fake_runtime::{FakeRuntime, PATIENCE};
-    use crate::runtime::{ImageInfo, LABEL_INSTALLATION, LABEL_JOB, LABEL_PREPARATION};
+    use crate::runtime::{ImageInfo, Removal, LABEL_INSTALLATION, LABEL_JOB, LABEL_PREPARATION};
     use crate::workspace::tests::tar_has_file;
 
     const IMAGE: &str = "runner:fake";
@@ -962,6 +978,7 @@ mod tests {
             DiskUse {
                 writable_layer: 600,
                 own_volumes: 600,
+                caches: 0,
             },
         );
         let ended = h.ended(job).await;
@@ -980,6 +997,113 @@ mod tests {
         );
     }
 
+    /// A job of `h.user` with requirements, running from its environment
+    /// (built first if need be), with its user's pip cache mounted.
+    async fn running_with_requirements(h: &Harness) -> (JobId, String) {
+        let job = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        if h.environments().is_empty() {
+            let preparation = h.preparation().await;
+            h.engine.exit(&preparation.id, 0);
+        }
+        let id = h.running_container(job).await;
+        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+            .await;
+        let cache = h.config.pip_cache_volume_for(h.user);
+        let spec = h.engine.container(&id).unwrap().spec;
+        assert!(
+            spec.volumes.iter().any(|v| v.name == cache),
+            "the job mounts its user's pip cache: {spec:?}"
+        );
+        (job, id)
+    }
+
+    /// What the engine measures of a job whose writes are `own` bytes and
+    /// whose user's pip cache holds `cache`.
+    fn disk_use(own: u64, cache: u64) -> crate::runtime::DiskUse {
+        crate::runtime::DiskUse {
+            writable_layer: 0,
+            own_volumes: own,
+            caches: cache,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pip_cache_that_takes_its_job_over_the_disk_limit_is_emptied_after_the_job() {
+        let h = Harness::start(small_disk).await;
+        let (job, id) = running_with_requirements(&h).await;
+        // The job alone is within the limit; with its cache it is not.
+        h.engine.set_disk_use(&id, disk_use(100, 1000));
+        let ended = h.ended(job).await;
+        assert_eq!(
+            ended.failure_reason.as_deref(),
+            Some("Job used more than 1.0 KiB of disk (limit CI_JOB_DISK_LIMIT)")
+        );
+        let cache = h.config.pip_cache_volume_for(h.user).unwrap();
+        // Removed, not refused: the job's container had gone first.
+        let removals = h
+            .engine
+            .until("the pip cache to be emptied", |e| {
+                let removals = e.volume_removals();
+                (!removals.is_empty()).then_some(removals)
+            })
+            .await;
+        assert_eq!(removals, [(cache, Removal::Removed)]);
+    }
+
+    #[tokio::test]
+    async fn a_small_pip_cache_beside_a_job_over_on_its_own_writes_is_kept() {
+        let h = Harness::start(small_disk).await;
+        let (first, id) = running_with_requirements(&h).await;
+        h.engine.set_disk_use(&id, disk_use(2000, 10));
+        assert_eq!(h.ended(first).await.success, Some(false));
+        h.container_gone(&id).await;
+        // The user's next job finds the cache grown past the limit on its
+        // own: that one is emptied, once.
+        let (second, id) = running_with_requirements(&h).await;
+        h.engine.set_disk_use(&id, disk_use(0, 2000));
+        assert_eq!(h.ended(second).await.success, Some(false));
+        let removals = h
+            .engine
+            .until("the pip cache to be emptied", |e| {
+                let removals = e.volume_removals();
+                (!removals.is_empty()).then_some(removals)
+            })
+            .await;
+        let cache = h.config.pip_cache_volume_for(h.user).unwrap();
+        assert_eq!(removals, [(cache, Removal::Removed)], "not after the first");
+    }
+
+    #[tokio::test]
+    async fn a_pip_cache_another_job_mounts_is_kept_until_that_job_is_over_too() {
+        let h = Harness::start(small_disk).await;
+        let (first, first_id) = running_with_requirements(&h).await;
+        let (second, second_id) = running_with_requirements(&h).await;
+        h.engine.set_disk_use(&first_id, disk_use(0, 2000));
+        assert_eq!(h.ended(first).await.success, Some(false));
+        let cache = h.config.pip_cache_volume_for(h.user).unwrap();
+        let refused = h
+            .engine
+            .until("the first job's end to try the cache", |e| {
+                let removals = e.volume_removals();
+                (!removals.is_empty()).then_some(removals)
+            })
+            .await;
+        assert_eq!(refused, [(cache.clone(), Removal::InUse)]);
+        assert!(h.engine.container(&second_id).is_some_and(|c| c.running));
+        // Measured with the same cache, the second is over too, and its end
+        // empties it.
+        h.engine.set_disk_use(&second_id, disk_use(0, 2000));
+        assert_eq!(h.ended(second).await.success, Some(false));
+        let removals = h
+            .engine
+            .until("the second job's end to empty the cache", |e| {
+                let removals = e.volume_removals();
+                (removals.len() == 2).then_some(removals)
+            })
+            .await;
+        assert_eq!(removals[1], (cache, Removal::Removed));
+    }
+
     #[tokio::test]
     async fn a_failed_disk_measurement_leaves_the_job_running() {
         use crate::runtime::DiskUse;
@@ -995,6 +1119,7 @@ mod tests {
             DiskUse {
                 writable_layer: 1 << 30,
                 own_volumes: 0,
+                caches: 0,
             },
         );
         let before = h.engine.disk_measurements();

@@ -16,6 +16,7 @@ use bollard::models::{
     HostConfig, HostConfigLogConfig, Mount, MountPointTypeEnum, MountTypeEnum, MountVolumeOptions,
     SystemDataUsageResponse, SystemInfo,
 };
+use bollard::volume::RemoveVolumeOptions;
 use bollard::Docker;
 use bytes::Bytes;
 use ci_common::JobId;
@@ -59,9 +60,9 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
-/// What became of an image asked to be removed.
+/// What became of an image or a volume asked to be removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageRemoval {
+pub enum Removal {
     Removed,
     /// A container (running or not) uses it: the engine keeps it.
     InUse,
@@ -106,14 +107,31 @@ pub struct DiskUse {
     /// (the root file system, when that is writable).
     pub writable_layer: u64,
     /// Its own volumes: the anonymous ones made with it and removed with it
-    /// (the workspace, the report's folder). Named volumes it shares with
-    /// other containers (its user's pip cache) are not its own.
+    /// (the workspace, the report's folder).
     pub own_volumes: u64,
+    /// The installation's named volumes it mounts: its user's pip cache,
+    /// which outlives it and which its user's other jobs mount too.
+    pub caches: u64,
 }
 
 impl DiskUse {
+    /// All it can fill: a job bounded without its cache could fill the disk
+    /// through the cache, which nothing else bounds.
     pub fn total(&self) -> u64 {
-        self.writable_layer.saturating_add(self.own_volumes)
+        self.writable_layer
+            .saturating_add(self.own_volumes)
+            .saturating_add(self.caches)
+    }
+
+    /// Whether its caches are to blame for its being over `limit`: it is
+    /// over, and would not be without them, or they alone are over. A job
+    /// ended for its disk empties a cache to blame (see `worker::end`), so
+    /// that its user's next job does not find the limit reached before it
+    /// starts; a small cache beside a job over on its own writes is kept.
+    pub fn caches_to_blame(&self, limit: u64) -> bool {
+        self.total() > limit
+            && self.caches > 0
+            && (self.caches > limit || self.total() - self.caches <= limit)
     }
 }
 
@@ -193,7 +211,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         labels: &BTreeMap<String, String>,
     ) -> Result<String>;
     /// Removes an image unless a container uses it.
-    async fn remove_image(&self, id: &str) -> Result<ImageRemoval>;
+    async fn remove_image(&self, id: &str) -> Result<Removal>;
+    /// Removes a named volume unless a container (running or not) mounts it.
+    async fn remove_volume(&self, name: &str) -> Result<Removal>;
     /// What each of the containers `ids` has written to disk, measured in one
     /// go; a container the engine no longer has is left out of the answer.
     async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>>;
@@ -258,19 +278,20 @@ fn is_storage_quota_refusal(e: &bollard::errors::Error) -> bool {
 }
 
 /// What each of `ids` wrote, from the engine's disk usage report: its
-/// writable layer (`SizeRw`) and the volumes it mounts that are its own,
-/// those no installation named (the anonymous ones; the pip cache carries
-/// the installation's label). The engine reports -1 for a size it did not
-/// compute; that counts as nothing.
+/// writable layer (`SizeRw`), the volumes it mounts that are its own (the
+/// anonymous ones, which no installation labels) and those it mounts that
+/// carry an installation's label (the pip cache). The engine reports -1 for
+/// a size it did not compute; that counts as nothing.
 fn disk_use_from(usage: &SystemDataUsageResponse, ids: &[String]) -> HashMap<String, DiskUse> {
-    let volume_bytes: HashMap<&str, u64> = usage
+    // By name: its size, and whether it is an installation's cache.
+    let volumes: HashMap<&str, (u64, bool)> = usage
         .volumes
         .iter()
         .flatten()
-        .filter(|v| !v.labels.contains_key(LABEL_INSTALLATION))
         .map(|v| {
             let size = v.usage_data.as_ref().map_or(0, |u| u.size);
-            (v.name.as_str(), u64::try_from(size).unwrap_or(0))
+            let cache = v.labels.contains_key(LABEL_INSTALLATION);
+            (v.name.as_str(), (u64::try_from(size).unwrap_or(0), cache))
         })
         .collect();
     usage
@@ -279,21 +300,25 @@ fn disk_use_from(usage: &SystemDataUsageResponse, ids: &[String]) -> HashMap<Str
         .flatten()
         .filter_map(|c| {
             let id = c.id.as_ref().filter(|id| ids.contains(id))?;
-            let own_volumes = c
+            let mut used = DiskUse {
+                writable_layer: u64::try_from(c.size_rw.unwrap_or(0)).unwrap_or(0),
+                ..DiskUse::default()
+            };
+            let mounted = c
                 .mounts
                 .iter()
                 .flatten()
                 .filter(|m| m.typ == Some(MountPointTypeEnum::VOLUME))
-                .filter_map(|m| volume_bytes.get(m.name.as_deref()?))
-                .sum();
-            let writable_layer = u64::try_from(c.size_rw.unwrap_or(0)).unwrap_or(0);
-            Some((
-                id.clone(),
-                DiskUse {
-                    writable_layer,
-                    own_volumes,
-                },
-            ))
+                .filter_map(|m| volumes.get(m.name.as_deref()?));
+            for &(bytes, cache) in mounted {
+                let part = if cache {
+                    &mut used.caches
+                } else {
+                    &mut used.own_volumes
+                };
+                *part = part.saturating_add(bytes);
+            }
+            Some((id.clone(), used))
         })
         .collect()
 }
@@ -614,16 +639,30 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn remove_image(&self, id: &str) -> Result<ImageRemoval> {
+    async fn remove_image(&self, id: &str) -> Result<Removal> {
         let options = RemoveImageOptions {
             force: false,
             noprune: false,
         };
         match self.docker.remove_image(id, Some(options), None).await {
-            Ok(_) => Ok(ImageRemoval::Removed),
+            Ok(_) => Ok(Removal::Removed),
             // 409: a container uses it (or it has other tags).
-            Err(e) if is_status(&e, 409) => Ok(ImageRemoval::InUse),
-            Err(e) if is_status(&e, 404) => Ok(ImageRemoval::Missing),
+            Err(e) if is_status(&e, 409) => Ok(Removal::InUse),
+            Err(e) if is_status(&e, 404) => Ok(Removal::Missing),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<Removal> {
+        // Not forced: the engine refuses (409) while a container mounts it.
+        match self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: false }))
+            .await
+        {
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if is_status(&e, 409) => Ok(Removal::InUse),
+            Err(e) if is_status(&e, 404) => Ok(Removal::Missing),
             Err(e) => Err(e.into()),
         }
     }
@@ -821,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn a_containers_disk_use_is_its_layer_and_its_own_volumes() {
+    fn a_containers_disk_use_is_its_layer_its_own_volumes_and_its_cache() {
         use bollard::models::{ContainerSummary, MountPoint, Volume, VolumeUsageData};
         let volume = |name: &str, size: i64, labels: &[(&str, &str)]| Volume {
             name: name.into(),
@@ -873,11 +912,30 @@ mod tests {
             measured["job"],
             DiskUse {
                 writable_layer: 1000,
-                own_volumes: 230
+                own_volumes: 230,
+                caches: 1 << 30,
             }
         );
-        assert_eq!(measured["job"].total(), 1230);
+        assert_eq!(measured["job"].total(), 1230 + (1 << 30));
         assert_eq!(measured["uncounted"], DiskUse::default());
+    }
+
+    #[test]
+    fn a_cache_is_to_blame_when_the_job_is_within_the_limit_without_it_or_it_is_over_alone() {
+        let used = |own: u64, caches: u64| DiskUse {
+            writable_layer: 0,
+            own_volumes: own,
+            caches,
+        };
+        assert!(used(10, 95).caches_to_blame(100));
+        assert!(used(100, 1).caches_to_blame(100));
+        assert!(used(150, 101).caches_to_blame(100), "the cache over alone");
+        assert!(
+            !used(101, 50).caches_to_blame(100),
+            "small beside a job over"
+        );
+        assert!(!used(40, 60).caches_to_blame(100), "not over");
+        assert!(!used(101, 0).caches_to_blame(100), "no cache");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PA
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
 use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, PythonWish};
-use crate::runtime::{ContainerRuntime, ContainerState, FileRead, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerState, FileRead, Removal, RuntimeError};
 use crate::workspace::{stream_tar, ProjectArchive, WorkspaceError};
 
 /// How long a worker whose step failed for a passing reason (the engine or
@@ -274,7 +274,8 @@ pub(crate) async fn complete(ctx: Context, job_id: JobId, container_id: String) 
 }
 
 /// Stops the job's container, if there is one, keeps what it printed until
-/// then, and ends the job with `outcome`.
+/// then, and ends the job with `outcome`, having emptied `cache_to_empty`
+/// (the job's user's pip cache, when it took the job over its disk limit).
 pub(crate) async fn end(
     ctx: Context,
     job_id: JobId,
@@ -282,6 +283,7 @@ pub(crate) async fn end(
     outcome: JobOutcome,
     how: Finished,
     following: Option<JoinHandle<WorkerResult>>,
+    cache_to_empty: Option<String>,
 ) -> WorkerResult {
     tracing::info!(status = %outcome.status, reason = ?outcome.reason, "ending job");
     if let Some(id) = &container_id {
@@ -297,11 +299,41 @@ pub(crate) async fn end(
             pump.abort();
         }
     }
+    // A cache is emptied before the job ends, so that a user who sees the
+    // job fail and submits again finds it empty (the container goes first:
+    // the engine keeps a mounted volume). A controller killed in between
+    // leaves a running job without a container, which the next one ends.
+    if let Some(cache) = &cache_to_empty {
+        if let Some(id) = &container_id {
+            remove_container(&ctx, id).await;
+        }
+        empty_cache(&ctx, cache).await;
+    }
     finish(&ctx, job_id, &outcome, how).await?;
-    if let Some(id) = &container_id {
+    if let (None, Some(id)) = (&cache_to_empty, &container_id) {
         remove_container(&ctx, id).await;
     }
     Ok(Done::Recorded)
+}
+
+/// Removes a pip cache volume, which the engine makes again, empty, for the
+/// next job that mounts it. While another job of the same user mounts it,
+/// the engine keeps it: that job is measured over the limit too (the cache
+/// counts in its use), and its end empties the cache.
+async fn empty_cache(ctx: &Context, volume: &str) {
+    match ctx.runtime.remove_volume(volume).await {
+        Ok(Removal::Removed) => {
+            tracing::warn!(volume, "pip cache over the disk limit emptied");
+        }
+        Ok(Removal::Missing) => {}
+        Ok(Removal::InUse) => {
+            tracing::info!(
+                volume,
+                "pip cache over the disk limit kept: another job mounts it"
+            );
+        }
+        Err(e) => tracing::warn!(volume, error = %e, "cannot empty the pip cache"),
+    }
 }
 
 /// How an exited container's state translates into a job outcome. A job

@@ -1,7 +1,7 @@
 //! A job's disk use is bounded (issue 16): with `CI_JOB_DISK_LIMIT=64MiB`, a
-//! job that writes 200 MiB, into its workspace volume or into a writable
-//! root, is ended with the reason long before its own time limit, and a job
-//! that writes 10 MiB passes. On the real engine: overlay2 on extfs here,
+//! job that writes 200 MiB, into its workspace volume, into a writable root
+//! or into its user's pip cache, is ended with the reason long before its own
+//! time limit, and a job that writes 10 MiB passes. On the real engine: overlay2 on extfs here,
 //! which has no storage quota, so the controller's measurements alone end it.
 
 use ci_common::JobStatus;
@@ -73,5 +73,34 @@ fn a_job_filling_a_writable_root_is_ended() {
     let sys = bounded(TestSystem::options().controller_env("CI_JOB_READ_ONLY_ROOTFS", "false"));
     let filling = sys.submit_async(&writing_project("/tmp", 200, 600));
     assert_ended_for_its_disk(&sys, filling);
+    sys.assert_settled();
+}
+
+#[test]
+fn a_job_filling_its_pip_cache_is_ended_and_its_users_next_job_finds_it_empty() {
+    let sys = bounded(TestSystem::options());
+    // Requirements (with nothing to download) mount the user's pip cache.
+    let filling = writing_project("/home/runner/.cache/pip", 200, 600);
+    filling.write("requirements.txt", "# nothing to install\n");
+    let filling = sys.submit_async(&filling);
+    assert_ended_for_its_disk(&sys, filling);
+
+    // Submitted once the first has ended: the cache was emptied before.
+    let next = copy_fixture("no-requirements");
+    next.write("requirements.txt", "# nothing to install\n");
+    next.write(
+        "test_cache.py",
+        "import pathlib\n\n\
+def test_the_cache_was_emptied():\n    \
+    assert not (pathlib.Path.home() / '.cache' / 'pip' / 'filler.bin').exists()\n",
+    );
+    let next = sys.submit_async(&next);
+    let passed = sys.wait_for_job_end(next);
+    assert_eq!(
+        passed.success,
+        Some(true),
+        "{passed:?}\n{:?}",
+        sys.stored_output(next)
+    );
     sys.assert_settled();
 }
