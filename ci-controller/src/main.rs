@@ -6,8 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ci_config::{parse_duration, parse_size, DatabaseArgs, LogArgs};
 use ci_controller::config::{
-    parse_interval, ControllerConfig, DiskLimits, EnvironmentLimits, DEFAULT_ENV_CACHE_BYTES,
-    DEFAULT_IMAGE,
+    parse_interval, ControllerConfig, DiskLimits, EnvironmentLimits, DEFAULT_IMAGE,
 };
 use ci_controller::junit_report::ReportLimits;
 use ci_controller::leader::LeaseConfig;
@@ -58,12 +57,13 @@ struct Args {
     #[arg(long, env = "CI_MAX_CONCURRENT_JOBS")]
     max_concurrent_jobs: Option<usize>,
 
-    /// Output kept per job, in bytes; the rest is cut with a marker line.
-    #[arg(long, env = "CI_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
+    /// Output kept per job; the rest is cut with a marker line. Sizes here
+    /// are bytes, or a number with a unit (`64MiB`, `10GiB`).
+    #[arg(long, env = "CI_MAX_LOG_BYTES", default_value = "64MiB", value_parser = parse_size)]
     max_log_bytes: u64,
 
     /// A project may unpack to at most this many bytes (zip bombs stop here).
-    #[arg(long, env = "CI_MAX_UNPACKED_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    #[arg(long, env = "CI_MAX_UNPACKED_BYTES", default_value = "1GiB", value_parser = parse_size)]
     max_unpacked_bytes: u64,
 
     /// A project archive may hold at most this many entries.
@@ -85,7 +85,7 @@ struct Args {
     test_reports: bool,
 
     /// A job's test report larger than this is not read.
-    #[arg(long, env = "CI_MAX_REPORT_BYTES", default_value_t = 30 * 1024 * 1024)]
+    #[arg(long, env = "CI_MAX_REPORT_BYTES", default_value = "30MiB", value_parser = parse_size)]
     max_report_bytes: u64,
 
     /// A job's test report with more test cases than this is refused.
@@ -103,7 +103,7 @@ struct Args {
 
     /// Total bytes the cached dependency environments may take; the least
     /// recently used are removed first.
-    #[arg(long, env = "CI_ENV_CACHE_BYTES", default_value_t = DEFAULT_ENV_CACHE_BYTES)]
+    #[arg(long, env = "CI_ENV_CACHE_BYTES", default_value = "10GiB", value_parser = parse_size)]
     env_cache_bytes: u64,
 
     /// A dependency environment older than this is built again (`20s`,
@@ -227,4 +227,34 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = term.recv() => {}
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn sizes_are_bytes_or_numbers_with_a_unit() {
+        let args = Args::try_parse_from([
+            "ci-controller",
+            "--max-log-bytes",
+            "1000",
+            "--env-cache-bytes",
+            "2GiB",
+        ])
+        .unwrap();
+        assert_eq!(args.max_log_bytes, 1000);
+        assert_eq!(args.env_cache_bytes, 2 << 30);
+        let defaults = Args::try_parse_from(["ci-controller"]).unwrap();
+        assert_eq!(defaults.max_log_bytes, 64 << 20);
+        assert_eq!(
+            defaults.env_cache_bytes,
+            ci_controller::config::DEFAULT_ENV_CACHE_BYTES
+        );
+        assert_eq!(defaults.max_unpacked_bytes, 1 << 30);
+        assert_eq!(defaults.max_report_bytes, 30 << 20);
+        assert!(Args::try_parse_from(["ci-controller", "--max-log-bytes", "64MB"]).is_err());
+    }
 }

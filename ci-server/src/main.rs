@@ -29,7 +29,7 @@ struct Args {
     port: u16,
 
     /// Larger uploads are refused with 413.
-    #[arg(long, env = "CI_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    #[arg(long, env = "CI_MAX_UPLOAD_BYTES", default_value = "100MiB", value_parser = ci_config::parse_size)]
     max_upload_bytes: u64,
 
     /// A request head must arrive within this (a half-sent request is
