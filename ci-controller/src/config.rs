@@ -51,8 +51,9 @@ pub const DEFAULT_JOB_DISK_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
 /// the engine's own quota on the writable layer as well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskLimits {
-    /// The most bytes a job may write into its writable layer and its own
-    /// volumes (the workspace, the report's folder) together.
+    /// The most bytes a job may write into its writable layer, its own
+    /// volumes (the workspace, the report's folder) and its user's pip
+    /// cache together.
     pub max_bytes: u64,
     /// Time between two measurements of the running jobs. Each costs the
     /// engine a walk of its containers' layers and its volumes (see

@@ -293,7 +293,8 @@ exit $status\n"
         working_dir: "/".into(),
         volumes,
         // A writable root, and no quota on it: what a preparation installs is
-        // bounded by the environment cache, not by a job's disk limit.
+        // bounded by the environment cache's size (the disk watch measures
+        // it), not by a job's disk limit.
         read_only_rootfs: false,
         storage_size_bytes: None,
         ..sandbox(config)

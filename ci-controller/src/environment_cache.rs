@@ -581,6 +581,8 @@ async fn build(
             "Cannot start the preparation container: {e}"
         )));
     }
+    // Measured until this build returns, against the whole cache's size.
+    let _measured = ctx.disk.watch_preparation(&id, job.id);
     // The job's stored output may end in an earlier preparation's container
     // (one that a killed controller left): this one's lines all come later.
     let pump = pump_logs(
@@ -598,6 +600,18 @@ async fn build(
             tracing::info!(container = %id, "job cancelled during its preparation");
             stop_and_remove(ctx, &id).await;
             return Ok(Prepared::JobEnded);
+        }
+        () = ctx.disk.preparation_over(&id) => {
+            stop_and_remove(ctx, &id).await;
+            let reason = format!(
+                "The environment grew past {}, the size of the whole environment cache (limit CI_ENV_CACHE_BYTES); no environment was stored",
+                ci_config::format_size(config.environments.max_bytes)
+            );
+            ticket.finish(BuildEnd::Failed {
+                job: job.id,
+                reason: reason.clone(),
+            });
+            return Err(WorkerError::InstallFailed(JobOutcome::failed(reason)));
         }
     };
     let exit_code = match pumped {
@@ -922,6 +936,7 @@ mod tests {
                     wake,
                     metrics: Arc::default(),
                     environments: Arc::default(),
+                    disk: Arc::default(),
                 };
                 let plan = EnvironmentPlan {
                     requirements: vec!["attrs".into()],

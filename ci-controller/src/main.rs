@@ -102,7 +102,8 @@ struct Args {
     reap_interval: Duration,
 
     /// Total bytes the cached dependency environments may take; the least
-    /// recently used are removed first.
+    /// recently used are removed first, and a preparation whose environment
+    /// grows past it is stopped.
     #[arg(long, env = "CI_ENV_CACHE_BYTES", default_value = "10GiB", value_parser = parse_size)]
     env_cache_bytes: u64,
 
@@ -112,8 +113,9 @@ struct Args {
     env_max_age: Duration,
 
     /// A job that writes more than this to disk (its workspace, its report's
-    /// folder and its writable root together) is stopped and fails with that
-    /// reason: bytes, or a number with a unit (`64MiB`, `4GiB`).
+    /// folder, its writable root and its user's pip cache together) is
+    /// stopped and fails with that reason: bytes, or a number with a unit
+    /// (`64MiB`, `4GiB`).
     #[arg(long, env = "CI_JOB_DISK_LIMIT", default_value = "4GiB", value_parser = parse_size)]
     job_disk_limit: u64,
 }

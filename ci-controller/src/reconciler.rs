@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerConfig;
 use crate::decision::{decide, Action, EndReason, Observed, WorkerState};
-use crate::disk_watch::{self, DiskWatch};
+use crate::disk_watch;
 use crate::environment_cache;
 use crate::metrics::{ControllerMetrics, Finished};
 use crate::pythons::{PythonOffer, LABEL_PYTHON};
@@ -38,8 +38,6 @@ pub struct Reconciler {
     /// When the environments were last swept for eviction (besides after
     /// every build): environments past their age go within this period.
     last_eviction: Option<tokio::time::Instant>,
-    /// The running jobs' disk use, measured beside the passes.
-    disk: Arc<DiskWatch>,
 }
 
 /// How often a pass sweeps the environments for eviction.
@@ -65,12 +63,12 @@ impl Reconciler {
                 wake,
                 metrics: Arc::default(),
                 environments: Arc::default(),
+                disk: Arc::default(),
             },
             workers: HashMap::new(),
             wake_rx,
             turns: Turns::default(),
             last_eviction: None,
-            disk: Arc::default(),
         }
     }
 
@@ -86,9 +84,10 @@ impl Reconciler {
     /// are left running on shutdown; the next controller adopts them.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::spawn(disk_watch::run(
-            self.disk.clone(),
+            self.ctx.disk.clone(),
             self.ctx.runtime.clone(),
             self.ctx.config.disk,
+            self.ctx.config.environments.max_bytes,
             self.ctx.wake.clone(),
             shutdown.child_token(),
         ));
@@ -141,7 +140,7 @@ impl Reconciler {
             .iter()
             .filter_map(|c| c.job_id.map(|j| (j, c)))
             .collect();
-        self.disk.watch(
+        self.ctx.disk.watch(
             jobs.iter()
                 .filter(|j| j.status == JobStatus::Running)
                 .filter_map(|j| {
@@ -163,7 +162,7 @@ impl Reconciler {
                 *running_per_user.entry(job.user_id).or_default() += 1;
             }
             let container = by_job.get(&job.id).copied();
-            let over_disk_limit = container.is_some_and(|c| self.disk.is_over(&c.id));
+            let over_disk_limit = container.is_some_and(|c| self.ctx.disk.is_over(&c.id));
             let observed = Observed::of(
                 job,
                 container,
@@ -195,7 +194,7 @@ impl Reconciler {
                     let cache = container_id
                         .as_deref()
                         .filter(|_| reason == EndReason::OverDiskLimit)
-                        .and_then(|id| self.disk.verdict(id))
+                        .and_then(|id| self.ctx.disk.verdict(id))
                         .filter(|used| used.caches_to_blame(limit))
                         .and_then(|_| self.ctx.config.pip_cache_volume_for(job.user_id));
                     self.end(job, container_id, outcome, how, cache);
@@ -1317,6 +1316,71 @@ mod tests {
             1.0
         );
         assert_eq!(h.metric("ci_env_cache_hits_total").await, 0.0);
+    }
+
+    #[tokio::test]
+    async fn a_preparation_growing_past_the_environment_cache_is_stopped_and_stores_nothing() {
+        let h = Harness::start(|c| {
+            small_disk(c);
+            c.environments.max_bytes = 4096;
+        })
+        .await;
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        let waiting = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        h.output_until(waiting, &first.to_string()).await;
+        h.engine.print(&preparation.id, "Collecting attrs\n");
+        // A job's limit (1 KiB here) is not a preparation's: under the
+        // cache's size it goes on.
+        h.engine.set_disk_use(
+            &preparation.id,
+            crate::runtime::DiskUse {
+                writable_layer: 4000,
+                own_volumes: 0,
+                caches: 1 << 20,
+            },
+        );
+        let before = h.engine.disk_measurements();
+        h.engine
+            .until("two measurements", |e| {
+                (e.disk_measurements() >= before + 2).then_some(())
+            })
+            .await;
+        assert!(h
+            .engine
+            .container(&preparation.id)
+            .is_some_and(|c| c.running));
+        h.engine.set_disk_use(
+            &preparation.id,
+            crate::runtime::DiskUse {
+                writable_layer: 5000,
+                own_volumes: 0,
+                caches: 0,
+            },
+        );
+        let ended = h.ended(first).await;
+        assert_eq!(ended.success, Some(false));
+        assert_eq!(
+            ended.failure_reason.as_deref(),
+            Some(
+                "The environment grew past 4.0 KiB, the size of the whole environment cache \
+                 (limit CI_ENV_CACHE_BYTES); no environment was stored"
+            )
+        );
+        assert!(h.output(first).await.contains("Collecting attrs"));
+        let waited = h.ended(waiting).await;
+        assert_eq!(waited.success, Some(false));
+        assert!(
+            waited
+                .failure_reason
+                .unwrap_or_default()
+                .contains(&first.to_string()),
+            "names the job whose install failed"
+        );
+        h.container_gone(&preparation.id).await;
+        assert_eq!(h.engine.commits(), 0);
+        assert!(h.environments().is_empty());
+        assert_eq!(h.engine.created(), 1, "not built again for the waiting job");
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::ControllerConfig;
 use crate::container_spec::{job_container_spec, JobInstall};
+use crate::disk_watch::DiskWatch;
 use crate::environment_cache::{self, EnvironmentCache, Prepared};
 use crate::junit_report::{store_report_xml, ReportError, ReportLimits, REPORT_PATH};
 use crate::log_pump::{pump_logs, PumpEnd, PumpError};
@@ -49,6 +50,9 @@ pub(crate) struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// The dependency environments being built and about to be used.
     pub environments: Arc<EnvironmentCache>,
+    /// The running jobs' and preparations' disk use, measured beside the
+    /// passes.
+    pub disk: Arc<DiskWatch>,
 }
 
 /// How a worker's step ended, when it did not fail.
