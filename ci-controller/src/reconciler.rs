@@ -582,6 +582,39 @@ mod tests {
                 .await
         }
 
+        /// After a failed build of `first`'s environment: the job that
+        /// waited for it fails too, naming `first`, the preparation is gone,
+        /// nothing was stored and nothing was built again.
+        async fn build_failed_for_both(&self, first: JobId, waiting: JobId, preparation: &str) {
+            let waited = self.ended(waiting).await;
+            assert_eq!(waited.success, Some(false));
+            assert!(
+                waited
+                    .failure_reason
+                    .unwrap_or_default()
+                    .contains(&first.to_string()),
+                "names the job whose install failed"
+            );
+            self.container_gone(preparation).await;
+            assert_eq!(self.engine.commits(), 0);
+            assert!(self.environments().is_empty());
+            assert_eq!(
+                self.engine.created(),
+                1,
+                "not built again for the waiting job"
+            );
+        }
+
+        /// The volume removals asked of the engine, once there are `n`.
+        async fn volume_removals(&self, n: usize) -> Vec<(String, Removal)> {
+            self.engine
+                .until("the pip cache's removal to be asked for", |e| {
+                    let removals = e.volume_removals();
+                    (removals.len() >= n).then_some(removals)
+                })
+                .await
+        }
+
         /// The environment images the engine lists.
         fn environments(&self) -> Vec<ImageInfo> {
             self.engine
@@ -1039,13 +1072,7 @@ mod tests {
         );
         let cache = h.config.pip_cache_volume_for(h.user).unwrap();
         // Removed, not refused: the job's container had gone first.
-        let removals = h
-            .engine
-            .until("the pip cache to be emptied", |e| {
-                let removals = e.volume_removals();
-                (!removals.is_empty()).then_some(removals)
-            })
-            .await;
+        let removals = h.volume_removals(1).await;
         assert_eq!(removals, [(cache, Removal::Removed)]);
     }
 
@@ -1061,13 +1088,7 @@ mod tests {
         let (second, id) = running_with_requirements(&h).await;
         h.engine.set_disk_use(&id, disk_use(0, 2000));
         assert_eq!(h.ended(second).await.success, Some(false));
-        let removals = h
-            .engine
-            .until("the pip cache to be emptied", |e| {
-                let removals = e.volume_removals();
-                (!removals.is_empty()).then_some(removals)
-            })
-            .await;
+        let removals = h.volume_removals(1).await;
         let cache = h.config.pip_cache_volume_for(h.user).unwrap();
         assert_eq!(removals, [(cache, Removal::Removed)], "not after the first");
     }
@@ -1080,26 +1101,14 @@ mod tests {
         h.engine.set_disk_use(&first_id, disk_use(0, 2000));
         assert_eq!(h.ended(first).await.success, Some(false));
         let cache = h.config.pip_cache_volume_for(h.user).unwrap();
-        let refused = h
-            .engine
-            .until("the first job's end to try the cache", |e| {
-                let removals = e.volume_removals();
-                (!removals.is_empty()).then_some(removals)
-            })
-            .await;
+        let refused = h.volume_removals(1).await;
         assert_eq!(refused, [(cache.clone(), Removal::InUse)]);
         assert!(h.engine.container(&second_id).is_some_and(|c| c.running));
         // Measured with the same cache, the second is over too, and its end
         // empties it.
         h.engine.set_disk_use(&second_id, disk_use(0, 2000));
         assert_eq!(h.ended(second).await.success, Some(false));
-        let removals = h
-            .engine
-            .until("the second job's end to empty the cache", |e| {
-                let removals = e.volume_removals();
-                (removals.len() == 2).then_some(removals)
-            })
-            .await;
+        let removals = h.volume_removals(2).await;
         assert_eq!(removals[1], (cache, Removal::Removed));
     }
 
@@ -1297,19 +1306,8 @@ mod tests {
         assert!(h.output(first).await.contains("No matching distribution"));
         let reason = ended.failure_reason.unwrap_or_default();
         assert!(reason.contains("no environment was stored"), "{reason}");
-        let waited = h.ended(waiting).await;
-        assert_eq!(waited.success, Some(false));
-        assert!(
-            waited
-                .failure_reason
-                .unwrap_or_default()
-                .contains(&first.to_string()),
-            "names the job whose install failed"
-        );
-        h.container_gone(&preparation.id).await;
-        assert_eq!(h.engine.commits(), 0);
-        assert!(h.environments().is_empty());
-        assert_eq!(h.engine.created(), 1, "not built again for the waiting job");
+        h.build_failed_for_both(first, waiting, &preparation.id)
+            .await;
         assert_eq!(
             h.metric(r#"ci_env_cache_builds_total{result="failed"}"#)
                 .await,
@@ -1368,19 +1366,8 @@ mod tests {
             )
         );
         assert!(h.output(first).await.contains("Collecting attrs"));
-        let waited = h.ended(waiting).await;
-        assert_eq!(waited.success, Some(false));
-        assert!(
-            waited
-                .failure_reason
-                .unwrap_or_default()
-                .contains(&first.to_string()),
-            "names the job whose install failed"
-        );
-        h.container_gone(&preparation.id).await;
-        assert_eq!(h.engine.commits(), 0);
-        assert!(h.environments().is_empty());
-        assert_eq!(h.engine.created(), 1, "not built again for the waiting job");
+        h.build_failed_for_both(first, waiting, &preparation.id)
+            .await;
     }
 
     #[tokio::test]
