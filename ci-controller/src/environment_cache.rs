@@ -861,6 +861,39 @@ async fn evict_once(ctx: &Context) -> Result<(), RuntimeError> {
         }
     }
     ctx.metrics.env_cache_holds(held.len(), held.values().sum());
+    trim_shared_pip_cache(ctx).await
+}
+
+/// Empties the shared environments' pip cache once it holds more than the
+/// environments may take (`CI_ENV_CACHE_BYTES`): every release a build ever
+/// downloaded stays in it otherwise. Users' own caches are bounded by their
+/// jobs' disk limit (see `worker::end`). The engine keeps it while a
+/// preparation mounts it; a later round tries again.
+async fn trim_shared_pip_cache(ctx: &Context) -> Result<(), RuntimeError> {
+    let Some(volume) = ctx.config.shared_pip_cache_volume() else {
+        return Ok(());
+    };
+    let limit = ctx.config.environments.max_bytes;
+    let Some(bytes) = ctx.runtime.volume_size(&volume).await? else {
+        return Ok(());
+    };
+    if bytes <= limit {
+        return Ok(());
+    }
+    match ctx.runtime.remove_volume(&volume).await? {
+        Removal::Removed => {
+            tracing::info!(
+                volume,
+                bytes,
+                limit,
+                "shared pip cache over the environment cache's size emptied"
+            );
+        }
+        Removal::InUse => {
+            tracing::debug!(volume, "shared pip cache over its size in use; kept");
+        }
+        Removal::Missing => {}
+    }
     Ok(())
 }
 

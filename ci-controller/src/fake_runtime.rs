@@ -68,6 +68,8 @@ struct Engine {
     disk_measurements: usize,
     /// Named volumes asked to be removed, in order, with what became of them.
     volume_removals: Vec<(String, Removal)>,
+    /// What the engine measures named volumes to hold.
+    volume_sizes: HashMap<String, u64>,
 }
 
 /// The engine's side of a [`Gate`].
@@ -328,6 +330,12 @@ impl FakeRuntime {
                 c.disk_use = used;
             }
         });
+    }
+
+    /// The engine measures the named volume `name` to hold `bytes` (until
+    /// it is removed).
+    pub fn set_volume_size(&self, name: &str, bytes: u64) {
+        self.engine().volume_sizes.insert(name.to_string(), bytes);
     }
 
     /// The named volumes asked to be removed so far, in order, with what
@@ -636,11 +644,16 @@ impl ContainerRuntime for FakeRuntime {
             let removal = if mounted {
                 Removal::InUse
             } else {
+                e.volume_sizes.remove(name);
                 Removal::Removed
             };
             e.volume_removals.push((name.to_string(), removal));
             removal
         }))
+    }
+
+    async fn volume_size(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.engine().volume_sizes.get(name).copied())
     }
 
     async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>> {

@@ -457,6 +457,9 @@ mod tests {
         async fn remove_volume(&self, _: &str) -> crate::runtime::Result<crate::runtime::Removal> {
             Ok(crate::runtime::Removal::Missing)
         }
+        async fn volume_size(&self, _: &str) -> crate::runtime::Result<Option<u64>> {
+            Ok(None)
+        }
         fn logs(
             &self,
             _: &str,

@@ -1371,6 +1371,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_shared_pip_cache_is_emptied_once_it_outgrows_the_environment_cache() {
+        let h = Harness::start(|c| c.environments.max_bytes = 1 << 20).await;
+        let shared = h.config.shared_pip_cache_volume().unwrap();
+        let first = h.submit_as(h.user, &[TEST_OK, NEEDS_ATTRS]).await;
+        let preparation = h.preparation().await;
+        // What this build downloaded took the cache past the limit.
+        h.engine.set_volume_size(&shared, 2 << 20);
+        h.engine.exit(&preparation.id, 0);
+        let container = h.running_container(first).await;
+        h.engine.exit(&container, 0);
+        assert_eq!(h.ended(first).await.success, Some(true));
+        // The build's tidying, once the job has ended: the preparation
+        // container goes first, so the engine no longer keeps the volume.
+        assert_eq!(h.volume_removals(1).await, [(shared, Removal::Removed)]);
+        assert_eq!(h.environments().len(), 1, "the environment stays");
+    }
+
+    #[tokio::test]
     async fn fresh_env_builds_again_and_the_older_build_goes() {
         let h = Harness::start(|_| {}).await;
         for fresh_env in [false, true] {

@@ -214,6 +214,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn remove_image(&self, id: &str) -> Result<Removal>;
     /// Removes a named volume unless a container (running or not) mounts it.
     async fn remove_volume(&self, name: &str) -> Result<Removal>;
+    /// The bytes a named volume holds; `None` when the engine has no such
+    /// volume or did not compute its size.
+    async fn volume_size(&self, name: &str) -> Result<Option<u64>>;
     /// What each of the containers `ids` has written to disk, measured in one
     /// go; a container the engine no longer has is left out of the answer.
     async fn disk_use(&self, ids: &[String]) -> Result<HashMap<String, DiskUse>>;
@@ -665,6 +668,19 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_status(&e, 404) => Ok(Removal::Missing),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// From the engine's disk usage report, which walks every volume (see
+    /// `disk_use`): asked for once per eviction round.
+    async fn volume_size(&self, name: &str) -> Result<Option<u64>> {
+        let usage = self.docker.df().await?;
+        Ok(usage
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .and_then(|v| v.usage_data.as_ref())
+            .and_then(|u| u64::try_from(u.size).ok()))
     }
 
     /// One disk usage report for all of them. The engine of API 1.41 (and
