@@ -426,13 +426,7 @@ macro_rules! backend_suite {
             let bob = admin.create_user("Bob", "bob@example.com");
             let (queued, running, ended, bobs) = with_store(&admin.location(), |store| async move {
                 let digest = store.put_archive(b"not a zip; never unpacked").await.unwrap();
-                let job = |user| ci_persistence::NewJob {
-                    id: JobId::random(),
-                    user_id: user,
-                    archive_digest: digest.clone(),
-                    options: Default::default(),
-                    request_id: None,
-                };
+                let job = |user| ci_persistence::NewJob::new(user, digest.clone());
                 let queued = store.create_job(&job(alice)).await.unwrap().id;
                 let running = store.create_job(&job(alice)).await.unwrap().id;
                 store.mark_running(running, "c", "i", None).await.unwrap();
@@ -941,17 +935,11 @@ fn installation_to_prune(admin: &Admin) -> PruneFixture {
             let store = store.clone();
             async move {
                 let digest = store.put_archive(bytes).await.unwrap();
-                let id = JobId::random();
-                store
-                    .create_job(&NewJob {
-                        id,
-                        user_id: owner,
-                        archive_digest: digest,
-                        options: Default::default(),
-                        request_id: None,
-                    })
+                let id = store
+                    .create_job(&NewJob::new(owner, digest))
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .id;
                 let output: Vec<String> = (0..lines).map(|i| format!("line {i}\n")).collect();
                 store.append_log(id, &output, None).await.unwrap();
                 let cases = (0..cases)

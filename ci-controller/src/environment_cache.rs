@@ -908,7 +908,6 @@ mod tests {
     mod races {
         use std::collections::HashMap;
 
-        use ci_common::JobOptions;
         use ci_persistence::{DatabaseLocation, NewJob, Store};
         use tokio::task::JoinHandle;
 
@@ -938,17 +937,11 @@ mod tests {
                     .unwrap();
                 let user = store.create_user("T", "t@example.com").await.unwrap().id;
                 let digest = store.put_archive(b"the project").await.unwrap();
-                let id = JobId::random();
-                store
-                    .create_job(&NewJob {
-                        id,
-                        user_id: user,
-                        archive_digest: digest,
-                        options: JobOptions::default(),
-                        request_id: None,
-                    })
+                let id = store
+                    .create_job(&NewJob::new(user, digest))
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .id;
                 let job = store.get_job(id).await.unwrap().unwrap();
                 let engine = FakeRuntime::with_image(RUNNER);
                 let config = ControllerConfig {

@@ -507,17 +507,11 @@ mod tests {
             .unwrap();
         let user = store.create_user("Pump", "pump@example.com").await.unwrap();
         let digest = store.put_archive(b"zip").await.unwrap();
-        let id = JobId::random();
-        store
-            .create_job(&NewJob {
-                id,
-                user_id: user.id,
-                archive_digest: digest,
-                options: ci_common::JobOptions::default(),
-                request_id: None,
-            })
+        let id = store
+            .create_job(&NewJob::new(user.id, digest))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         (store, id, dir)
     }
 

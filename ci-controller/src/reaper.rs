@@ -261,7 +261,6 @@ impl Reaper {
 #[cfg(test)]
 mod tests {
     use ci_common::time::{now, to_micros};
-    use ci_common::JobOptions;
     use ci_common::{JobId, UserId};
     use ci_persistence::{DatabaseLocation, JobOutcome, NewJob};
 
@@ -306,17 +305,11 @@ mod tests {
             .put_archive(uuid::Uuid::new_v4().as_bytes())
             .await
             .unwrap();
-        let id = JobId::random();
-        store
-            .create_job(&NewJob {
-                id,
-                user_id: owner,
-                archive_digest: digest,
-                options: JobOptions::default(),
-                request_id: None,
-            })
+        let id = store
+            .create_job(&NewJob::new(owner, digest))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         store
             .append_log(id, &vec!["output\n".to_string(); 30], None)
             .await

@@ -446,18 +446,14 @@ mod tests {
             }
             let zip = zip.finish().unwrap().into_inner();
             let digest = self.store.put_archive(&zip).await.unwrap();
-            let id = JobId::random();
             self.store
                 .create_job(&NewJob {
-                    id,
-                    user_id: user,
-                    archive_digest: digest,
                     options,
-                    request_id: None,
+                    ..NewJob::new(user, digest)
                 })
                 .await
-                .unwrap();
-            id
+                .unwrap()
+                .id
         }
 
         async fn submit(&self) -> JobId {

@@ -248,13 +248,7 @@ mod tests {
         let digest = l.store.put_archive(b"zip").await.expect("archive");
         for _ in 0..3 {
             l.store
-                .create_job(&ci_persistence::NewJob {
-                    id: ci_common::JobId::random(),
-                    user_id: user.id,
-                    archive_digest: digest.clone(),
-                    options: Default::default(),
-                    request_id: None,
-                })
+                .create_job(&ci_persistence::NewJob::new(user.id, digest.clone()))
                 .await
                 .expect("job");
         }

@@ -97,18 +97,11 @@ async fn job(store: &Store, user_id: UserId) -> JobId {
         .put_archive(b"PK\x05\x06 not really a zip")
         .await
         .unwrap();
-    let id = JobId::random();
     store
-        .create_job(&NewJob {
-            id,
-            user_id,
-            archive_digest: digest,
-            options: JobOptions::default(),
-            request_id: None,
-        })
+        .create_job(&NewJob::new(user_id, digest))
         .await
-        .unwrap();
-    id
+        .unwrap()
+        .id
 }
 
 async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
@@ -839,15 +832,7 @@ pub async fn concurrent_job_creation_from_two_processes(s: Store, other: Store) 
             let digest = store
                 .put_archive(format!("archive {}", i % 7).as_bytes())
                 .await?;
-            store
-                .create_job(&NewJob {
-                    id: JobId::random(),
-                    user_id: uid,
-                    archive_digest: digest,
-                    options: JobOptions::default(),
-                    request_id: None,
-                })
-                .await
+            store.create_job(&NewJob::new(uid, digest)).await
         }));
     }
     for t in tasks {
@@ -1090,18 +1075,11 @@ fn test_case(id: &str, outcome: TestOutcome, seconds: f64) -> TestCase {
 /// A job on `archive` (bytes) owned by `user_id`.
 async fn job_on(store: &Store, user_id: UserId, archive: &[u8]) -> JobId {
     let digest = store.put_archive(archive).await.unwrap();
-    let id = JobId::random();
     store
-        .create_job(&NewJob {
-            id,
-            user_id,
-            archive_digest: digest,
-            options: ci_common::JobOptions::default(),
-            request_id: None,
-        })
+        .create_job(&NewJob::new(user_id, digest))
         .await
-        .unwrap();
-    id
+        .unwrap()
+        .id
 }
 
 pub async fn test_reports_are_stored_once_with_their_totals(s: Store, other: Store) {
@@ -1803,21 +1781,18 @@ async fn queued_project_job(
     archive: &[u8],
 ) -> JobId {
     let digest = store.put_archive(archive).await.unwrap();
-    let id = JobId::random();
+    let options = JobOptions {
+        project: project.map(str::to_string),
+        ..JobOptions::default()
+    };
     store
         .create_job(&NewJob {
-            id,
-            user_id,
-            archive_digest: digest,
-            options: JobOptions {
-                project: project.map(str::to_string),
-                ..JobOptions::default()
-            },
-            request_id: None,
+            options,
+            ..NewJob::new(user_id, digest)
         })
         .await
-        .unwrap();
-    id
+        .unwrap()
+        .id
 }
 
 fn report_of(cases: &[(&str, TestOutcome)]) -> JobReport {

@@ -22,6 +22,21 @@ pub struct NewJob {
     pub request_id: Option<String>,
 }
 
+impl NewJob {
+    /// A job of `user_id` for the stored archive `archive_digest`, with a
+    /// fresh id, the default options and no request id: what a submission
+    /// without options queues.
+    pub fn new(user_id: UserId, archive_digest: impl Into<String>) -> NewJob {
+        NewJob {
+            id: JobId::random(),
+            user_id,
+            archive_digest: archive_digest.into(),
+            options: JobOptions::default(),
+            request_id: None,
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobOutcome {

@@ -251,17 +251,11 @@ async fn controller_step(
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             inspects.push(ms(started.elapsed()));
 
-            let job = ci_common::JobId::random();
-            store
-                .create_job(&NewJob {
-                    id: job,
-                    user_id: user.id,
-                    archive_digest: digest.clone(),
-                    options: ci_common::JobOptions::default(),
-                    request_id: None,
-                })
+            let job = store
+                .create_job(&NewJob::new(user.id, digest.clone()))
                 .await
-                .map_err(|e| BenchError::Setup(e.to_string()))?;
+                .map_err(|e| BenchError::Setup(e.to_string()))?
+                .id;
             let started = Instant::now();
             let xml = match runtime.read_file(&id, REPORT_PATH, limits.max_bytes).await {
                 Ok(FileRead::Contents(xml)) => xml,

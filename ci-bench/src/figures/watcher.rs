@@ -102,17 +102,11 @@ async fn running_job(store: &Store) -> Result<JobId> {
         .put_archive(b"not a zip: never unpacked")
         .await
         .map_err(store_error)?;
-    let id = JobId::random();
-    store
-        .create_job(&NewJob {
-            id,
-            user_id: user.id,
-            archive_digest,
-            options: ci_common::JobOptions::default(),
-            request_id: None,
-        })
+    let id = store
+        .create_job(&NewJob::new(user.id, archive_digest))
         .await
-        .map_err(store_error)?;
+        .map_err(store_error)?
+        .id;
     store
         .mark_running(id, "none", "none", None)
         .await

@@ -27,18 +27,11 @@ pub fn project(files: &[(&str, &str)]) -> Vec<u8> {
 /// Queues a job of `user` for `zip` through the store, as the API does.
 pub async fn queue_job(store: &Store, user: UserId, zip: &[u8]) -> JobId {
     let digest = store.put_archive(zip).await.unwrap();
-    let id = JobId::random();
     store
-        .create_job(&NewJob {
-            id,
-            user_id: user,
-            archive_digest: digest,
-            options: ci_common::JobOptions::default(),
-            request_id: None,
-        })
+        .create_job(&NewJob::new(user, digest))
         .await
-        .unwrap();
-    id
+        .unwrap()
+        .id
 }
 
 /// A running `ci-controller` (started with the test kit: no `CI_*` variable

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ci_common::api::StreamEvent;
-use ci_common::{generate_api_key, ApiKeyRecord, JobId, JobOptions, User};
+use ci_common::{generate_api_key, ApiKeyRecord, JobId, User};
 use ci_persistence::DatabaseLocation;
 use ci_persistence::{NewJob, Store, StoreOptions};
 use ci_server::{serve, App, ServerConfig, StreamReads};
@@ -243,18 +243,11 @@ impl TestApp {
             .put_archive(&project_zip("test_b.py"))
             .await
             .expect("archive");
-        let id = JobId::random();
         self.store
-            .create_job(&NewJob {
-                id,
-                user_id,
-                archive_digest: digest,
-                options: JobOptions::default(),
-                request_id: None,
-            })
+            .create_job(&NewJob::new(user_id, digest))
             .await
-            .expect("create job");
-        id
+            .expect("create job")
+            .id
     }
 
     /// Opens `GET /jobs/{id}/stream{query}`, optionally with `Last-Event-ID`.
