@@ -358,14 +358,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_job_runs_confined_as_the_unprivileged_user() {
-        let (job, config) = (job(), config());
-        let spec = job_container_spec(&job, &config, &installs(), "runner:test");
-        assert_eq!(spec.name, format!("p-ci-job-{}", job.id));
-        assert_eq!(spec.image, "runner:test");
+    /// The sandbox every container of a job gets: the unprivileged user,
+    /// the configured network and limits, no swap, no capabilities, no new
+    /// privileges, the cheap log driver, and its input on standard input.
+    fn assert_confined(spec: &ContainerSpec, config: &ControllerConfig) {
         assert_eq!(spec.user, "1000:1000");
-        assert_eq!(spec.working_dir, "/workspace");
         assert_eq!(spec.network_mode, "none");
         assert_eq!(spec.memory_bytes, Some(config.memory_bytes));
         assert_eq!(spec.memory_swap_bytes, spec.memory_bytes, "no swap");
@@ -374,7 +371,17 @@ mod tests {
         assert_eq!(spec.cap_drop, ["ALL"]);
         assert_eq!(spec.security_opt, ["no-new-privileges"]);
         assert_eq!(spec.log_driver.as_deref(), Some("local"));
-        assert!(spec.stdin_once, "the project arrives on standard input");
+        assert!(spec.stdin_once, "the input arrives on standard input");
+    }
+
+    #[test]
+    fn a_job_runs_confined_as_the_unprivileged_user() {
+        let (job, config) = (job(), config());
+        let spec = job_container_spec(&job, &config, &installs(), "runner:test");
+        assert_eq!(spec.name, format!("p-ci-job-{}", job.id));
+        assert_eq!(spec.image, "runner:test");
+        assert_eq!(spec.working_dir, "/workspace");
+        assert_confined(&spec, &config);
         assert_eq!(
             spec.labels,
             BTreeMap::from([
@@ -388,16 +395,7 @@ mod tests {
     fn a_preparation_runs_confined_as_its_job_does() {
         let config = config();
         let prep = preparation_container_spec(&config, "k", None, "runner:test");
-        assert_eq!(prep.user, "1000:1000");
-        assert_eq!(prep.network_mode, "none");
-        assert_eq!(prep.memory_bytes, Some(config.memory_bytes));
-        assert_eq!(prep.memory_swap_bytes, prep.memory_bytes, "no swap");
-        assert_eq!(prep.pids_limit, Some(config.pids_limit));
-        assert_eq!(prep.cpu_shares, Some(config.cpu_shares));
-        assert_eq!(prep.cap_drop, ["ALL"]);
-        assert_eq!(prep.security_opt, ["no-new-privileges"]);
-        assert_eq!(prep.log_driver.as_deref(), Some("local"));
-        assert!(prep.stdin_once, "the requirements arrive on standard input");
+        assert_confined(&prep, &config);
         assert!(!prep.read_only_rootfs, "pip installs into the image");
         assert_eq!(prep.storage_size_bytes, None);
         assert!(prep.tmpfs.is_empty() && prep.env.is_empty());

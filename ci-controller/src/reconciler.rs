@@ -523,6 +523,15 @@ mod tests {
                 .await
         }
 
+        /// The job's container, once it runs with its input and the job is
+        /// stored as running.
+        async fn running(&self, job: JobId) -> String {
+            let id = self.running_container(job).await;
+            self.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
+                .await;
+            id
+        }
+
         /// The controller's metrics as Prometheus would scrape them.
         async fn metric(&self, series: &str) -> f64 {
             let text = self
@@ -663,14 +672,12 @@ mod tests {
         let h = Harness::start(|_| {}).await;
         let (passing, failing) = (h.submit().await, h.submit().await);
         for (job, code) in [(passing, 0), (failing, 1)] {
-            let id = h.running_container(job).await;
+            let id = h.running(job).await;
             let input = h.engine.container(&id).and_then(|c| c.input).unwrap();
             assert!(
                 tar_has_file(&input, "test_ok.py"),
                 "the project is the input"
             );
-            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-                .await;
             h.engine.print(&id, "collected 1 item\n");
             h.engine.exit(&id, code);
             let ended = h.ended(job).await;
@@ -778,9 +785,7 @@ mod tests {
         let mut jobs = Vec::new();
         for (report, code) in cases {
             let job = h.submit().await;
-            let id = h.running_container(job).await;
-            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-                .await;
+            let id = h.running(job).await;
             if let Some(report) = report {
                 h.engine
                     .write_file(&id, crate::junit_report::REPORT_PATH, report);
@@ -858,9 +863,7 @@ mod tests {
     async fn an_exited_container_found_on_start_up_is_drained_then_completed() {
         let mut h = Harness::start(|_| {}).await;
         let job = h.submit().await;
-        let id = h.running_container(job).await;
-        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-            .await;
+        let id = h.running(job).await;
         h.stop_controller().await;
         h.engine.print(&id, "printed while no controller ran\n");
         h.engine.exit(&id, 1);
@@ -901,9 +904,7 @@ mod tests {
         let h = Harness::start(|_| {}).await;
         let jobs = [h.submit().await, h.submit().await, h.submit().await];
         for (n, job) in jobs.into_iter().enumerate() {
-            let id = h.running_container(job).await;
-            h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-                .await;
+            let id = h.running(job).await;
             h.engine.print(&id, "0123456789\n");
             h.output_until(job, "0123456789").await;
             match n {
@@ -995,9 +996,7 @@ mod tests {
         use crate::runtime::DiskUse;
         let h = Harness::start(small_disk).await;
         let job = h.submit().await;
-        let id = h.running_container(job).await;
-        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-            .await;
+        let id = h.running(job).await;
         h.engine.print(&id, "writing\n");
         h.output_until(job, "writing").await;
         // Neither alone is over the limit: together they are.
@@ -1033,9 +1032,7 @@ mod tests {
             let preparation = h.preparation().await;
             h.engine.exit(&preparation.id, 0);
         }
-        let id = h.running_container(job).await;
-        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-            .await;
+        let id = h.running(job).await;
         let cache = h.config.pip_cache_volume_for(h.user);
         let spec = h.engine.container(&id).unwrap().spec;
         assert!(
@@ -1113,9 +1110,7 @@ mod tests {
         use crate::runtime::DiskUse;
         let h = Harness::start(small_disk).await;
         let job = h.submit().await;
-        let id = h.running_container(job).await;
-        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-            .await;
+        let id = h.running(job).await;
         h.engine.fail_disk_use(true);
         // What the engine would report, if it answered.
         h.engine.set_disk_use(
@@ -1153,9 +1148,7 @@ mod tests {
     async fn a_job_whose_container_vanishes_fails_with_the_reason() {
         let h = Harness::start(|_| {}).await;
         let job = h.submit().await;
-        let id = h.running_container(job).await;
-        h.job_until(job, "the job to run", |j| j.status == JobStatus::Running)
-            .await;
+        let id = h.running(job).await;
         h.engine.print(&id, "started\n");
         h.output_until(job, "started").await;
         h.engine.vanish(&id);
