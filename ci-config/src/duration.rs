@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::quantity::{amount, number_and_unit};
+
 /// Why a setting is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not a duration: write a number with a unit, s, m, h or d (20s, 12h, 7d)")]
@@ -17,11 +19,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let error = || DurationError {
         text: text.to_string(),
     };
-    let trimmed = text.trim();
-    let unit_at = trimmed
-        .find(|c: char| c.is_ascii_alphabetic())
-        .ok_or_else(error)?;
-    let (number, unit) = trimmed.split_at(unit_at);
+    let (number, unit) = number_and_unit(text);
     let seconds_per_unit = match unit {
         "s" => 1.0,
         "m" => 60.0,
@@ -29,10 +27,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "d" => 86_400.0,
         _ => return Err(error()),
     };
-    let number: f64 = number.trim().parse().map_err(|_| error())?;
-    if !number.is_finite() || number < 0.0 {
-        return Err(error());
-    }
+    let number = amount(number).ok_or_else(error)?;
     Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| error())
 }
 

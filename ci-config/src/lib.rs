@@ -5,6 +5,7 @@
 //! or log output.
 
 mod duration;
+mod quantity;
 mod size;
 
 use std::path::PathBuf;

@@ -3,6 +3,8 @@
 //! number stays a byte count, so the settings that took bytes
 //! (`CI_ENV_CACHE_BYTES`, `CI_MAX_LOG_BYTES`) read the same with this parser.
 
+use crate::quantity::{amount, number_and_unit};
+
 /// Why a setting is not a size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not a size: write bytes, or a number with a unit, KiB, MiB, GiB or TiB (64MiB, 4GiB)")]
@@ -24,12 +26,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let error = || SizeError {
         text: text.to_string(),
     };
-    let trimmed = text.trim();
-    let unit_at = trimmed
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(unit_at);
-    let number = number.trim();
+    let (number, unit) = number_and_unit(text);
     if unit.is_empty() {
         return number.parse().map_err(|_| error());
     }
@@ -37,9 +34,9 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         .iter()
         .find(|(name, _)| *name == unit)
         .ok_or_else(error)?;
-    let number: f64 = number.parse().map_err(|_| error())?;
+    let number = amount(number).ok_or_else(error)?;
     let bytes = number * *bytes_per_unit as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(error());
     }
     Ok(bytes.round() as u64)
