@@ -185,6 +185,19 @@ impl BuildTicket {
     fn finish(self, end: BuildEnd) {
         self.end.send_replace(Some(end));
     }
+
+    /// Ends a build that stored nothing: the jobs waiting for it learn that
+    /// `job`'s build failed, and `job` itself fails with `reason` (and pip's
+    /// `exit_code`, when pip ended it).
+    fn fail(self, job: JobId, reason: String, exit_code: Option<i64>) -> WorkerError {
+        self.finish(BuildEnd::Failed {
+            job,
+            reason: reason.clone(),
+        });
+        let mut outcome = JobOutcome::failed(reason);
+        outcome.exit_code = exit_code;
+        WorkerError::InstallFailed(outcome)
+    }
 }
 
 impl Drop for BuildTicket {
@@ -607,11 +620,7 @@ async fn build(
                 "The environment grew past {}, the size of the whole environment cache (limit CI_ENV_CACHE_BYTES); no environment was stored",
                 ci_config::format_size(config.environments.max_bytes)
             );
-            ticket.finish(BuildEnd::Failed {
-                job: job.id,
-                reason: reason.clone(),
-            });
-            return Err(WorkerError::InstallFailed(JobOutcome::failed(reason)));
+            return Err(ticket.fail(job.id, reason, None));
         }
     };
     let exit_code = match pumped {
@@ -621,11 +630,7 @@ async fn build(
                 "Installing the requirements took longer than the job time limit of {} seconds; no environment was stored",
                 preparation_timeout(ctx).as_secs()
             );
-            ticket.finish(BuildEnd::Failed {
-                job: job.id,
-                reason: reason.clone(),
-            });
-            return Err(WorkerError::InstallFailed(JobOutcome::failed(reason)));
+            return Err(ticket.fail(job.id, reason, None));
         }
         Ok(Err(e)) => {
             stop_and_remove(ctx, &id).await;
@@ -654,13 +659,7 @@ async fn build(
         let reason = format!(
             "Installing the requirements failed (pip exited with {exit_code}); no environment was stored"
         );
-        ticket.finish(BuildEnd::Failed {
-            job: job.id,
-            reason: reason.clone(),
-        });
-        let mut outcome = JobOutcome::failed(reason);
-        outcome.exit_code = Some(exit_code);
-        return Err(WorkerError::InstallFailed(outcome));
+        return Err(ticket.fail(job.id, reason, Some(exit_code)));
     }
     let built_at = Utc::now();
     let labels = BTreeMap::from([
